@@ -1,0 +1,26 @@
+"""ggufd: serve local GGUF models over an OpenAI-compatible HTTP API.
+
+This module is the public plugin API: ``hookimpl`` to mark hook implementations,
+the types that cross the hook boundary, and the errors a plugin may raise.
+"""
+
+import pluggy
+
+from .errors import ApiError, InvalidRequest
+from .gguf_metadata import GGUFMetadata
+from .types import ChatPrompt, ModelInfo, ModelSpec
+
+__version__ = "0.1.0"
+
+hookimpl = pluggy.HookimplMarker("ggufd")
+
+__all__ = [
+    "ApiError",
+    "ChatPrompt",
+    "GGUFMetadata",
+    "InvalidRequest",
+    "ModelInfo",
+    "ModelSpec",
+    "__version__",
+    "hookimpl",
+]

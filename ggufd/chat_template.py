@@ -1,0 +1,77 @@
+"""Rendering Jinja chat templates (the GGUF's own, or one from the config) safely.
+
+Templates come from model files and are untrusted: they run in an immutable sandbox,
+compiled once per template text. ``raise_exception`` in a template (e.g. "roles must
+alternate") becomes a 400 for the client.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, Mapping, Sequence
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import InvalidRequest
+from .gguf_metadata import GGUFMetadata
+from .types import ChatPrompt
+
+
+class TemplateRaised(Exception):
+    """The template called ``raise_exception(message)``."""
+
+
+def _raise_exception(message: str):
+    raise TemplateRaised(message)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+@lru_cache(maxsize=64)
+def compile_template(source: str) -> jinja2.Template:
+    """Compile once; raises ``jinja2.TemplateError`` for a broken template."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, loader=None)
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env.from_string(source)
+
+
+def adds_bos(metadata: GGUFMetadata) -> bool:
+    """Whether llama.cpp's tokenizer adds BOS for this vocabulary (its default is to add it)."""
+    return bool(metadata.get("tokenizer.ggml.add_bos_token", True))
+
+
+def render_chat_template(
+    source: str,
+    messages: Sequence[Mapping[str, Any]],
+    metadata: GGUFMetadata,
+    *,
+    add_generation_prompt: bool = True,
+    **extra: Any,
+) -> ChatPrompt:
+    """Render ``messages`` with a Jinja chat template into a :class:`ChatPrompt`.
+
+    A BOS the template renders itself is stripped when the tokenizer adds one anyway,
+    so the prompt never starts with two BOS tokens.
+    """
+    bos = metadata.bos_token or ""
+    eos = metadata.eos_token or ""
+    template = compile_template(source)
+    try:
+        text = template.render(
+            messages=list(messages),
+            add_generation_prompt=add_generation_prompt,
+            bos_token=bos,
+            eos_token=eos,
+            **extra,
+        )
+    except TemplateRaised as exc:
+        raise InvalidRequest(f"The model's chat template rejected the messages: {exc}", param="messages") from None
+    add_bos = adds_bos(metadata)
+    if add_bos and bos and text.startswith(bos):
+        text = text[len(bos):]
+    return ChatPrompt(text=text, add_bos=add_bos)

@@ -1,0 +1,105 @@
+"""Command line: argument parsing and wiring only.
+
+    ggufd [--config FILE] [--host H] [--port P] [--models-dir DIR]   serve (the default)
+    ggufd --check-config [--config FILE]                              validate, list models, exit
+    ggufd plugins [--config FILE]                                     list plugins and their hooks
+    ggufd models [--config FILE]                                      list the models that would be served
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from . import __version__
+from .errors import ConfigError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ggufd", description="Serve local GGUF models over an OpenAI-compatible API.")
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "plugins", "models"])
+    parser.add_argument("--config", "-c", help="TOML config file (default: $GGUFD_CONFIG, else built-in defaults)")
+    parser.add_argument("--host", help="address to bind (overrides the config file and GGUFD_HOST)")
+    parser.add_argument("--port", type=int, help="port to bind (overrides the config file and GGUFD_PORT)")
+    parser.add_argument("--models-dir", help="folder with .gguf files (overrides the config file and GGUF_MODELS_DIR)")
+    parser.add_argument("--check-config", action="store_true", help="validate the config, list the models, exit non-zero on any problem")
+    parser.add_argument("--json", action="store_true", help="machine-readable output for plugins/models/--check-config")
+    parser.add_argument("--version", action="version", version=f"ggufd {__version__}")
+    return parser.parse_args(argv)
+
+
+def _setup(args):
+    from .config import load_config
+    from .logs import configure_logging
+    from .plugins import make_plugin_manager
+    from .registry import build_registry
+
+    config = load_config(args.config, overrides={"host": args.host, "port": args.port, "models_dir": args.models_dir})
+    quiet = args.check_config or args.command != "serve"
+    configure_logging("warning" if quiet else config.log_level, config.log_format, stream=sys.stderr if quiet else None)
+    pm = make_plugin_manager(config)
+    registry = build_registry(config, pm)
+    return config, pm, registry
+
+
+def _print_models(registry, as_json: bool) -> None:
+    rows = [{"id": m.id, "family": m.family, "path": str(m.path), "aliases": list(m.spec.aliases)} for m in registry]
+    skipped = [{"id": s.id, "path": s.path, "reason": s.reason} for s in registry.skipped]
+    if as_json:
+        print(json.dumps({"default_model": registry.default_id, "models": rows, "skipped": skipped}, indent=2))
+        return
+    for row in rows:
+        marker = "*" if row["id"] == registry.default_id else " "
+        aliases = f" (aliases: {', '.join(row['aliases'])})" if row["aliases"] else ""
+        print(f"{marker} {row['id']}  family={row['family']}  {row['path']}{aliases}")
+    if not rows:
+        print("no models found")
+    for row in skipped:
+        print(f"! skipped {row['path']}: {row['reason']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .plugins import PluginError, describe_plugins
+
+    args = parse_args(argv)
+    try:
+        config, pm, registry = _setup(args)
+    except (ConfigError, PluginError) as exc:
+        print(f"ggufd: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    if args.check_config or args.command == "models":
+        _print_models(registry, args.json)
+        if args.check_config:
+            if registry.skipped:
+                print(f"ggufd: {len(registry.skipped)} model file(s) cannot be served (see above)", file=sys.stderr)
+                return 1
+            print(f"config OK: {config.source or 'built-in defaults'}", file=sys.stderr)
+        return 0
+    if args.command == "plugins":
+        plugins = describe_plugins(pm)
+        if args.json:
+            print(json.dumps(plugins, indent=2))
+        else:
+            for plugin in plugins:
+                print(f"{plugin['name']}  ({plugin['origin']})\n    hooks: {', '.join(plugin['hooks']) or '-'}")
+        return 0
+    return _serve(config, pm, registry)
+
+
+def _serve(config, pm, registry) -> int:
+    from .app import AppState, serve
+    from .config import apply_process_environment
+    from .engine import Engine
+
+    apply_process_environment(config)
+    engine = Engine(settings_for=lambda info: config.model_settings(info.options), llama_log_level=config.llama_log_level)
+    pm.hook.startup(config=config)
+    try:
+        asyncio.run(serve(AppState(config=config, registry=registry, plugins=pm, engine=engine)))
+    except OSError as exc:  # e.g. the port is taken
+        print(f"ggufd: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0

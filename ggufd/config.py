@@ -1,0 +1,240 @@
+"""Configuration: TOML file + environment + command line -> one validated, frozen :class:`Config`.
+
+Precedence: command line > environment > file > built-in defaults. The file is validated
+against ``schemas/config.json``; an unknown key, a wrong type or a missing file is a
+:class:`ConfigError` that names the file and the key — ggufd refuses to start rather
+than guess. Relative paths in the file resolve against the file's folder; relative paths
+from the environment or the command line resolve against the working directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import ConfigError
+from .validation import first_error
+
+ENV_CONFIG = "GGUFD_CONFIG"
+
+#: environment variable -> (config key path, converter); the seed project's names.
+ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], type]] = {
+    "GGUF_MODELS_DIR": (("models_dir",), str),
+    "LLAMA_N_CTX": (("llama", "n_ctx"), int),
+    "LLAMA_N_GPU_LAYERS": (("llama", "n_gpu_layers"), int),
+    "LLAMA_N_BATCH": (("llama", "n_batch"), int),
+    "LLAMA_N_THREADS": (("llama", "n_threads"), int),
+    "LLAMA_LOG_LEVEL": (("llama_log_level",), str),
+    "CUDA_VISIBLE_DEVICES": (("cuda_visible_devices",), str),
+    "GGUFD_HOST": (("host",), str),
+    "GGUFD_PORT": (("port",), int),
+    "GGUFD_LOG_LEVEL": (("log_level",), str),
+    "GGUFD_DISABLE_PLUGINS": (("disable_plugins",), lambda v: [p.strip() for p in v.split(",") if p.strip()]),
+}
+
+#: keys that hold paths; resolved against the folder of the source they came from.
+PATH_KEYS = ("models_dir", "plugins_dir")
+MODEL_PATH_KEYS = ("path", "chat_template_file")
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class LlamaSettings:
+    """llama.cpp load settings; per-model tables override them."""
+
+    n_ctx: int = 4096
+    n_gpu_layers: int = -1
+    n_batch: int = 512
+    n_threads: int = 0  # 0: one per available core
+
+    @property
+    def threads(self) -> int:
+        return self.n_threads or default_threads()
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    models_dir: Path = Path("models")
+    recursive: bool = False
+    default_model: str | None = None
+    plugins_dir: Path | None = None
+    disable_plugins: tuple[str, ...] = ()
+    log_level: str = "info"
+    llama_log_level: str = "warn"
+    log_format: str = "auto"
+    max_body_bytes: int = 16 * 1024 * 1024
+    cuda_visible_devices: str | None = None
+    llama: LlamaSettings = field(default_factory=LlamaSettings)
+    #: model id -> its ``[models."<id>"]`` table, paths resolved, chat_template_file read.
+    models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def model_settings(self, options: Mapping[str, Any]) -> LlamaSettings:
+        """The llama settings for one model: its own table over the global ``[llama]`` table."""
+        base = self.llama
+        return LlamaSettings(
+            n_ctx=options.get("n_ctx", base.n_ctx),
+            n_gpu_layers=options.get("n_gpu_layers", base.n_gpu_layers),
+            n_batch=options.get("n_batch", base.n_batch),
+            n_threads=options.get("n_threads", base.n_threads),
+        )
+
+
+def _where(source: str, key: str) -> str:
+    return f"{source}: {key}" if key else source
+
+
+def _set(doc: dict, path: tuple[str, ...], value: Any) -> None:
+    for part in path[:-1]:
+        doc = doc.setdefault(part, {})
+    doc[path[-1]] = value
+
+
+def read_toml(path: Path) -> dict:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+
+
+def _check_schema(doc: dict, source: str) -> None:
+    problem = first_error(doc, "config")
+    if problem is not None:
+        key, message = problem
+        raise ConfigError(f"{_where(source, key)}: {message}")
+
+
+def _resolve(value: str, base: Path) -> Path:
+    return (base / Path(value).expanduser()).resolve()
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the :class:`Config` from a TOML file, the environment and command-line overrides.
+
+    :param path: the TOML file; ``None`` uses ``$GGUFD_CONFIG`` if set, else built-in defaults.
+    :param environ: defaults to ``os.environ``.
+    :param overrides: command-line values by key (``host``, ``port``, ``models_dir``); ``None`` values are ignored.
+    :raises ConfigError: with the file (or variable, or option) and the key named.
+    """
+    environ = os.environ if environ is None else environ
+    if path is None and environ.get(ENV_CONFIG):
+        path = environ[ENV_CONFIG]
+    source = Path(path).expanduser().resolve() if path is not None else None
+    doc = read_toml(source) if source is not None else {}
+    source_name = str(source) if source is not None else "defaults"
+    _check_schema(doc, source_name)
+    file_base = source.parent if source is not None else Path.cwd()
+
+    # Paths from the file resolve against the file's folder; do it before layering.
+    for key in PATH_KEYS:
+        if key in doc:
+            doc[key] = str(_resolve(doc[key], file_base))
+    models = copy.deepcopy(doc.get("models", {}))
+    for model_id, table in models.items():
+        for key in MODEL_PATH_KEYS:
+            if key in table:
+                table[key] = str(_resolve(table[key], file_base))
+
+    for name, (key_path, convert) in ENV_OVERRIDES.items():
+        raw = environ.get(name)
+        if raw is None or raw == "":
+            continue
+        try:
+            value = convert(raw)
+        except ValueError:
+            raise ConfigError(f"environment variable {name}={raw!r}: expected {convert.__name__}") from None
+        if key_path[0] in PATH_KEYS:
+            value = str(_resolve(value, Path.cwd()))
+        _set(doc, key_path, value)
+        _check_schema(doc, f"environment variable {name}")
+
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key in PATH_KEYS:
+            value = str(_resolve(str(value), Path.cwd()))
+        _set(doc, (key,), value)
+        _check_schema(doc, f"command-line option --{key.replace('_', '-')}")
+
+    config = Config(
+        source=source,
+        host=doc.get("host", Config.host),
+        port=doc.get("port", Config.port),
+        models_dir=Path(doc["models_dir"]) if "models_dir" in doc else _resolve("models", file_base.parent if source else Path.cwd()),
+        recursive=doc.get("recursive", False),
+        default_model=doc.get("default_model"),
+        plugins_dir=Path(doc["plugins_dir"]) if doc.get("plugins_dir") else None,
+        disable_plugins=tuple(doc.get("disable_plugins", ())),
+        log_level=doc.get("log_level", Config.log_level),
+        llama_log_level=doc.get("llama_log_level", Config.llama_log_level),
+        log_format=doc.get("log_format", Config.log_format),
+        max_body_bytes=doc.get("max_body_bytes", Config.max_body_bytes),
+        cuda_visible_devices=doc.get("cuda_visible_devices"),
+        llama=LlamaSettings(**doc.get("llama", {})),
+        models=MappingProxyType({mid: _finish_model(mid, table, source_name) for mid, table in models.items()}),
+    )
+    _check_files(config, source_name)
+    return config
+
+
+def _finish_model(model_id: str, table: dict, source: str) -> Mapping[str, Any]:
+    table = dict(table)
+    if "chat_template_file" in table:
+        template_path = Path(table.pop("chat_template_file"))
+        try:
+            table["chat_template"] = template_path.read_text("utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"{_where(source, f'models.{model_id}.chat_template_file')}: cannot read {template_path}: {exc.strerror}"
+            ) from None
+    if "path" in table:
+        table["path"] = Path(table["path"])
+    table["aliases"] = tuple(table.get("aliases", ()))
+    return MappingProxyType(table)
+
+
+def _check_files(config: Config, source: str) -> None:
+    if not config.models_dir.is_dir():
+        raise ConfigError(f"{_where(source, 'models_dir')}: {config.models_dir} is not a folder")
+    if config.plugins_dir is not None and not config.plugins_dir.is_dir():
+        raise ConfigError(f"{_where(source, 'plugins_dir')}: {config.plugins_dir} is not a folder")
+    for model_id, table in config.models.items():
+        path = table.get("path")
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{_where(source, f'models.{model_id}.path')}: {path} is not a file")
+
+
+def apply_process_environment(config: Config) -> None:
+    """Export settings that native libraries read from the environment (before llama.cpp loads)."""
+    if config.cuda_visible_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = config.cuda_visible_devices

@@ -1,0 +1,88 @@
+"""OpenAI-shaped API errors.
+
+Every error a client can see is an :class:`ApiError`; handlers render it as
+``{"error": {"message", "type", "param", "code"}}`` with its HTTP status.
+Messages never contain filesystem paths or tracebacks.
+"""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    """An error that is shown to the client as the OpenAI error object."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def to_dict(self) -> dict:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(ApiError):
+    """400: the request body is malformed or a parameter is out of range."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(400, message, param=param, code=code)
+
+
+class ModelNotFound(ApiError):
+    """404: the requested model id (or alias) is not served."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            404,
+            f"The model '{model}' does not exist or is not served here; GET /v1/models lists the models.",
+            code="model_not_found",
+            param="model",
+        )
+
+
+class ContextLengthExceeded(ApiError):
+    """400: prompt (plus the requested completion) does not fit the model's context."""
+
+    def __init__(self, n_ctx: int, prompt_tokens: int, max_tokens: int | None) -> None:
+        if max_tokens is None:
+            message = (
+                f"This model's maximum context length is {n_ctx} tokens. However, your messages "
+                f"resulted in {prompt_tokens} tokens. Please reduce the length of the messages."
+            )
+        else:
+            message = (
+                f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} "
+                "in the completion). Please reduce the length of the messages or completion."
+            )
+        super().__init__(400, message, code="context_length_exceeded", param="messages")
+
+
+class ServerError(ApiError):
+    """500: a bug or an engine failure; the message stays generic, details go to the log."""
+
+    def __init__(self, message: str = "The server had an error while processing your request.") -> None:
+        super().__init__(500, message, type="server_error")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the file and the key."""

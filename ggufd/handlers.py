@@ -1,0 +1,261 @@
+"""Thin Tornado handlers. Each one: decode -> call pure functions / the engine -> write.
+
+One :class:`BaseHandler` renders every error as the OpenAI error object, assigns the
+request id, and logs one structured line per request.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import structlog
+import tornado.web
+from tornado.iostream import StreamClosedError
+
+from . import __version__
+from .chat import build_generation
+from .engine import Failed, Finished, Started, TextDelta
+from .errors import ApiError, InvalidRequest, ServerError
+from .openai_format import ChunkEncoder, chat_completion, decode_json_body, dumps, new_completion_id, parse_chat_request
+
+log = structlog.get_logger("ggufd.http")
+
+JSON_TYPES = ("application/json",)
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    def initialize(self, state) -> None:
+        self.state = state  # ggufd.app.AppState: config, registry, plugins, engine
+        self.log_fields: dict = {}
+        self._logged = False
+
+    def prepare(self) -> None:
+        incoming = self.request.headers.get("X-Request-ID", "")
+        self.request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else f"req_{uuid.uuid4().hex[:16]}"
+        self.set_header("X-Request-ID", self.request_id)
+        self.started = time.perf_counter()
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Server", f"ggufd/{__version__}")
+
+    def write_json(self, obj, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(dumps(obj))
+
+    def json_body(self) -> dict:
+        content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type and content_type not in JSON_TYPES and not content_type.endswith("+json"):
+            raise ApiError(415, f"Unsupported Content-Type '{content_type}'; send application/json.")
+        return decode_json_body(self.request.body)
+
+    # --- errors
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            error = exc
+        elif isinstance(exc, tornado.web.HTTPError) or exc is None:
+            reason = (exc.log_message if isinstance(exc, tornado.web.HTTPError) else None) or self._reason
+            error = ApiError(status_code, reason, type="invalid_request_error" if status_code < 500 else "server_error")
+        else:
+            error = ServerError()
+        self.set_status(error.status)
+        for name, value in error.headers.items():
+            self.set_header(name, value)
+        self.set_header("Content-Type", "application/json")
+        self.log_fields.setdefault("error", error.code or error.type)
+        self.finish(dumps(error.to_dict()))
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, (ApiError, tornado.web.HTTPError)):
+            return  # a client error; the request line records it
+        log.error("unhandled error", request_id=getattr(self, "request_id", None), exc_info=(typ, value, tb))
+
+    # --- one log line per request
+
+    def on_finish(self) -> None:
+        self.log_request()
+
+    def log_request(self) -> None:
+        if self._logged:
+            return
+        self._logged = True
+        started = getattr(self, "started", None)
+        duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
+        log.info(
+            "request",
+            request_id=getattr(self, "request_id", None),
+            method=self.request.method,
+            path=self.request.path,
+            status=self.get_status(),
+            duration_ms=duration_ms,
+            **self.log_fields,
+        )
+
+
+class NotFoundHandler(BaseHandler):
+    def prepare(self) -> None:
+        super().prepare()
+        raise ApiError(404, f"Unknown path '{self.request.path}'. The API is under /v1.", code="not_found")
+
+
+class HealthHandler(BaseHandler):
+    def get(self) -> None:
+        registry = self.state.registry
+        engine_status = self.state.engine.status()
+        self.write_json(
+            {
+                "status": "ok",
+                "version": __version__,
+                "default_model": registry.default_id,
+                "models": sorted(registry.models),
+                "loaded_models": sorted(mid for mid, s in engine_status.items() if s["loaded"]),
+                "pending_requests": {mid: s["pending"] for mid, s in engine_status.items() if s["pending"]},
+                "skipped_files": [{"id": s.id, "reason": s.reason} for s in registry.skipped],
+            }
+        )
+
+
+def model_object(info, models_dir, loaded: bool) -> dict:
+    try:
+        created = int(info.path.stat().st_mtime)
+    except OSError:
+        created = 0
+    try:
+        root = "./" + str(info.path.relative_to(models_dir.parent))
+    except ValueError:
+        root = info.path.name
+    return {
+        "id": info.id,
+        "object": "model",
+        "created": created,
+        "owned_by": "local",
+        "root": root,
+        "family": info.family,
+        "aliases": list(info.spec.aliases),
+        "context_length": info.metadata.context_length,
+        "loaded": loaded,
+    }
+
+
+class ModelsHandler(BaseHandler):
+    def get(self, model_id: str | None = None) -> None:
+        state = self.state
+        status = state.engine.status()
+        if model_id is not None:
+            info = state.registry.get(model_id)
+            self.write_json(model_object(info, state.config.models_dir, status.get(info.id, {}).get("loaded", False)))
+            return
+        data = [model_object(info, state.config.models_dir, status.get(info.id, {}).get("loaded", False)) for info in state.registry]
+        self.write_json({"object": "list", "data": data})
+
+
+class ChatCompletionsHandler(BaseHandler):
+    generation = None
+
+    async def post(self) -> None:
+        body = self.json_body()
+        chat = parse_chat_request(body)
+        model = self.state.registry.get(chat.model)
+        if model.options.get("sampling"):
+            chat = parse_chat_request(body, model.options["sampling"])
+        self.log_fields["model"] = model.id
+        request = build_generation(self.state.plugins, model, chat)
+        self.generation = self.state.engine.start(model, request)
+
+        # Wait for the prompt to be accepted: errors such as context_length_exceeded
+        # are decided before the first byte of the response.
+        events = await self.generation.next_events()
+        first = events[0]
+        if isinstance(first, Failed):
+            raise first.error
+        if isinstance(first, Finished):  # cancelled while queued: the client is gone
+            self._note_finish(first)
+            self.log_request()
+            return
+        assert isinstance(first, Started)
+        self.log_fields["prompt_tokens"] = first.prompt_tokens
+        completion_id = new_completion_id()
+        if chat.stream:
+            await self._stream(model.id, completion_id, chat.include_usage, events[1:])
+        else:
+            await self._complete(model.id, completion_id, first.prompt_tokens, events[1:])
+
+    def _note_first_token(self) -> None:
+        if "ttft_ms" not in self.log_fields:
+            self.log_fields["ttft_ms"] = round((time.perf_counter() - self.started) * 1000, 2)
+
+    def _note_finish(self, finished: Finished) -> None:
+        self.log_fields.update(finish_reason=finished.reason, completion_tokens=finished.completion_tokens)
+
+    async def _complete(self, model_id: str, completion_id: str, prompt_tokens: int, events: list) -> None:
+        parts: list[str] = []
+        while True:
+            for event in events:
+                if isinstance(event, TextDelta):
+                    self._note_first_token()
+                    parts.append(event.text)
+                elif isinstance(event, Finished):
+                    self._note_finish(event)
+                    if event.reason == "cancelled":
+                        self.log_request()
+                        return
+                    self.write_json(
+                        chat_completion(completion_id, int(time.time()), model_id, "".join(parts), event.reason, event.prompt_tokens, event.completion_tokens)
+                    )
+                    return
+                elif isinstance(event, Failed):
+                    raise event.error
+            events = await self.generation.next_events()
+
+    async def _stream(self, model_id: str, completion_id: str, include_usage: bool, events: list) -> None:
+        encoder = ChunkEncoder(completion_id, model_id)
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        try:
+            self.write(encoder.role())
+            await self.flush()
+            while True:
+                out = []
+                finished = None
+                for event in events:
+                    if isinstance(event, TextDelta):
+                        self._note_first_token()
+                        out.append(event.text)
+                    elif isinstance(event, Finished):
+                        finished = event
+                    elif isinstance(event, Failed):
+                        self.log_fields["error"] = event.error.code or event.error.type
+                        self.write(encoder.error(event.error.to_dict()))
+                        self.finish()
+                        return
+                if out:
+                    self.write(encoder.content("".join(out)))
+                if finished is not None:
+                    self._note_finish(finished)
+                    if finished.reason == "cancelled":
+                        self.log_request()
+                        return
+                    self.write(encoder.finish(finished.reason))
+                    if include_usage:
+                        self.write(encoder.usage(finished.prompt_tokens, finished.completion_tokens))
+                    self.write(encoder.DONE)
+                    self.finish()
+                    return
+                if out:
+                    await self.flush()
+                events = await self.generation.next_events()
+        except StreamClosedError:
+            self._client_left()
+
+    def _client_left(self) -> None:
+        if self.generation is not None and not self.generation.done:
+            self.generation.cancel()
+            self.log_fields["client_disconnected"] = True
+
+    def on_connection_close(self) -> None:
+        self._client_left()
+        super().on_connection_close()

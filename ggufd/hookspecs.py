@@ -1,0 +1,96 @@
+"""Every hook ggufd calls, with its contract.
+
+Plugins implement these with ``@ggufd.hookimpl``. Built-in behaviour lives in
+``ggufd/default_plugins/`` and is registered exactly like third-party plugins,
+marked ``trylast`` so anything else wins. Hooks are called with keyword
+arguments; an implementation may accept any subset of the parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import pluggy
+
+from .gguf_metadata import GGUFMetadata
+from .types import ChatPrompt, ModelInfo, ModelSpec
+
+hookspec = pluggy.HookspecMarker("ggufd")
+
+
+@hookspec
+def discover_models(config: Any) -> list[ModelSpec] | None:
+    """Contribute the models this plugin finds.
+
+    Called at start (and on reload) by the registry; every plugin's answer is used.
+
+    :param config: the validated :class:`ggufd.config.Config`.
+    :returns: a list of :class:`ModelSpec` (or ``None``). When two plugins return the
+        same id, the one from the explicit ``[models."<id>"]`` config table wins, then
+        the first answer.
+    :raises: nothing; unreadable files are logged and skipped.
+
+    Defaults: ``directory_discovery`` (``*.gguf`` in ``models_dir``, split files grouped,
+    id = file name without ``.gguf``) and ``config_models`` (explicit ``[models.*]`` tables).
+    """
+
+
+@hookspec(firstresult=True)
+def detect_family(metadata: GGUFMetadata, spec: ModelSpec) -> str | None:
+    """Name the model family (chat format) of a model, or ``None`` if this plugin does not know it.
+
+    firstresult: the first non-``None`` answer wins. Called once per model at discovery,
+    unless the model's config sets ``family``.
+
+    :param metadata: scalar GGUF metadata (``general.architecture``, ``tokenizer.chat_template``, ...).
+    :param spec: the model spec (id, path, options) — file names are a useful hint.
+    :returns: a family name such as ``"gemma"``.
+
+    Default: ``gguf_template`` answers ``"gguf-template"`` when the GGUF carries a chat
+    template, else ``"generic"``.
+    """
+
+
+@hookspec(firstresult=True)
+def format_chat(model: ModelInfo, messages: Sequence[Mapping[str, Any]]) -> ChatPrompt | None:
+    """Render a chat (OpenAI ``messages``) into prompt text for ``model``.
+
+    firstresult: the first non-``None`` answer wins. Family plugins answer only for
+    ``model.family`` values they own.
+
+    :param model: the model, with ``family`` and GGUF ``metadata``.
+    :param messages: normalised messages: ``role`` and ``content`` (always a string;
+        text parts already joined), plus ``name``/``tool_calls``/``tool_call_id`` if sent.
+    :returns: a :class:`ChatPrompt` ending with the generation prompt for the assistant.
+    :raises ggufd.errors.InvalidRequest: for messages the format cannot express.
+
+    Precedence: ``template_override`` (tryfirst: a ``chat_template`` in the model's config)
+    > family plugins > ``gguf_template`` (trylast: the GGUF's own template in a sandboxed
+    Jinja environment, else a logged generic fallback).
+    """
+
+
+@hookspec
+def stop_sequences(model: ModelInfo) -> list[str] | None:
+    """Contribute stop strings that always apply to ``model`` (e.g. end-of-turn markers).
+
+    Every plugin's answer is used; they are added to the request's own ``stop`` list.
+    Text matching a stop string is never returned to the client.
+
+    :returns: a list of strings, or ``None``.
+
+    Default: none (the end-of-generation tokens of the vocabulary always stop generation).
+    """
+
+
+@hookspec
+def startup(config: Any) -> None:
+    """Called once after the plugins are loaded and before the server listens.
+
+    :param config: the validated :class:`ggufd.config.Config`.
+    """
+
+
+@hookspec
+def shutdown() -> None:
+    """Called once when the daemon stops, after the last request and before models are freed."""

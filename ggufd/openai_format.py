@@ -1,0 +1,195 @@
+"""Pure functions between OpenAI JSON and engine calls.
+
+No I/O, no Tornado, no llama: request dicts in, :class:`ChatRequest` out; engine
+results in, response and chunk dicts out.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import InvalidRequest
+from .types import SamplingParams
+from .validation import validate
+
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "seed")
+
+#: fields that change the answer's meaning; until they are implemented they are refused, never ignored.
+UNSUPPORTED = {
+    "tools": "tools / function calling",
+    "functions": "functions",
+    "response_format": "response_format",
+    "logprobs": "logprobs",
+    "top_logprobs": "top_logprobs",
+    "logit_bias": "logit_bias",
+}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str | None
+    messages: tuple[Mapping[str, Any], ...]
+    sampling: SamplingParams
+    max_tokens: int | None
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+
+
+def decode_json_body(raw: bytes) -> dict:
+    """Bytes -> JSON object; 400 for anything else (bad UTF-8, bad JSON, lone surrogates, non-objects)."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    _check_strings(doc, [])
+    return doc
+
+
+def _check_strings(value: Any, path: list) -> None:
+    """Reject strings that cannot be encoded as UTF-8 (lone surrogates from ``\\ud800`` escapes)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest("The request contains a lone UTF-16 surrogate, which is not valid text.", param=".".join(map(str, path)) or None) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(key, path)
+            _check_strings(item, path + [key])
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_strings(item, path + [index])
+
+
+def normalise_messages(messages: list[dict]) -> tuple[dict, ...]:
+    """Content arrays of text parts are joined into one string; other part types are refused."""
+    result = []
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        if isinstance(content, list):
+            texts = []
+            for j, part in enumerate(content):
+                if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise InvalidRequest(
+                        f"Content part type '{part.get('type')}' is not supported; only text parts are.",
+                        param=f"messages.{i}.content.{j}",
+                    )
+                texts.append(part["text"])
+            content = "".join(texts)
+        role = "system" if message["role"] == "developer" else message["role"]
+        normalised = {"role": role, "content": content if content is not None else ""}
+        for key in ("name", "tool_calls", "tool_call_id"):
+            if message.get(key) is not None:
+                normalised[key] = message[key]
+        result.append(normalised)
+    return tuple(result)
+
+
+def _max_tokens(body: Mapping[str, Any], defaults: Mapping[str, Any]) -> int | None:
+    for key in ("max_completion_tokens", "max_tokens"):
+        if key in body:
+            value = body[key]
+            return None if value in (None, -1) else value
+    return defaults.get("max_tokens")
+
+
+def parse_chat_request(body: dict, defaults: Mapping[str, Any] | None = None) -> ChatRequest:
+    """Validate a chat completions body and turn it into a :class:`ChatRequest`.
+
+    :param defaults: the model's configured ``sampling`` table; request values win.
+    """
+    validate(body, "chat_completions")
+    for key, what in UNSUPPORTED.items():
+        if body.get(key) not in (None, False, [], {}) and not (key == "response_format" and body[key].get("type") == "text"):
+            raise InvalidRequest(f"'{what}' is not supported by this server yet.", param=key)
+    if body.get("n") not in (None, 1):
+        raise InvalidRequest("Only n=1 is supported.", param="n")
+    defaults = defaults or {}
+    sampling = SamplingParams(**{k: body[k] if body.get(k) is not None else defaults.get(k) for k in SAMPLING_FIELDS})
+    stop = body.get("stop")
+    if stop is None:
+        stop = defaults.get("stop", ())
+    elif isinstance(stop, str):
+        stop = (stop,)
+    stream_options = body.get("stream_options") or {}
+    return ChatRequest(
+        model=body.get("model"),
+        messages=normalise_messages(body["messages"]),
+        sampling=sampling,
+        max_tokens=_max_tokens(body, defaults),
+        stop=tuple(stop),
+        stream=bool(body.get("stream")),
+        include_usage=bool(stream_options.get("include_usage")),
+    )
+
+
+def new_completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+
+
+def chat_completion(completion_id: str, created: int, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
+
+
+class ChunkEncoder:
+    """Builds the ``data: ...`` events of one streamed chat completion (same id/created/model in each)."""
+
+    def __init__(self, completion_id: str, model: str, created: int | None = None) -> None:
+        self.completion_id = completion_id
+        self.model = model
+        self.created = int(time.time()) if created is None else created
+
+    def _event(self, choices: list, **extra) -> bytes:
+        chunk = {"id": self.completion_id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": choices, **extra}
+        return b"data: " + dumps(chunk) + b"\n\n"
+
+    def delta(self, delta: dict, finish_reason: str | None = None) -> bytes:
+        return self._event([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
+
+    def role(self) -> bytes:
+        return self.delta({"role": "assistant", "content": ""})
+
+    def content(self, text: str) -> bytes:
+        return self.delta({"content": text})
+
+    def finish(self, reason: str) -> bytes:
+        return self.delta({}, reason)
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        return self._event([], usage=usage(prompt_tokens, completion_tokens))
+
+    @staticmethod
+    def error(error: dict) -> bytes:
+        return b"data: " + dumps(error) + b"\n\n"
+
+    DONE = b"data: [DONE]\n\n"
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact, strict UTF-8 JSON (the engine never produces unencodable text)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -1,0 +1,69 @@
+"""Turning generated token bytes into text that is safe to send.
+
+Two rules for every piece of text leaving the engine:
+
+* never invalid UTF-8: a multi-byte character split across tokens is held back until
+  it is complete (bytes that can never become valid UTF-8 turn into U+FFFD);
+* never a leaked stop string: text that could be the beginning of a stop string is
+  held back until it is clear whether the stop string follows.
+
+The same class serves streaming and non-streaming responses, so both see exactly the
+same text.
+"""
+
+from __future__ import annotations
+
+import codecs
+from typing import Sequence
+
+
+class TextAssembler:
+    """Feed token bytes in, get releasable text out, and learn when a stop string matched."""
+
+    def __init__(self, stop: Sequence[str] = ()) -> None:
+        self._stops = tuple(s for s in dict.fromkeys(stop) if s)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = ""
+        self.stopped = False
+
+    def feed(self, data: bytes) -> str:
+        """Add token bytes; return the text that can be released now.
+
+        After a stop string matched, :attr:`stopped` is true, the text before the stop
+        string has been returned and everything after it is dropped.
+        """
+        if self.stopped:
+            return ""
+        self._pending += self._decoder.decode(data)
+        return self._release(final=False)
+
+    def finish(self) -> str:
+        """The generation ended: flush what was held back (an incomplete character becomes U+FFFD)."""
+        if self.stopped:
+            return ""
+        self._pending += self._decoder.decode(b"", final=True)
+        return self._release(final=True)
+
+    def _release(self, final: bool) -> str:
+        text = self._pending
+        if not self._stops:
+            self._pending = ""
+            return text
+        cut = min((i for i in (text.find(s) for s in self._stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self._pending = ""
+            return text[:cut]
+        hold = 0 if final else self._partial_stop_length(text)
+        self._pending = text[len(text) - hold:] if hold else ""
+        return text[: len(text) - hold]
+
+    def _partial_stop_length(self, text: str) -> int:
+        """Length of the longest suffix of ``text`` that is a proper prefix of a stop string."""
+        best = 0
+        for stop in self._stops:
+            for length in range(min(len(stop) - 1, len(text)), best, -1):
+                if text.endswith(stop[:length]):
+                    best = length
+                    break
+        return best
