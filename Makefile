@@ -1,5 +1,5 @@
 # ggufd — two commands on a fresh machine: `make serve` and `make test`.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= etc/ggufd.toml
