@@ -230,7 +230,9 @@ class ModelWorker:
 
         prompt = request.prompt
         tokens = llama.tokenize(prompt.text.encode("utf-8"), add_bos=prompt.add_bos, special=True)
-        n_ctx = llama.n_ctx()
+        # llama.cpp may round the context up (to a multiple of 256); llama-cpp-python's
+        # token buffer keeps the size that was asked for, so the smaller one is the limit.
+        n_ctx = min(llama.n_ctx(), len(llama.input_ids))
         n_prompt = len(tokens)
         budget = n_ctx - n_prompt
         if budget <= 0 or (request.max_tokens is not None and request.max_tokens > budget):

@@ -1,0 +1,83 @@
+"""End to end on the real demo model, gemma-3-270m Q4_K_M, whose GGUF has no chat template.
+
+The gemma family plugin (plugins/gemma.py) supplies the turn format. The model is a small
+base model, so the question is asked few-shot; it answers "Paris".
+"""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.gemma]
+
+FEW_SHOT = [
+    {"role": "system", "content": "Answer with one word."},
+    {"role": "user", "content": "What is the capital of Germany?"},
+    {"role": "assistant", "content": "Berlin"},
+    {"role": "user", "content": "What is the capital of France?"},
+]
+
+
+@pytest.fixture(scope="module")
+def gemma_daemon(gemma_model, tmp_path_factory):
+    from conftest import REPO, Daemon, write_config
+
+    folder = tmp_path_factory.mktemp("gemma")
+    (folder / "models").mkdir()
+    config = write_config(
+        folder / "ggufd.toml",
+        {
+            "models_dir": "models",  # relative to the config file
+            "plugins_dir": str(REPO / "plugins"),
+            "llama": {"n_ctx": 1024},
+            "models": {"gemma-3-270m-q4_k_m": {"path": str(gemma_model), "aliases": ["gemma"]}},
+        },
+    )
+    daemon = Daemon(config).start()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def client(gemma_daemon):
+    return openai.OpenAI(base_url=gemma_daemon.url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_gemma_is_served_with_its_family(client):
+    model = client.models.retrieve("gemma")
+    assert model.id == "gemma-3-270m-q4_k_m"
+    assert model.model_extra["family"] == "gemma"
+    assert model.model_extra["context_length"] == 32768
+
+
+def test_gemma_answers_a_chat_question(client):
+    response = client.chat.completions.create(model="gemma", messages=FEW_SHOT, max_tokens=8, temperature=0)
+    content = response.choices[0].message.content
+    assert content.startswith("Paris"), content
+    assert "<end_of_turn>" not in content and "<start_of_turn>" not in content
+    # system + 3 turns in gemma's format: 40 tokens (BOS, <start_of_turn>, role, ... <start_of_turn>model\n)
+    assert response.usage.prompt_tokens == 40
+
+
+def test_gemma_streaming_equals_non_streaming(client):
+    kwargs = dict(model="gemma", messages=FEW_SHOT, max_tokens=24, temperature=0)
+    full = client.chat.completions.create(**kwargs).choices[0].message.content
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == full
+    assert chunks[-1].usage.completion_tokens <= 24
+
+
+def test_gemma_stops_at_end_of_turn(client):
+    """A stop at the family's end-of-turn marker reports finish_reason 'stop' and leaks no marker."""
+    response = client.chat.completions.create(
+        model="gemma",
+        messages=[{"role": "user", "content": "Complete the sentence: The capital of France is"}],
+        max_tokens=64,
+        temperature=0,
+    )
+    choice = response.choices[0]
+    assert choice.finish_reason == "stop"
+    assert response.usage.completion_tokens < 64
+    assert "<end_of_turn>" not in choice.message.content
