@@ -250,6 +250,15 @@ class ChatCompletionsHandler(BaseHandler):
                 events = await self.generation.next_events()
         except StreamClosedError:
             self._client_left()
+            await self._wait_until_stopped()
+
+    async def _wait_until_stopped(self) -> None:
+        """After the client left: the worker stops within a token; record how the generation ended."""
+        while not self.generation.done:
+            for event in await self.generation.next_events():
+                if isinstance(event, Finished):
+                    self._note_finish(event)
+        self.log_request()
 
     def _client_left(self) -> None:
         if self.generation is not None and not self.generation.done:

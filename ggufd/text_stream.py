@@ -49,8 +49,11 @@ class TextAssembler:
         if not self._stops:
             self._pending = ""
             return text
-        cut = min((i for i in (text.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
+        # The stop string completed first wins (the earliest end; on a tie the longer one),
+        # so the result does not depend on how the bytes were split into tokens.
+        matches = [(i + len(s), i) for s in self._stops if (i := text.find(s)) >= 0]
+        if matches:
+            _, cut = min(matches)
             self.stopped = True
             self._pending = ""
             return text[:cut]

@@ -59,7 +59,7 @@ def test_disconnect_stops_generation(slow_daemon, stream):
     rid = f"leave-{stream}"
     sock = open_request(slow_daemon.url, {"messages": MESSAGES, "stream": stream, "temperature": 0}, rid)
     if stream:
-        read_until(sock, b'"content":"')  # the first content chunk arrived
+        read_until(sock, b'"delta":{"content":"')  # the first content chunk arrived
     else:
         time.sleep(0.2)  # generating
     sock.close()

@@ -107,6 +107,7 @@ def test_concurrent_generations_queue_and_match_solo_output(tiny_model):
         engine = make_engine()
         info = model_info(tiny_model)
         solo = text_of(await collect(engine.start(info, GenerationRequest(PROMPT, GREEDY, max_tokens=40))))
+        await asyncio.sleep(0.05)  # the worker reports the finished job back to the loop
         generations = [engine.start(info, GenerationRequest(PROMPT, GREEDY, max_tokens=40)) for _ in range(6)]
         assert engine.status()["tiny"]["pending"] == 6
         results = await asyncio.gather(*(collect(g) for g in generations))
