@@ -7,6 +7,7 @@ alternate") becomes a 400 for the client.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
@@ -31,10 +32,19 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
 @lru_cache(maxsize=64)
 def compile_template(source: str) -> jinja2.Template:
     """Compile once; raises ``jinja2.TemplateError`` for a broken template."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, loader=None)
+    # The environment Hugging Face chat templates are written for: loop controls
+    # ({% break %}, {% continue %}) and a tojson that neither sorts keys nor HTML-escapes.
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, loader=None, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env.from_string(source)
