@@ -50,10 +50,10 @@ class InvalidRequest(ApiError):
 class ModelNotFound(ApiError):
     """404: the requested model id (or alias) is not served."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, message: str | None = None) -> None:
         super().__init__(
             404,
-            f"The model '{model}' does not exist or is not served here; GET /v1/models lists the models.",
+            message or f"The model '{model}' does not exist or is not served here; GET /v1/models lists the models.",
             code="model_not_found",
             param="model",
         )

@@ -39,13 +39,11 @@ class ModelRegistry:
         """The model for a request's ``model`` field (``None`` or "" -> the default model)."""
         if not name:
             if self.default_id is None:
-                raise ModelNotFound("(default)")
+                raise ModelNotFound("", "No model is served: the models folder holds no .gguf files.")
             return self.models[self.default_id]
-        model_id = self.aliases.get(name, name)
-        try:
-            return self.models[model_id]
-        except (KeyError, TypeError):
-            raise ModelNotFound(name) from None
+        if not isinstance(name, str) or (model_id := self.aliases.get(name, name)) not in self.models:
+            raise ModelNotFound(str(name))
+        return self.models[model_id]
 
     def __iter__(self):
         return iter(self.models.values())

@@ -61,7 +61,13 @@ def group_models(files: list[Path]) -> list[tuple[str, Path]]:
             log.warning("skipping incomplete split model", model=name, missing_parts=missing[:10])
             continue
         models.append((name, first[key]))
-    return sorted(models)
+    unique: dict[str, Path] = {}
+    for model_id, path in sorted(models):
+        if model_id in unique:
+            log.warning("two model files have the same id; serving the first", model=model_id, file=path.name)
+            continue
+        unique[model_id] = path
+    return list(unique.items())
 
 
 @hookimpl(trylast=True)

@@ -37,10 +37,10 @@ def detect_family(metadata, spec):
     return "gguf-template" if usable_template(metadata) else "generic"
 
 
-def generic_transcript(messages) -> ChatPrompt:
+def generic_transcript(messages, add_bos: bool = True) -> ChatPrompt:
     lines = [f"{ROLE_NAMES.get(m['role'], m['role'].title())}: {m.get('content') or ''}" for m in messages]
     lines.append("Assistant:")
-    return ChatPrompt(text="\n".join(lines), stop=("\nUser:", "\nSystem:"))
+    return ChatPrompt(text="\n".join(lines), stop=("\nUser:", "\nSystem:"), add_bos=add_bos)
 
 
 @hookimpl(trylast=True)
@@ -55,5 +55,4 @@ def format_chat(model, messages):
             model=model.id,
             family=model.family,
         )
-    prompt = generic_transcript(messages)
-    return ChatPrompt(text=prompt.text, stop=prompt.stop, add_bos=adds_bos(model.metadata))
+    return generic_transcript(messages, add_bos=adds_bos(model.metadata))
