@@ -154,6 +154,7 @@ def load_config(
     source_name = str(source) if source is not None else "defaults"
     _check_schema(doc, source_name)
     file_base = source.parent if source is not None else Path.cwd()
+    origins: dict[str, str] = {}  # path key -> where its value came from, for error messages
 
     # Paths from the file resolve against the file's folder; do it before layering.
     for key in PATH_KEYS:
@@ -167,7 +168,8 @@ def load_config(
 
     for name, (key_path, convert) in ENV_OVERRIDES.items():
         raw = environ.get(name)
-        if raw is None or raw == "":
+        # An empty CUDA_VISIBLE_DEVICES is meaningful (no GPU); other empty variables count as unset.
+        if raw is None or (raw == "" and name != "CUDA_VISIBLE_DEVICES"):
             continue
         try:
             value = convert(raw)
@@ -175,6 +177,7 @@ def load_config(
             raise ConfigError(f"environment variable {name}={raw!r}: expected {convert.__name__}") from None
         if key_path[0] in PATH_KEYS:
             value = str(_resolve(value, Path.cwd()))
+            origins[key_path[0]] = f"environment variable {name}"
         _set(doc, key_path, value)
         _check_schema(doc, f"environment variable {name}")
 
@@ -183,6 +186,7 @@ def load_config(
             continue
         if key in PATH_KEYS:
             value = str(_resolve(str(value), Path.cwd()))
+            origins[key] = f"command-line option --{key.replace('_', '-')}"
         _set(doc, (key,), value)
         _check_schema(doc, f"command-line option --{key.replace('_', '-')}")
 
@@ -203,7 +207,7 @@ def load_config(
         llama=LlamaSettings(**doc.get("llama", {})),
         models=MappingProxyType({mid: _finish_model(mid, table, source_name) for mid, table in models.items()}),
     )
-    _check_files(config, source_name)
+    _check_files(config, source_name, origins)
     return config
 
 
@@ -223,11 +227,11 @@ def _finish_model(model_id: str, table: dict, source: str) -> Mapping[str, Any]:
     return MappingProxyType(table)
 
 
-def _check_files(config: Config, source: str) -> None:
+def _check_files(config: Config, source: str, origins: Mapping[str, str]) -> None:
     if not config.models_dir.is_dir():
-        raise ConfigError(f"{_where(source, 'models_dir')}: {config.models_dir} is not a folder")
+        raise ConfigError(f"{_where(origins.get('models_dir', source), 'models_dir')}: {config.models_dir} is not a folder")
     if config.plugins_dir is not None and not config.plugins_dir.is_dir():
-        raise ConfigError(f"{_where(source, 'plugins_dir')}: {config.plugins_dir} is not a folder")
+        raise ConfigError(f"{_where(origins.get('plugins_dir', source), 'plugins_dir')}: {config.plugins_dir} is not a folder")
     for model_id, table in config.models.items():
         path = table.get("path")
         if path is not None and not path.is_file():

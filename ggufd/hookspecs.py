@@ -77,6 +77,7 @@ def stop_sequences(model: ModelInfo) -> list[str] | None:
     Every plugin's answer is used; they are added to the request's own ``stop`` list.
     Text matching a stop string is never returned to the client.
 
+    :param model: the model, with ``family`` and GGUF ``metadata``.
     :returns: a list of strings, or ``None``.
 
     Default: none (the end-of-generation tokens of the vocabulary always stop generation).

@@ -43,13 +43,22 @@ class ChatRequest:
 def decode_json_body(raw: bytes) -> dict:
     """Bytes -> JSON object; 400 for anything else (bad UTF-8, bad JSON, lone surrogates, non-objects)."""
     try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        # ValueError also covers integers too long to convert (Python's int max-digits limit).
+        doc = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    _check_strings(doc, [])
+    try:
+        _check_strings(doc, [])
+    except RecursionError:
+        raise InvalidRequest("The request body is nested too deeply.") from None
     return doc
+
+
+def _reject_constant(name: str) -> Any:
+    """``NaN``, ``Infinity`` and ``-Infinity`` are not JSON (and NaN passes every range check)."""
+    raise ValueError(f"{name} is not a valid JSON value")
 
 
 def _check_strings(value: Any, path: list) -> None:
@@ -107,7 +116,7 @@ def parse_chat_request(body: dict, defaults: Mapping[str, Any] | None = None) ->
     """
     validate(body, "chat_completions")
     for key, what in UNSUPPORTED.items():
-        if body.get(key) not in (None, False, [], {}) and not (key == "response_format" and body[key].get("type") == "text"):
+        if body.get(key) not in (None, False, [], {}) and not (key == "response_format" and isinstance(body[key], dict) and body[key].get("type") == "text"):
             raise InvalidRequest(f"'{what}' is not supported by this server yet.", param=key)
     if body.get("n") not in (None, 1):
         raise InvalidRequest("Only n=1 is supported.", param="n")

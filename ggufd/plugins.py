@@ -53,6 +53,17 @@ def _load_dir_module(path: Path) -> ModuleType:
     return module
 
 
+def _register(pm: pluggy.PluginManager, plugin: ModuleType, name: str, where: str) -> None:
+    """Register, turning a bad hook signature or a name clash into a :class:`PluginError`."""
+    taken = pm.get_plugin(name)
+    if taken is not None:
+        raise PluginError(f"{where}: the name {name!r} is already taken by {getattr(taken, '__file__', None) or taken!r}")
+    try:
+        pm.register(plugin, name=name)
+    except (pluggy.PluginValidationError, ValueError) as exc:
+        raise PluginError(f"{where}: {exc}") from exc
+
+
 def make_plugin_manager(config) -> pluggy.PluginManager:
     """Create the plugin manager for ``config``; never done at import time."""
     pm = pluggy.PluginManager("ggufd")
@@ -61,19 +72,22 @@ def make_plugin_manager(config) -> pluggy.PluginManager:
     for name in blocked:
         pm.set_blocked(name)
 
-    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    try:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    except Exception as exc:  # an installed plugin package that fails to import or validate
+        raise PluginError(f"entry-point plugin (group {ENTRY_POINT_GROUP!r}) failed to load: {exc!r}") from exc
 
     if config.plugins_dir is not None:
         for path in sorted(config.plugins_dir.glob("*.py")):
             if path.name.startswith("_") or path.stem in blocked:
                 continue
-            pm.register(_load_dir_module(path), name=path.stem)
+            _register(pm, _load_dir_module(path), path.stem, f"plugin file {path}")
 
     for module_name in DEFAULT_PLUGINS:
         short = module_name.rsplit(".", 1)[-1]
         if short in blocked or module_name in blocked:
             continue
-        pm.register(importlib.import_module(module_name), name=short)
+        _register(pm, importlib.import_module(module_name), short, f"built-in plugin {module_name}")
 
     try:
         pm.check_pending()

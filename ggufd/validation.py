@@ -14,13 +14,20 @@ from jsonschema import Draft202012Validator
 
 from .errors import InvalidRequest
 
+# JSON Schema counts 8000.0 as an "integer"; llama.cpp (ctypes) and the socket layer do not,
+# so a float where an integer belongs is refused here instead of failing later with a 500.
+_TYPE_CHECKER = Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda checker, instance: isinstance(instance, int) and not isinstance(instance, bool)
+)
+_StrictValidator = jsonschema.validators.extend(Draft202012Validator, type_checker=_TYPE_CHECKER)
+
 
 @cache
-def validator(schema_name: str) -> Draft202012Validator:
+def validator(schema_name: str) -> jsonschema.protocols.Validator:
     text = resources.files("ggufd.schemas").joinpath(f"{schema_name}.json").read_text("utf-8")
     schema = json.loads(text)
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    return _StrictValidator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
 def json_path(path) -> str:

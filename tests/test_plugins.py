@@ -1,0 +1,324 @@
+"""ggufd.plugins: building the plugin manager, plugin precedence, and the hook contracts."""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from ggufd import hookspecs
+from ggufd.config import Config
+from ggufd.gguf_metadata import read_metadata
+from ggufd.plugins import DEFAULT_PLUGINS, PluginError, describe_plugins, make_plugin_manager
+from ggufd.registry import build_registry
+from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
+
+DEFAULT_NAMES = {"directory_discovery", "config_models", "template_override", "gguf_template"}
+MESSAGES = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"})
+
+
+def config(tmp_path: Path, **fields) -> Config:
+    models = tmp_path / "models"
+    models.mkdir(exist_ok=True)
+    return Config(models_dir=models, **fields)
+
+
+def plugin_dir(tmp_path: Path, files: dict[str, str], name: str = "plugins") -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    for file_name, source in files.items():
+        (folder / file_name).write_text(textwrap.dedent(source), "utf-8")
+    return folder
+
+
+def names(pm) -> set[str]:
+    return {name for name, plugin in pm.list_name_plugin() if plugin is not None}
+
+
+def entry_point_names(pm) -> set[str]:
+    return {pm.get_name(plugin) for plugin, _ in pm.list_plugin_distinfo()}
+
+
+# --- registration
+
+
+def test_default_plugins_are_registered(tmp_path):
+    pm = make_plugin_manager(config(tmp_path))
+    assert names(pm) - entry_point_names(pm) == DEFAULT_NAMES
+    assert {m.rsplit(".", 1)[-1] for m in DEFAULT_PLUGINS} == DEFAULT_NAMES
+    for name in DEFAULT_NAMES:
+        assert pm.get_plugin(name).__name__ == f"ggufd.default_plugins.{name}"
+
+
+def test_repo_gemma_plugin_is_registered_from_plugins_dir(tmp_path):
+    pm = make_plugin_manager(config(tmp_path, plugins_dir=REPO / "plugins"))
+    assert names(pm) - entry_point_names(pm) == DEFAULT_NAMES | {"gemma"}
+    assert Path(pm.get_plugin("gemma").__file__) == REPO / "plugins" / "gemma.py"
+
+
+def test_plugins_dir_modules_register_under_their_file_stem(tmp_path):
+    folder = plugin_dir(
+        tmp_path,
+        {
+            "my_family.py": "import ggufd\n@ggufd.hookimpl\ndef stop_sequences(model):\n    return ['<|mine|>']\n",
+            "other.py": "import ggufd\n@ggufd.hookimpl\ndef startup(config):\n    pass\n",
+            "_private.py": "raise RuntimeError('underscore files are not plugins')\n",
+            "notes.txt": "not python",
+        },
+    )
+    pm = make_plugin_manager(config(tmp_path, plugins_dir=folder))
+    assert {"my_family", "other"} <= names(pm)
+    assert "_private" not in names(pm)
+    assert Path(pm.get_plugin("my_family").__file__) == folder / "my_family.py"
+    assert [impl.plugin_name for impl in pm.hook.stop_sequences.get_hookimpls()] == ["my_family"]
+
+
+@pytest.mark.parametrize("blocked", ["gemma", "gguf_template", "directory_discovery"])
+def test_disable_plugins_blocks_a_plugin_by_name(tmp_path, blocked):
+    pm = make_plugin_manager(config(tmp_path, plugins_dir=REPO / "plugins", disable_plugins=(blocked,)))
+    assert blocked not in names(pm)
+    assert pm.is_blocked(blocked)
+    assert names(pm) - entry_point_names(pm) == (DEFAULT_NAMES | {"gemma"}) - {blocked}
+
+
+def test_disable_plugins_also_accepts_the_full_module_name(tmp_path):
+    pm = make_plugin_manager(config(tmp_path, disable_plugins=("ggufd.default_plugins.config_models",)))
+    assert "config_models" not in names(pm)
+
+
+def test_a_blocked_plugins_dir_file_is_not_even_imported(tmp_path):
+    folder = plugin_dir(tmp_path, {"broken.py": "raise RuntimeError('must not be imported')\n"})
+    pm = make_plugin_manager(config(tmp_path, plugins_dir=folder, disable_plugins=("broken",)))
+    assert "broken" not in names(pm)
+
+
+def test_a_plugin_file_that_fails_to_import_is_a_plugin_error_naming_the_file(tmp_path):
+    folder = plugin_dir(tmp_path, {"broken.py": "import ggufd\nraise RuntimeError('boom at import')\n"})
+    with pytest.raises(PluginError) as info:
+        make_plugin_manager(config(tmp_path, plugins_dir=folder))
+    message = str(info.value)
+    assert str(folder / "broken.py") in message
+    assert "boom at import" in message
+    assert "ggufd_plugins.broken" not in __import__("sys").modules
+
+
+def test_a_plugin_file_with_a_syntax_error_is_a_plugin_error(tmp_path):
+    folder = plugin_dir(tmp_path, {"typo.py": "def detect_family(:\n"})
+    with pytest.raises(PluginError, match="typo.py"):
+        make_plugin_manager(config(tmp_path, plugins_dir=folder))
+
+
+def test_an_unknown_hook_name_is_a_plugin_error(tmp_path):
+    folder = plugin_dir(
+        tmp_path,
+        {"misspelt.py": "import ggufd\n@ggufd.hookimpl\ndef formatt_chat(model, messages):\n    return None\n"},
+    )
+    with pytest.raises(PluginError) as info:
+        make_plugin_manager(config(tmp_path, plugins_dir=folder))
+    message = str(info.value)
+    assert "formatt_chat" in message
+    assert "misspelt" in message
+
+
+def test_a_hook_with_an_unknown_argument_is_a_plugin_error_naming_the_file(tmp_path):
+    folder = plugin_dir(
+        tmp_path,
+        {"badsig.py": "import ggufd\n@ggufd.hookimpl\ndef format_chat(model, messages, temperature):\n    return None\n"},
+    )
+    with pytest.raises(PluginError) as info:
+        make_plugin_manager(config(tmp_path, plugins_dir=folder))
+    message = str(info.value)
+    assert str(folder / "badsig.py") in message
+    assert "temperature" in message
+
+
+def test_a_plugins_dir_file_named_like_a_builtin_is_a_plugin_error(tmp_path):
+    folder = plugin_dir(tmp_path, {"gguf_template.py": "import ggufd\n"})
+    with pytest.raises(PluginError) as info:
+        make_plugin_manager(config(tmp_path, plugins_dir=folder))
+    message = str(info.value)
+    assert "gguf_template" in message
+    assert str(folder / "gguf_template.py") in message
+
+
+def test_a_subset_of_hook_arguments_is_accepted(tmp_path):
+    folder = plugin_dir(tmp_path, {"lean.py": "import ggufd\n@ggufd.hookimpl\ndef detect_family(metadata):\n    return None\n"})
+    assert "lean" in names(make_plugin_manager(config(tmp_path, plugins_dir=folder)))
+
+
+# --- precedence on a real (tiny) GGUF
+
+
+@pytest.fixture
+def tiny_info(tiny_model, tmp_path) -> ModelInfo:
+    models = tmp_path / "tiny-models"
+    models.mkdir()
+    shutil.copy(tiny_model, models / "tiny.gguf")
+    cfg = Config(models_dir=models, plugins_dir=REPO / "plugins")
+    registry = build_registry(cfg, make_plugin_manager(cfg))
+    info = registry.get("tiny")
+    assert info.family == "gguf-template"  # ChatML template in the GGUF, not a gemma
+    return info
+
+
+FAMILY_PLUGIN = """
+import ggufd
+
+@ggufd.hookimpl{marker}
+def detect_family(metadata, spec):
+    return "{family}"
+
+@ggufd.hookimpl{marker}
+def format_chat(model, messages):
+    if model.family != "{family}":
+        return None
+    return ggufd.ChatPrompt(text="{family}:" + "|".join(m["content"] for m in messages), stop=("<{family}>",))
+"""
+
+
+def family_manager(tmp_path, marker: str = "", family: str = "fam"):
+    folder = plugin_dir(tmp_path, {f"{family}.py": FAMILY_PLUGIN.format(marker=marker, family=family)}, name=f"p-{family}")
+    return make_plugin_manager(Config(models_dir=tmp_path, plugins_dir=folder))
+
+
+def test_gguf_template_renders_when_no_other_plugin_answers(tiny_info, tmp_path):
+    pm = make_plugin_manager(Config(models_dir=tmp_path, plugins_dir=REPO / "plugins"))
+    prompt = pm.hook.format_chat(model=tiny_info, messages=MESSAGES)
+    assert isinstance(prompt, ChatPrompt)
+    assert prompt.text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.mark.parametrize("marker", ["", "(tryfirst=True)"])
+def test_a_family_plugin_beats_gguf_template(tiny_info, tmp_path, marker):
+    pm = family_manager(tmp_path, marker)
+    assert pm.hook.detect_family(metadata=tiny_info.metadata, spec=tiny_info.spec) == "fam"
+    info = replace(tiny_info, family="fam")
+    prompt = pm.hook.format_chat(model=info, messages=MESSAGES)
+    assert prompt == ChatPrompt(text="fam:Be brief.|Hi", stop=("<fam>",))
+    # a model of another family falls through to the GGUF's own template
+    assert pm.hook.format_chat(model=tiny_info, messages=MESSAGES).text.startswith("<|im_start|>system")
+
+
+def test_a_family_plugin_wins_detection_in_the_registry(tiny_model, tmp_path):
+    pm = family_manager(tmp_path)
+    models = tmp_path / "served"
+    models.mkdir()
+    shutil.copy(tiny_model, models / "tiny.gguf")
+    registry = build_registry(Config(models_dir=models), pm)
+    assert registry.get("tiny").family == "fam"
+
+
+def test_a_configured_chat_template_beats_a_tryfirst_family_plugin(tiny_info, tmp_path):
+    pm = family_manager(tmp_path, "(tryfirst=True)")
+    spec = replace(tiny_info.spec, options={"chat_template": "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}>"})
+    info = replace(tiny_info, spec=spec, family="fam")
+    assert pm.hook.format_chat(model=info, messages=MESSAGES).text == "[system]Be brief.[user]Hi>"
+
+
+def test_disabling_template_override_lets_the_family_plugin_answer(tiny_info, tmp_path):
+    folder = plugin_dir(tmp_path, {"fam.py": FAMILY_PLUGIN.format(marker="", family="fam")})
+    pm = make_plugin_manager(Config(models_dir=tmp_path, plugins_dir=folder, disable_plugins=("template_override",)))
+    spec = replace(tiny_info.spec, options={"chat_template": "ignored"})
+    info = replace(tiny_info, spec=spec, family="fam")
+    assert pm.hook.format_chat(model=info, messages=MESSAGES).text == "fam:Be brief.|Hi"
+
+
+def test_gemma_plugin_detects_by_file_name_and_formats_gemma_turns(tiny_info, tmp_path):
+    pm = make_plugin_manager(Config(models_dir=tmp_path, plugins_dir=REPO / "plugins"))
+    spec = replace(tiny_info.spec, id="my-gemma", path=tiny_info.path.with_name("My-Gemma-2b.gguf"))
+    assert pm.hook.detect_family(metadata=tiny_info.metadata, spec=spec) == "gemma"
+    info = ModelInfo(spec=spec, metadata=tiny_info.metadata, family="gemma")
+    prompt = pm.hook.format_chat(model=info, messages=MESSAGES)
+    assert prompt.text == "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+    assert prompt.stop == ("<end_of_turn>",)
+    assert pm.hook.stop_sequences(model=info) == [["<end_of_turn>", "<start_of_turn>"]]
+    assert pm.hook.stop_sequences(model=tiny_info) == []
+
+
+def test_without_gguf_template_a_model_has_no_family_answer(tiny_info, tmp_path):
+    pm = make_plugin_manager(Config(models_dir=tmp_path, disable_plugins=("gguf_template",)))
+    assert pm.hook.detect_family(metadata=tiny_info.metadata, spec=tiny_info.spec) is None
+    assert pm.hook.format_chat(model=tiny_info, messages=MESSAGES) is None
+
+
+def test_read_metadata_model_info_without_the_registry(tiny_model, tmp_path):
+    metadata = read_metadata(tiny_model)
+    info = ModelInfo(spec=ModelSpec(id="t", path=tiny_model), metadata=metadata, family="generic")
+    pm = make_plugin_manager(Config(models_dir=tmp_path))
+    # gguf_template renders the GGUF's template whatever the family name says
+    assert pm.hook.format_chat(model=info, messages=MESSAGES[1:]).text == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
+# --- describe_plugins
+
+
+def test_describe_plugins_lists_hooks_per_plugin(tmp_path):
+    pm = make_plugin_manager(config(tmp_path, plugins_dir=REPO / "plugins"))
+    described = {entry["name"]: entry for entry in describe_plugins(pm)}
+    assert described["gemma"] == {
+        "name": "gemma",
+        "hooks": ["detect_family", "format_chat", "stop_sequences"],
+        "origin": str(REPO / "plugins" / "gemma.py"),
+    }
+    assert described["directory_discovery"]["hooks"] == ["discover_models"]
+    assert described["config_models"]["hooks"] == ["discover_models"]
+    assert described["template_override"]["hooks"] == ["format_chat"]
+    assert described["gguf_template"]["hooks"] == ["detect_family", "format_chat"]
+    assert described["gguf_template"]["origin"].endswith("ggufd/default_plugins/gguf_template.py")
+
+
+def test_describe_plugins_skips_blocked_plugins(tmp_path):
+    pm = make_plugin_manager(config(tmp_path, plugins_dir=REPO / "plugins", disable_plugins=("gemma",)))
+    assert "gemma" not in {entry["name"] for entry in describe_plugins(pm)}
+
+
+# --- the hook contracts
+
+
+def hookspec_functions() -> dict:
+    return {
+        name: func
+        for name, func in vars(hookspecs).items()
+        if inspect.isfunction(func) and hasattr(func, "ggufd_spec")
+    }
+
+
+def test_hookspecs_are_the_documented_set():
+    assert set(hookspec_functions()) == {"discover_models", "detect_family", "format_chat", "stop_sequences", "startup", "shutdown"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        name
+        for name in sorted(hookspec_functions())
+    ],
+)
+def test_every_hookspec_documents_its_parameters_and_result(name):
+    func = hookspec_functions()[name]
+    doc = inspect.getdoc(func) or ""
+    assert len(doc) >= 60, f"{name}: docstring too short"
+    parameters = list(inspect.signature(func).parameters)
+    for parameter in parameters:
+        assert f":param {parameter}:" in doc, f"{name}: parameter {parameter} undocumented"
+    returns = inspect.signature(func).return_annotation
+    if returns not in ("None", None, inspect.Signature.empty):
+        assert ":returns:" in doc, f"{name}: result undocumented"
+    lines = [line for line in doc.splitlines() if line.strip()]
+    # a summary line plus one line per parameter and one for the result, at least
+    needed = 1 + len(parameters) + (returns not in ("None", None, inspect.Signature.empty))
+    assert len(lines) >= needed, f"{name}: needs a few lines"
+    if func.ggufd_spec.get("firstresult"):
+        assert "firstresult" in doc, f"{name}: firstresult semantics undocumented"
+
+
+def test_every_hook_is_implemented_by_a_builtin_or_repo_plugin(tmp_path):
+    pm = make_plugin_manager(config(tmp_path, plugins_dir=REPO / "plugins"))
+    implemented = {hook for entry in describe_plugins(pm) for hook in entry["hooks"]}
+    unimplemented = set(hookspec_functions()) - implemented
+    assert unimplemented <= {"startup", "shutdown"}, unimplemented
