@@ -98,6 +98,12 @@ class Config:
         )
 
 
+def bundled_plugins_dir() -> Path | None:
+    """The model-family plugins beside the package (``<repo>/plugins``), when ggufd runs from a checkout."""
+    candidate = Path(__file__).resolve().parent.parent / "plugins"
+    return candidate if candidate.is_dir() else None
+
+
 def _where(source: str, key: str) -> str:
     return f"{source}: {key}" if key else source
 
@@ -158,7 +164,7 @@ def load_config(
 
     # Paths from the file resolve against the file's folder; do it before layering.
     for key in PATH_KEYS:
-        if key in doc:
+        if doc.get(key):  # "" (plugins_dir) means "none"
             doc[key] = str(_resolve(doc[key], file_base))
     models = copy.deepcopy(doc.get("models", {}))
     for model_id, table in models.items():
@@ -197,7 +203,7 @@ def load_config(
         models_dir=Path(doc["models_dir"]) if "models_dir" in doc else _resolve("models", file_base.parent if source else Path.cwd()),
         recursive=doc.get("recursive", False),
         default_model=doc.get("default_model"),
-        plugins_dir=Path(doc["plugins_dir"]) if doc.get("plugins_dir") else None,
+        plugins_dir=Path(doc["plugins_dir"]) if doc.get("plugins_dir") else (None if "plugins_dir" in doc else bundled_plugins_dir()),
         disable_plugins=tuple(doc.get("disable_plugins", ())),
         log_level=doc.get("log_level", Config.log_level),
         llama_log_level=doc.get("llama_log_level", Config.llama_log_level),

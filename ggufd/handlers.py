@@ -17,7 +17,7 @@ from . import __version__
 from .chat import build_generation
 from .engine import Failed, Finished, Started, TextDelta
 from .errors import ApiError, InvalidRequest, ServerError
-from .openai_format import ChunkEncoder, chat_completion, decode_json_body, dumps, new_completion_id, parse_chat_request
+from .openai_format import ChunkEncoder, chat_completion, decode_json_body, dumps, new_completion_id, parse_chat_request, with_model_defaults
 
 log = structlog.get_logger("ggufd.http")
 
@@ -160,7 +160,7 @@ class ChatCompletionsHandler(BaseHandler):
         chat = parse_chat_request(body)
         model = self.state.registry.get(chat.model)
         if model.options.get("sampling"):
-            chat = parse_chat_request(body, model.options["sampling"])
+            chat = with_model_defaults(chat, model.options["sampling"])
         self.log_fields["model"] = model.id
         request = build_generation(self.state.plugins, model, chat)
         self.generation = self.state.engine.start(model, request)

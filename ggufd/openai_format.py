@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from .errors import InvalidRequest
@@ -38,6 +38,8 @@ class ChatRequest:
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool
+    max_tokens_given: bool = False  # max_tokens/max_completion_tokens was sent (even as -1/null)
+    stop_given: bool = False
 
 
 def decode_json_body(raw: bytes) -> dict:
@@ -101,18 +103,11 @@ def normalise_messages(messages: list[dict]) -> tuple[dict, ...]:
     return tuple(result)
 
 
-def _max_tokens(body: Mapping[str, Any], defaults: Mapping[str, Any]) -> int | None:
-    for key in ("max_completion_tokens", "max_tokens"):
-        if key in body:
-            value = body[key]
-            return None if value in (None, -1) else value
-    return defaults.get("max_tokens")
-
-
 def parse_chat_request(body: dict, defaults: Mapping[str, Any] | None = None) -> ChatRequest:
     """Validate a chat completions body and turn it into a :class:`ChatRequest`.
 
-    :param defaults: the model's configured ``sampling`` table; request values win.
+    :param defaults: the model's configured ``sampling`` table; request values win
+        (see :func:`with_model_defaults`).
     """
     validate(body, "chat_completions")
     for key, what in UNSUPPORTED.items():
@@ -120,22 +115,36 @@ def parse_chat_request(body: dict, defaults: Mapping[str, Any] | None = None) ->
             raise InvalidRequest(f"'{what}' is not supported by this server yet.", param=key)
     if body.get("n") not in (None, 1):
         raise InvalidRequest("Only n=1 is supported.", param="n")
-    defaults = defaults or {}
-    sampling = SamplingParams(**{k: body[k] if body.get(k) is not None else defaults.get(k) for k in SAMPLING_FIELDS})
     stop = body.get("stop")
-    if stop is None:
-        stop = defaults.get("stop", ())
-    elif isinstance(stop, str):
-        stop = (stop,)
+    max_key = next((key for key in ("max_completion_tokens", "max_tokens") if key in body), None)
+    max_tokens = body[max_key] if max_key else None
     stream_options = body.get("stream_options") or {}
-    return ChatRequest(
+    chat = ChatRequest(
         model=body.get("model"),
         messages=normalise_messages(body["messages"]),
-        sampling=sampling,
-        max_tokens=_max_tokens(body, defaults),
-        stop=tuple(stop),
+        sampling=SamplingParams(**{k: body.get(k) for k in SAMPLING_FIELDS}),
+        max_tokens=None if max_tokens == -1 else max_tokens,
+        stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
         stream=bool(body.get("stream")),
         include_usage=bool(stream_options.get("include_usage")),
+        max_tokens_given=max_key is not None,
+        stop_given=stop is not None,
+    )
+    return with_model_defaults(chat, defaults) if defaults else chat
+
+
+def with_model_defaults(chat: ChatRequest, defaults: Mapping[str, Any]) -> ChatRequest:
+    """Fill what the request left unset from the model's ``sampling`` table.
+
+    An explicit ``max_tokens`` of -1/null means "no limit" and is kept; ``stop`` comes from
+    the table only when the request sent none.
+    """
+    sampling = SamplingParams(**{k: v if (v := getattr(chat.sampling, k)) is not None else defaults.get(k) for k in SAMPLING_FIELDS})
+    return replace(
+        chat,
+        sampling=sampling,
+        max_tokens=chat.max_tokens if chat.max_tokens_given else defaults.get("max_tokens"),
+        stop=chat.stop if chat.stop_given else tuple(defaults.get("stop", ())),
     )
 
 

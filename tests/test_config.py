@@ -58,7 +58,7 @@ def test_builtin_defaults_without_a_file(tmp_path, monkeypatch):
     assert config.models_dir == tmp_path / "models"  # ./models without a file
     assert config.recursive is False
     assert config.default_model is None
-    assert config.plugins_dir is None
+    assert config.plugins_dir == REPO / "plugins"  # the checkout's family plugins
     assert config.disable_plugins == ()
     assert config.log_level == "info"
     assert config.llama_log_level == "warn"
@@ -500,3 +500,9 @@ def test_schema_key_check_would_notice_a_missing_key(tmp_path):
     assert not re.search(r"^\s*(#\s*)?n_ctx\s*=", text, re.MULTILINE)
     assert not re.search(r"^\s*(#\s*)?\[([^\]\n]*\.)?sampling(\.[^\]\n]*)?\]", text, re.MULTILINE)
     assert re.search(r"^\s*(#\s*)?\[([^\]\n]*\.)?sampling(\.[^\]\n]*)?\]", '[models."m".sampling]', re.MULTILINE)
+
+
+def test_empty_plugins_dir_means_no_plugins_folder(tmp_path):
+    config_path = tmp_path / "c.toml"
+    config_path.write_text(f'models_dir = "{tmp_path}"\nplugins_dir = ""\n')
+    assert load_config(config_path, environ={}).plugins_dir is None

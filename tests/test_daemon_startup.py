@@ -95,3 +95,17 @@ def test_sigterm_exits_zero(tiny_model, tmp_path, make_daemon):
     assert chat(daemon.url, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})[0] == 200
     assert daemon.stop() == 0
     assert daemon.logs("stopped")
+
+
+def test_model_sampling_defaults_apply_and_requests_win(tiny_model, tmp_path, make_daemon):
+    shutil.copy(tiny_model, tmp_path / "m.gguf")
+    daemon = make_daemon(
+        {"models_dir": str(tmp_path), "llama": {"n_ctx": 256, "n_threads": 1}, "models": {"m": {"sampling": {"max_tokens": 7, "temperature": 0}}}}
+    )
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    first = json.loads(chat(daemon.url, body)[2])
+    assert first["usage"]["completion_tokens"] == 7
+    assert json.loads(chat(daemon.url, body)[2])["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+    assert json.loads(chat(daemon.url, {**body, "max_tokens": 3})[2])["usage"]["completion_tokens"] == 3
+    assert json.loads(chat(daemon.url, {**body, "max_tokens": -1})[2])["choices"][0]["finish_reason"] == "length"
+    assert json.loads(chat(daemon.url, {**body, "max_tokens": -1})[2])["usage"]["total_tokens"] == 256

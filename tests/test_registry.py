@@ -45,8 +45,7 @@ def registry_for(
 ):
     """Write a TOML config and build the registry with the real plugin manager."""
     lines = [f"models_dir = {toml_str(models_dir)}"]
-    if plugins:
-        lines.append(f"plugins_dir = {toml_str(PLUGINS_DIR)}")
+    lines.append(f"plugins_dir = {toml_str(PLUGINS_DIR if plugins else '')}")  # "" = no plugins folder
     config_path = tmp_path / "ggufd.toml"
     # top-level keys first, tables (extra) after
     config_path.write_text("\n".join(lines) + "\n" + extra)
