@@ -142,14 +142,15 @@ def model_object(info, models_dir, loaded: bool) -> dict:
 
 class ModelsHandler(BaseHandler):
     def get(self, model_id: str | None = None) -> None:
-        state = self.state
-        status = state.engine.status()
+        status = self.state.engine.status()
+
+        def describe(info) -> dict:
+            return model_object(info, self.state.config.models_dir, status.get(info.id, {}).get("loaded", False))
+
         if model_id is not None:
-            info = state.registry.get(model_id)
-            self.write_json(model_object(info, state.config.models_dir, status.get(info.id, {}).get("loaded", False)))
-            return
-        data = [model_object(info, state.config.models_dir, status.get(info.id, {}).get("loaded", False)) for info in state.registry]
-        self.write_json({"object": "list", "data": data})
+            self.write_json(describe(self.state.registry.get(model_id)))
+        else:
+            self.write_json({"object": "list", "data": [describe(info) for info in self.state.registry]})
 
 
 class ChatCompletionsHandler(BaseHandler):
