@@ -30,13 +30,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _overrides(args) -> dict:
+    return {"host": args.host, "port": args.port, "models_dir": args.models_dir}
+
+
 def _setup(args):
     from .config import load_config
     from .logs import configure_logging
     from .plugins import make_plugin_manager
     from .registry import build_registry
 
-    config = load_config(args.config, overrides={"host": args.host, "port": args.port, "models_dir": args.models_dir})
+    config = load_config(args.config, overrides=_overrides(args))
     quiet = args.check_config or args.command != "serve"
     configure_logging("warning" if quiet else config.log_level, config.log_format, stream=sys.stderr if quiet else None)
     pm = make_plugin_manager(config)
@@ -86,19 +90,29 @@ def main(argv: list[str] | None = None) -> int:
             for plugin in plugins:
                 print(f"{plugin['name']}  ({plugin['origin']})\n    hooks: {', '.join(plugin['hooks']) or '-'}")
         return 0
-    return _serve(config, pm, registry)
+    return _serve(args, config, pm, registry)
 
 
-def _serve(config, pm, registry) -> int:
-    from .app import AppState, serve
-    from .config import apply_process_environment
-    from .engine import Engine
+def _serve(args, config, pm, registry) -> int:
+    from .app import AppState, make_engine, serve
+    from .config import apply_process_environment, load_config
 
+    missing = [model_id for model_id in config.preload if model_id not in registry.models and model_id not in registry.aliases]
+    if missing:
+        print(f"ggufd: configuration error: {config.source or 'config'}: preload: not served: {', '.join(missing)}", file=sys.stderr)
+        return 2
     apply_process_environment(config)
-    engine = Engine(settings_for=lambda info: config.model_settings(info.options), llama_log_level=config.llama_log_level)
+    engine = make_engine(config)
     pm.hook.startup(config=config)
+    state = AppState(
+        config=config,
+        registry=registry,
+        plugins=pm,
+        engine=engine,
+        reload_config=lambda: load_config(args.config, overrides=_overrides(args)),
+    )
     try:
-        asyncio.run(serve(AppState(config=config, registry=registry, plugins=pm, engine=engine)))
+        asyncio.run(serve(state))
     except OSError as exc:  # e.g. the port is taken
         print(f"ggufd: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -23,6 +23,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .errors import ConfigError
+from .memory import parse_size
 from .validation import first_error
 
 ENV_CONFIG = "GGUFD_CONFIG"
@@ -83,6 +84,14 @@ class Config:
     log_format: str = "auto"
     max_body_bytes: int = 16 * 1024 * 1024
     cuda_visible_devices: str | None = None
+    # lifecycle and scheduling
+    max_loaded_models: int = 0  # 0 = no limit
+    memory_budget: Mapping[str, int] = field(default_factory=dict)  # device ("cpu", "gpu", "0", "*") -> bytes
+    max_queue: int = 32  # waiting requests per model beyond the running one
+    queue_timeout: float = 0  # seconds a request may wait before it starts; 0 = no limit
+    shutdown_timeout: float = 30
+    keep_alive: float = -1  # seconds a model stays loaded when idle; 0 = unload after use; -1 = forever
+    preload: tuple[str, ...] = ()
     llama: LlamaSettings = field(default_factory=LlamaSettings)
     #: model id -> its ``[models."<id>"]`` table, paths resolved, chat_template_file read.
     models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -210,11 +219,28 @@ def load_config(
         log_format=doc.get("log_format", Config.log_format),
         max_body_bytes=doc.get("max_body_bytes", Config.max_body_bytes),
         cuda_visible_devices=doc.get("cuda_visible_devices"),
+        max_loaded_models=doc.get("max_loaded_models", Config.max_loaded_models),
+        memory_budget=MappingProxyType(_budgets(doc.get("memory_budget"))),
+        max_queue=doc.get("max_queue", Config.max_queue),
+        queue_timeout=doc.get("queue_timeout", Config.queue_timeout),
+        shutdown_timeout=doc.get("shutdown_timeout", Config.shutdown_timeout),
+        keep_alive=doc.get("keep_alive", Config.keep_alive),
+        preload=tuple(doc.get("preload", ())),
         llama=LlamaSettings(**doc.get("llama", {})),
         models=MappingProxyType({mid: _finish_model(mid, table, source_name) for mid, table in models.items()}),
     )
     _check_files(config, source_name, origins)
     return config
+
+
+def _budgets(value) -> dict[str, int]:
+    """``"20GiB"`` (every device) or ``{cpu = "8GiB", 0 = "20GiB"}`` -> device key -> bytes.
+    GPU indexes become the engine's device keys ``cuda:N``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        return {"*": parse_size(value)}
+    return {(f"cuda:{key}" if key.isdigit() else key): parse_size(size) for key, size in value.items()}
 
 
 def _finish_model(model_id: str, table: dict, source: str) -> Mapping[str, Any]:

@@ -1,29 +1,32 @@
-"""The engine: owns the llama.cpp objects and runs every llama call off the event loop.
+"""The engine: model lifecycle and scheduling, on the event loop; llama work on device threads.
 
-Each model has one :class:`ModelWorker` with a single worker thread; llama objects are
-not thread-safe and CUDA work for one device belongs on one thread. Jobs for a model
-queue on its thread in FIFO order, so concurrent requests all complete and never
-interleave on one llama object. Results travel back to the asyncio loop with
-``call_soon_threadsafe`` — the worker never touches the event loop's objects directly.
+For every served model the engine keeps a :class:`ModelSlot` (state, queue depth, memory
+need, last use). A request becomes a :class:`Generation`; its task
 
-Nothing here knows about HTTP.
+1. waits until the model is loaded — loading it if needed, after evicting idle models
+   (least recently used first) when ``max_loaded_models`` or the device's
+   ``memory_budget`` would be exceeded; concurrent requests share one load;
+2. runs the generation on the model's device thread (:mod:`ggufd.devices`), FIFO.
+
+A model with running or queued requests is never unloaded, so no request ever runs on a
+freed model. Results reach the loop with ``call_soon_threadsafe``. Nothing here knows HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 import structlog
 
-from .errors import ApiError, ContextLengthExceeded, ServerError
-from .text_stream import TextAssembler
+from . import llama_backend
+from .devices import DeviceExecutors, placement_for
+from .errors import ApiError, ServerError
+from .llama_backend import Placement
+from .memory import estimate_model_bytes, format_bytes
 from .types import GenerationRequest, ModelInfo
 
 log = structlog.get_logger("ggufd.engine")
@@ -54,10 +57,10 @@ class Failed:
 
 
 class Generation:
-    """The handle a caller holds for one running generation.
+    """The handle a caller holds for one generation.
 
-    Events arrive on the caller's asyncio loop; :meth:`cancel` may be called from any
-    thread and stops the worker at its next token (or before it starts, if queued).
+    Events arrive on the caller's loop; :meth:`cancel` may be called from any thread and
+    stops the work at the next token, between prompt batches, or before it starts.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -66,8 +69,8 @@ class Generation:
         self._cancel = threading.Event()
         self.done = False
 
-    # worker side
     def emit(self, event) -> None:
+        """Thread-safe: queue an event for the loop."""
         self._loop.call_soon_threadsafe(self._events.put_nowait, event)
 
     @property
@@ -77,7 +80,6 @@ class Generation:
     def cancel(self) -> None:
         self._cancel.set()
 
-    # loop side
     async def next_events(self) -> list:
         """Wait for at least one event; return every event available now (fewer writes under load)."""
         events = [await self._events.get()]
@@ -88,226 +90,370 @@ class Generation:
         return events
 
 
-# --- llama.cpp glue (imported lazily: importing llama_cpp costs memory and start-up time)
+class Overloaded(ApiError):
+    """503 + Retry-After: the model's queue is full, or the server is draining."""
 
-#: LLAMA_LOG_LEVEL -> how verbose llama.cpp may be (0 = silent).
-_LLAMA_VERBOSITY = {"none": 0, "error": 1, "warn": 2, "warning": 2, "info": 3, "debug": 4}
-#: ggml_log_level (ggml.h: 1 debug, 2 info, 3 warn, 4 error, 5 continuation) -> verbosity rank.
-_GGML_RANK = {4: 1, 3: 2, 2: 3, 1: 4}
-_llama_log_callback = None  # keep the ctypes callback alive
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(503, message, type="server_error", code="server_is_overloaded", headers={"Retry-After": str(retry_after)})
 
 
-def configure_llama_logging(level: str) -> None:
-    """Route llama.cpp's own log lines into structlog, filtered by ``LLAMA_LOG_LEVEL``."""
-    global _llama_log_callback
-    import llama_cpp
-
-    allowed = _LLAMA_VERBOSITY[level]
-    llog = structlog.get_logger("llama.cpp")
-    methods = {1: llog.error, 2: llog.warning, 3: llog.info, 4: llog.debug}
-    state = {"last": 2}
-
-    @llama_cpp.llama_log_callback
-    def callback(ggml_level: int, text: bytes, user_data) -> None:
-        if ggml_level == 5:
-            ggml_level = state["last"]
-        state["last"] = ggml_level
-        rank = _GGML_RANK.get(ggml_level, 4)
-        if rank > allowed:
-            return
-        message = text.decode("utf-8", errors="replace").rstrip()
-        if message:
-            methods[rank](message, source="llama.cpp")
-
-    _llama_log_callback = callback
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-
-
-def token_bytes(llama, token: int) -> bytes:
-    """The bytes of one generated token (special tokens render as nothing)."""
-    import llama_cpp
-
-    size = 64
-    while True:
-        buffer = ctypes.create_string_buffer(size)
-        n = llama_cpp.llama_token_to_piece(llama._model.vocab, token, buffer, size, 0, False)
-        if n >= 0:
-            return buffer.raw[:n]
-        size = -n
-
-
-def load_llama(info: ModelInfo, settings) -> Any:
-    """Create the ``llama_cpp.Llama`` for a model (runs on the model's worker thread)."""
-    import llama_cpp
-
-    n_gpu_layers = settings.n_gpu_layers
-    if n_gpu_layers != 0 and not llama_cpp.llama_supports_gpu_offload():
-        log.warning(
-            "this llama-cpp-python build has no GPU offload; running on CPU "
-            "(install it with CMAKE_ARGS=\"-DGGML_CUDA=on\" for CUDA)",
-            model=info.id,
-            n_gpu_layers=n_gpu_layers,
+class ModelTooLarge(ApiError):
+    def __init__(self, model_id: str, need: int, budget: int, device: str) -> None:
+        super().__init__(
+            400,
+            f"The model '{model_id}' needs about {format_bytes(need)}, more than the memory budget of "
+            f"{format_bytes(budget)} for device {device}; it cannot be loaded.",
+            code="model_too_large",
+            param="model",
         )
-        n_gpu_layers = 0
-    return llama_cpp.Llama(
-        model_path=str(info.path),
-        n_ctx=settings.n_ctx,
-        n_gpu_layers=n_gpu_layers,
-        n_batch=settings.n_batch,
-        n_threads=settings.threads,
-        n_threads_batch=settings.threads,
-        verbose=False,
-    )
 
 
-class ModelWorker:
-    """One model's llama object and the single thread that touches it."""
+@dataclass(frozen=True)
+class Limits:
+    """Scheduling limits (from the config; replaced on reload)."""
 
-    def __init__(self, info: ModelInfo, settings, loader: Callable = load_llama) -> None:
-        self.info = info
-        self.settings = settings
-        self._loader = loader
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{info.id[:20]}")
-        self._llama = None
-        self._load_error: ApiError | None = None
-        self.pending = 0  # queued + running jobs (touched on the loop thread only)
+    max_loaded_models: int = 0  # 0 = no limit
+    memory_budget: Mapping[str, int] = field(default_factory=dict)  # device -> bytes; "*" = every device
+    max_queue: int = 32
+    keep_alive: float = -1  # seconds; 0 = unload right after use; -1 = never
+
+    def budget_for(self, device: str) -> int | None:
+        return self.memory_budget.get(device, self.memory_budget.get("*"))
+
+
+@dataclass
+class ModelSlot:
+    info: ModelInfo
+    settings: Any  # config.LlamaSettings
+    placement: Placement
+    need_bytes: int
+    max_queue: int
+    keep_alive: float
+    state: str = "unloaded"  # unloaded | loading | loaded | unloading | failed
+    llama: Any = None  # touched only on the device thread
+    progress: float = 0.0
+    pending: int = 0  # queued + running requests
+    last_used: float = 0.0
+    load_error: ApiError | None = None
+    transition: asyncio.Future | None = None  # set while loading/unloading
+    retired: bool = False  # removed from the registry; unloaded once idle
+    idle_timer: asyncio.TimerHandle | None = None
 
     @property
-    def loaded(self) -> bool:
-        return self._llama is not None
+    def id(self) -> str:
+        return self.info.id
 
-    def submit(self, generation: Generation, request: GenerationRequest) -> None:
-        self.pending += 1
-        future = self._executor.submit(self._run, generation, request)
-        future.add_done_callback(lambda _f: generation._loop.call_soon_threadsafe(self._job_done))
-
-    def _job_done(self) -> None:
-        self.pending -= 1
-
-    def close(self) -> None:
-        """Finish queued work, then free the model (blocks; call from a thread)."""
-        self._executor.submit(self._free).result()
-        self._executor.shutdown(wait=True)
-
-    # --- everything below runs on the worker thread
-
-    def _free(self) -> None:
-        if self._llama is not None:
-            self._llama.close()
-            self._llama = None
-            log.info("model unloaded", model=self.info.id)
-
-    def _ensure_loaded(self):
-        if self._llama is None and self._load_error is None:
-            started = time.perf_counter()
-            log.info("loading model", model=self.info.id, n_ctx=self.settings.n_ctx, n_gpu_layers=self.settings.n_gpu_layers)
-            try:
-                self._llama = self._loader(self.info, self.settings)
-            except Exception as exc:  # llama.cpp raises ValueError for files it cannot load
-                log.error("model failed to load", model=self.info.id, error=str(exc))
-                self._load_error = ServerError(f"The model '{self.info.id}' failed to load; see the server log.")
-            else:
-                log.info("model loaded", model=self.info.id, seconds=round(time.perf_counter() - started, 3))
-        if self._load_error is not None:
-            raise self._load_error
-        return self._llama
-
-    def _run(self, generation: Generation, request: GenerationRequest) -> None:
-        if generation.cancelled:
-            generation.emit(Finished("cancelled", 0, 0))
-            return
-        try:
-            llama = self._ensure_loaded()
-            self._generate(llama, generation, request)
-        except ApiError as exc:
-            generation.emit(Failed(exc))
-        except Exception:
-            log.exception("generation failed", model=self.info.id)
-            generation.emit(Failed(ServerError()))
-
-    def _generate(self, llama, generation: Generation, request: GenerationRequest) -> None:
-        import llama_cpp
-
-        prompt = request.prompt
-        tokens = llama.tokenize(prompt.text.encode("utf-8"), add_bos=prompt.add_bos, special=True)
-        # llama.cpp may round the context up (to a multiple of 256); llama-cpp-python's
-        # token buffer keeps the size that was asked for, so the smaller one is the limit.
-        n_ctx = min(llama.n_ctx(), len(llama.input_ids))
-        n_prompt = len(tokens)
-        budget = n_ctx - n_prompt
-        if budget <= 0 or (request.max_tokens is not None and request.max_tokens > budget):
-            raise ContextLengthExceeded(n_ctx, n_prompt, request.max_tokens)
-        max_tokens = budget if request.max_tokens is None else request.max_tokens
-        generation.emit(Started(n_prompt))
-
-        s = request.sampling
-        llama.set_seed(s.seed if s.seed is not None else random.getrandbits(32))
-        assembler = TextAssembler(request.stop + prompt.stop)
-        vocab = llama._model.vocab
-        n_generated = 0
-        reason = "length"
-        for token in llama.generate(
-            tokens,
-            temp=s.temperature if s.temperature is not None else 0.8,
-            top_p=s.top_p if s.top_p is not None else 0.95,
-            top_k=s.top_k if s.top_k is not None else 40,
-            min_p=s.min_p if s.min_p is not None else 0.05,
-            repeat_penalty=s.repeat_penalty if s.repeat_penalty is not None else 1.0,
-            presence_penalty=s.presence_penalty or 0.0,
-            frequency_penalty=s.frequency_penalty or 0.0,
-            reset=True,
-        ):
-            if generation.cancelled:
-                reason = "cancelled"
-                break
-            if llama_cpp.llama_vocab_is_eog(vocab, token):
-                reason = "stop"
-                break
-            n_generated += 1
-            text = assembler.feed(token_bytes(llama, token))
-            if text:
-                generation.emit(TextDelta(text))
-            if assembler.stopped:
-                reason = "stop"
-                break
-            if n_generated >= max_tokens:
-                break
-        tail = assembler.finish()
-        if tail and reason != "cancelled":
-            generation.emit(TextDelta(tail))
-        generation.emit(Finished(reason, n_prompt, n_generated))
+    def describe(self) -> dict:
+        data = {
+            "state": self.state,
+            "device": self.placement.device,
+            "pending": self.pending,
+            "memory_estimate_bytes": self.need_bytes,
+        }
+        if self.state == "loading":
+            data["progress"] = round(self.progress * 100, 1)
+        if self.state == "loaded":
+            layers = (self.info.metadata.get(f"{self.info.metadata.architecture}.block_count") or 0) + 1
+            data["offloaded_layers"] = min(self.placement.n_gpu_layers, layers) if self.placement.n_gpu_layers >= 0 else layers
+            data["total_layers"] = layers
+        if self.load_error is not None:
+            data["error"] = self.load_error.message
+        return data
 
 
 class Engine:
-    """Model id -> :class:`ModelWorker`; creates workers on first use."""
-
-    def __init__(self, settings_for: Callable[[ModelInfo], Any], loader: Callable = load_llama, llama_log_level: str = "warn") -> None:
+    def __init__(
+        self,
+        settings_for: Callable[[ModelInfo], Any],
+        limits: Limits | None = None,
+        *,
+        gpu_available: bool | None = None,
+        llama_log_level: str = "warn",
+        loader: Callable = llama_backend.load_llama,
+    ) -> None:
         self._settings_for = settings_for
+        self.limits = limits or Limits()
         self._loader = loader
         self._llama_log_level = llama_log_level
-        self._workers: dict[str, ModelWorker] = {}
+        self._gpu_available = gpu_available
+        self._configured = False
+        self._slots: dict[str, ModelSlot] = {}
+        self._devices = DeviceExecutors()
+        self._capacity_changed: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task] = set()
 
-    def worker(self, info: ModelInfo) -> ModelWorker:
-        worker = self._workers.get(info.id)
-        if worker is None:
-            if not self._workers and self._loader is load_llama:
-                configure_llama_logging(self._llama_log_level)
-            worker = self._workers[info.id] = ModelWorker(info, self._settings_for(info), self._loader)
-        return worker
+    # --- public API (call on the event loop)
 
-    def start(self, info: ModelInfo, request: GenerationRequest) -> Generation:
-        """Queue a generation on the model's worker; must be called on the event loop."""
-        generation = Generation(asyncio.get_running_loop())
-        self.worker(info).submit(generation, request)
+    @property
+    def gpu_available(self) -> bool:
+        if self._gpu_available is None:
+            self._gpu_available = llama_backend.gpu_offload_available()
+        return self._gpu_available
+
+    def start(self, info: ModelInfo, request: GenerationRequest, generation: Generation | None = None) -> Generation:
+        """Queue a generation; raises :class:`Overloaded` when the model's queue is full."""
+        slot = self._slot(info)
+        if slot.pending >= 1 + slot.max_queue:
+            raise Overloaded(f"The model '{info.id}' has {slot.pending - 1} requests waiting, its queue limit; try again shortly.")
+        generation = generation or Generation(asyncio.get_running_loop())
+        slot.pending += 1
+        self._spawn(self._run(slot, generation, request))
         return generation
 
+    async def load(self, info: ModelInfo) -> None:
+        """Load a model now (admin route, preload); evicts idle models if needed."""
+        slot = self._slot(info)
+        slot.pending += 1
+        try:
+            await self._ensure_loaded(slot, None)
+        finally:
+            self._release(slot)
+
+    async def unload(self, model_id: str) -> bool:
+        """Unload an idle model. Returns False if it is busy (it is never unloaded under a request)."""
+        slot = self._slots.get(model_id)
+        if slot is None:
+            return True
+        while slot.state in ("loading", "unloading"):
+            await asyncio.shield(slot.transition)
+        if slot.pending:
+            return False
+        if slot.state == "loaded":
+            await self._unload(slot)
+        elif slot.state == "failed":
+            slot.state, slot.load_error = "unloaded", None
+        return True
+
+    def update_models(self, models: Mapping[str, ModelInfo], settings_for: Callable, limits: Limits) -> None:
+        """After a reload: new settings apply on the next load; removed models go once idle."""
+        self._settings_for = settings_for
+        self.limits = limits
+        for model_id, slot in list(self._slots.items()):
+            info = models.get(model_id)
+            if info is None:
+                slot.retired = True
+                self._maybe_unload_idle(slot)
+                continue
+            slot.retired = False
+            slot.info = info
+            slot.max_queue = info.options.get("max_queue", limits.max_queue)
+            slot.keep_alive = info.options.get("keep_alive", limits.keep_alive)
+            if slot.state == "failed":  # the file may have been fixed
+                slot.state, slot.load_error = "unloaded", None
+
     def status(self) -> dict[str, dict]:
-        return {mid: {"loaded": w.loaded, "pending": w.pending} for mid, w in self._workers.items()}
+        return {model_id: slot.describe() for model_id, slot in self._slots.items()}
+
+    def loaded_models(self) -> list[str]:
+        return sorted(mid for mid, slot in self._slots.items() if slot.state == "loaded")
 
     def pending(self) -> int:
-        return sum(w.pending for w in self._workers.values())
+        return sum(slot.pending for slot in self._slots.values())
 
     async def close(self) -> None:
-        """Free every model (after queued work finishes)."""
-        workers, self._workers = list(self._workers.values()), {}
-        await asyncio.gather(*(asyncio.to_thread(w.close) for w in workers))
+        """Free every model (after running work finishes) and stop the device threads."""
+        for slot in list(self._slots.values()):
+            while slot.state in ("loading", "unloading"):
+                await asyncio.shield(slot.transition)
+            if slot.state == "loaded":
+                await self._unload(slot)
+        self._slots.clear()
+        await asyncio.to_thread(self._devices.shutdown)
+
+    # --- slots
+
+    def _new_slot(self, info: ModelInfo) -> ModelSlot:
+        slot = ModelSlot(
+            info=info,
+            settings=None,
+            placement=Placement("cpu", 0),
+            need_bytes=0,
+            max_queue=info.options.get("max_queue", self.limits.max_queue),
+            keep_alive=info.options.get("keep_alive", self.limits.keep_alive),
+        )
+        self._apply_settings(slot)
+        return slot
+
+    def _apply_settings(self, slot: ModelSlot) -> None:
+        """(Re)compute load settings, placement and memory need from the slot's current info.
+        Done while the model is not loaded, so changed settings apply on the next load."""
+        settings = self._settings_for(slot.info)
+        slot.settings = settings
+        slot.placement = placement_for(slot.info.options, settings.n_gpu_layers, self.gpu_available, slot.id)
+        slot.need_bytes = estimate_model_bytes(slot.info.metadata, slot.info.path, settings.n_ctx)
+
+    def _slot(self, info: ModelInfo) -> ModelSlot:
+        slot = self._slots.get(info.id)
+        if slot is None:
+            if not self._configured and self._loader is llama_backend.load_llama:
+                llama_backend.configure_llama(self._llama_log_level)
+                self._configured = True
+            slot = self._slots[info.id] = self._new_slot(info)
+        return slot
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _capacity(self) -> asyncio.Event:
+        if self._capacity_changed is None:
+            self._capacity_changed = asyncio.Event()
+        return self._capacity_changed
+
+    def _notify_capacity(self) -> None:
+        event = self._capacity()
+        event.set()
+        self._capacity_changed = asyncio.Event()
+
+    def _release(self, slot: ModelSlot) -> None:
+        slot.pending -= 1
+        slot.last_used = time.monotonic()
+        if slot.pending == 0:
+            self._notify_capacity()
+            self._maybe_unload_idle(slot)
+
+    # --- one request
+
+    async def _run(self, slot: ModelSlot, generation: Generation, request: GenerationRequest) -> None:
+        try:
+            await self._ensure_loaded(slot, generation)
+            if generation.cancelled:
+                generation.emit(Finished("cancelled", 0, 0))
+                return
+            await self._devices.run(slot.placement.device, self._generate_on_device, slot, generation, request)
+        except ApiError as exc:
+            generation.emit(Failed(exc))
+        except Exception:
+            log.exception("generation failed", model=slot.id)
+            generation.emit(Failed(ServerError()))
+        finally:
+            self._release(slot)
+
+    @staticmethod
+    def _generate_on_device(slot: ModelSlot, generation: Generation, request: GenerationRequest) -> None:
+        if generation.cancelled:  # the client left while this job waited for the device
+            generation.emit(Finished("cancelled", 0, 0))
+            return
+        llama_backend.generate(slot.llama, generation, request)
+
+    # --- loading and eviction
+
+    async def _ensure_loaded(self, slot: ModelSlot, generation: Generation | None) -> None:
+        while slot.state != "loaded":
+            if generation is not None and generation.cancelled:
+                return
+            if slot.state == "failed":
+                raise slot.load_error
+            if slot.state in ("loading", "unloading"):
+                await asyncio.shield(slot.transition)
+                continue
+            self._apply_settings(slot)
+            if not await self._make_room(slot, generation):
+                continue  # waited for capacity; look again
+            await self._load(slot)
+
+    async def _make_room(self, slot: ModelSlot, generation: Generation | None) -> bool:
+        """Evict idle models until ``slot`` fits. True when it fits now (nothing awaited since
+        the last check); False after waiting, so the caller re-checks the slot's state."""
+        device = slot.placement.device
+        budget = self.limits.budget_for(device)
+        if budget is not None and slot.need_bytes > budget:
+            raise ModelTooLarge(slot.id, slot.need_bytes, budget, device)
+        while True:
+            resident = [s for s in self._slots.values() if s.state in ("loading", "loaded", "unloading") and s is not slot]
+            over_count = self.limits.max_loaded_models and len(resident) >= self.limits.max_loaded_models
+            used = sum(s.need_bytes for s in resident if s.placement.device == device)
+            over_budget = budget is not None and used + slot.need_bytes > budget
+            if not over_count and not over_budget:
+                return True
+            candidates = [
+                s for s in resident
+                if s.state == "loaded" and s.pending == 0 and (over_count or s.placement.device == device)
+            ]
+            if candidates:
+                victim = min(candidates, key=lambda s: s.last_used)
+                log.info("evicting idle model", model=victim.id, for_model=slot.id, reason="max_loaded_models" if over_count else "memory_budget")
+                await self._unload(victim)
+                return False
+            # Everything resident is busy: wait until a model becomes idle (or the client leaves).
+            waiter = self._capacity()
+            try:
+                await asyncio.wait_for(waiter.wait(), timeout=0.25)
+            except asyncio.TimeoutError:
+                pass
+            if generation is not None and generation.cancelled:
+                return False
+            return False
+
+    async def _load(self, slot: ModelSlot) -> None:
+        slot.state = "loading"
+        slot.progress = 0.0
+        slot.transition = asyncio.get_running_loop().create_future()
+        started = time.perf_counter()
+        log.info("loading model", model=slot.id, device=slot.placement.device, n_ctx=slot.settings.n_ctx,
+                 n_gpu_layers=slot.placement.n_gpu_layers, memory_estimate=format_bytes(slot.need_bytes))
+        steps = {"logged": 0}
+
+        def on_progress(value: float) -> None:  # device thread
+            slot.progress = value
+            step = int(value * 10)
+            if step > steps["logged"]:
+                steps["logged"] = step
+                log.info("loading model progress", model=slot.id, percent=step * 10)
+
+        try:
+            slot.llama = await self._devices.run(slot.placement.device, self._loader, str(slot.info.path), slot.settings, slot.placement, on_progress)
+        except Exception as exc:  # llama.cpp raises ValueError for files it cannot load
+            log.error("model failed to load", model=slot.id, error=str(exc))
+            slot.state = "failed"
+            slot.load_error = ServerError(f"The model '{slot.id}' failed to load; see the server log.")
+            raise slot.load_error from None
+        else:
+            slot.state = "loaded"
+            slot.last_used = time.monotonic()
+            log.info("model loaded", model=slot.id, seconds=round(time.perf_counter() - started, 3), device=slot.placement.device)
+        finally:
+            slot.transition.set_result(None)
+            slot.transition = None
+            self._notify_capacity()
+
+    async def _unload(self, slot: ModelSlot) -> None:
+        slot.state = "unloading"
+        slot.transition = asyncio.get_running_loop().create_future()
+        llama, slot.llama = slot.llama, None
+        try:
+            await self._devices.run(slot.placement.device, llama_backend.free_llama, llama)
+        finally:
+            del llama
+            slot.state = "unloaded"
+            slot.transition.set_result(None)
+            slot.transition = None
+            log.info("model unloaded", model=slot.id)
+            if slot.retired and slot.pending == 0 and self._slots.get(slot.id) is slot:
+                del self._slots[slot.id]
+            self._notify_capacity()
+
+    def _maybe_unload_idle(self, slot: ModelSlot) -> None:
+        """keep_alive and retirement: unload a model once it has been idle long enough."""
+        if slot.idle_timer is not None:
+            slot.idle_timer.cancel()
+            slot.idle_timer = None
+        if slot.pending:
+            return
+        if slot.retired and slot.state in ("unloaded", "failed"):
+            if self._slots.get(slot.id) is slot:
+                del self._slots[slot.id]
+            return
+        if slot.state != "loaded":
+            return
+        delay = 0 if slot.retired else slot.keep_alive
+        if delay < 0:
+            return
+        slot.idle_timer = asyncio.get_running_loop().call_later(delay, self._unload_if_still_idle, slot)
+
+    def _unload_if_still_idle(self, slot: ModelSlot) -> None:
+        slot.idle_timer = None
+        if slot.pending == 0 and slot.state == "loaded":
+            log.info("unloading idle model", model=slot.id, keep_alive=slot.keep_alive, retired=slot.retired)
+            self._spawn(self._unload(slot))

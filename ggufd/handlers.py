@@ -6,6 +6,7 @@ request id, and logs one structured line per request.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -15,7 +16,7 @@ from tornado.iostream import StreamClosedError
 
 from . import __version__
 from .chat import build_generation
-from .engine import Failed, Finished, Started, TextDelta
+from .engine import Failed, Finished, Overloaded, Started, TextDelta
 from .errors import ApiError, InvalidRequest, ServerError
 from .openai_format import ChunkEncoder, chat_completion, decode_json_body, dumps, new_completion_id, parse_chat_request, with_model_defaults
 
@@ -30,11 +31,16 @@ class BaseHandler(tornado.web.RequestHandler):
         self.log_fields: dict = {}
         self._logged = False
 
+    #: answers while the server drains (health checks must see the truth)
+    serves_while_draining = False
+
     def prepare(self) -> None:
         incoming = self.request.headers.get("X-Request-ID", "")
         self.request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else f"req_{uuid.uuid4().hex[:16]}"
         self.set_header("X-Request-ID", self.request_id)
         self.started = time.perf_counter()
+        if self.state.draining and not self.serves_while_draining:
+            raise Overloaded("The server is shutting down; retry on another instance or after its restart.", retry_after=5)
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
@@ -102,19 +108,26 @@ class NotFoundHandler(BaseHandler):
 
 
 class HealthHandler(BaseHandler):
+    serves_while_draining = True
+
     def get(self) -> None:
-        registry = self.state.registry
-        engine_status = self.state.engine.status()
+        state = self.state
+        engine = state.engine
+        if state.draining:
+            self.set_header("Retry-After", "5")
         self.write_json(
             {
-                "status": "ok",
+                "status": "draining" if state.draining else "ok",
                 "version": __version__,
-                "default_model": registry.default_id,
-                "models": sorted(registry.models),
-                "loaded_models": sorted(mid for mid, s in engine_status.items() if s["loaded"]),
-                "pending_requests": {mid: s["pending"] for mid, s in engine_status.items() if s["pending"]},
-                "skipped_files": [{"id": s.id, "reason": s.reason} for s in registry.skipped],
-            }
+                "default_model": state.registry.default_id,
+                "models": sorted(state.registry.models),
+                "loaded_models": engine.loaded_models(),
+                "model_states": engine.status(),
+                "gpu_offload": engine.gpu_available,
+                "pending_requests": engine.pending(),
+                "skipped_files": [{"id": s.id, "reason": s.reason} for s in state.registry.skipped],
+            },
+            status=503 if state.draining else 200,
         )
 
 
@@ -142,10 +155,10 @@ def model_object(info, models_dir, loaded: bool) -> dict:
 
 class ModelsHandler(BaseHandler):
     def get(self, model_id: str | None = None) -> None:
-        status = self.state.engine.status()
+        loaded = set(self.state.engine.loaded_models())
 
         def describe(info) -> dict:
-            return model_object(info, self.state.config.models_dir, status.get(info.id, {}).get("loaded", False))
+            return model_object(info, self.state.config.models_dir, info.id in loaded)
 
         if model_id is not None:
             self.write_json(describe(self.state.registry.get(model_id)))
@@ -157,6 +170,17 @@ class ChatCompletionsHandler(BaseHandler):
     generation = None
 
     async def post(self) -> None:
+        self.state.active.add(self)
+        try:
+            await self._post()
+        finally:
+            self.state.active.discard(self)
+
+    def cancel_generation(self) -> None:
+        if self.generation is not None:
+            self.generation.cancel()
+
+    async def _post(self) -> None:
         body = self.json_body()
         chat = parse_chat_request(body)
         model = self.state.registry.get(chat.model)
@@ -168,7 +192,12 @@ class ChatCompletionsHandler(BaseHandler):
 
         # Wait for the prompt to be accepted: errors such as context_length_exceeded
         # are decided before the first byte of the response.
-        events = await self.generation.next_events()
+        timeout = self.state.config.queue_timeout or None
+        try:
+            events = await asyncio.wait_for(self.generation.next_events(), timeout)
+        except asyncio.TimeoutError:
+            self.generation.cancel()
+            raise Overloaded(f"The request waited more than {timeout:g} s for the model '{model.id}'; try again shortly.") from None
         first = events[0]
         if isinstance(first, Failed):
             raise first.error
@@ -269,3 +298,16 @@ class ChatCompletionsHandler(BaseHandler):
     def on_connection_close(self) -> None:
         self._client_left()
         super().on_connection_close()
+
+
+class AdminModelHandler(BaseHandler):
+    """``POST /admin/models/{id}/load`` and ``.../unload``: explicit lifecycle control."""
+
+    async def post(self, model_id: str, action: str) -> None:
+        info = self.state.registry.get(model_id)
+        engine = self.state.engine
+        if action == "load":
+            await engine.load(info)
+        elif not await engine.unload(info.id):
+            raise ApiError(409, f"The model '{info.id}' has running or queued requests; it is unloaded only when idle.", code="model_busy")
+        self.write_json({"id": info.id, "state": engine.status().get(info.id, {}).get("state", "unloaded")})

@@ -1,0 +1,73 @@
+"""How much memory a model needs, estimated from its GGUF before loading it.
+
+need = weights (the file sizes; all shards of a split model) + KV cache for its n_ctx
+(layers x context x KV heads x (key + value head size) x 2 bytes for f16) + a compute
+buffer allowance. The estimate decides eviction; it errs on the large side.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .gguf_metadata import GGUFMetadata
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+          "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
+SPLIT = re.compile(r"^(?P<name>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
+#: compute buffers, output buffer and bookkeeping beyond weights and KV cache
+OVERHEAD_BYTES = 64 * 1024**2
+F16_BYTES = 2
+
+
+def parse_size(text: str | int) -> int:
+    """``"20GiB"`` -> 21474836480; plain integers are bytes. Raises ValueError."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"not a size: {text!r} (use e.g. '512MiB', '20GiB')")
+    unit = (match.group(2) or "").lower()
+    if unit in ("ki", "mi", "gi", "ti"):
+        unit += "b"
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def model_files(path: Path) -> list[Path]:
+    """The file and, for a split model, every shard beside it."""
+    match = SPLIT.match(path.name)
+    if not match:
+        return [path]
+    count = int(match["count"])
+    return [path.with_name(f"{match['name']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+
+
+def weights_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in model_files(path) if p.exists())
+
+
+def kv_cache_bytes(metadata: GGUFMetadata, n_ctx: int) -> int:
+    arch = metadata.architecture or ""
+    get = metadata.get
+    layers = get(f"{arch}.block_count") or 0
+    heads = get(f"{arch}.attention.head_count") or 1
+    kv_heads = get(f"{arch}.attention.head_count_kv") or heads
+    width = get(f"{arch}.embedding_length") or 0
+    key = get(f"{arch}.attention.key_length") or (width // heads if heads else 0)
+    value = get(f"{arch}.attention.value_length") or key
+    if n_ctx <= 0:
+        n_ctx = metadata.context_length or 4096
+    return int(layers * n_ctx * kv_heads * (key + value) * F16_BYTES)
+
+
+def estimate_model_bytes(metadata: GGUFMetadata, path: Path, n_ctx: int) -> int:
+    return weights_bytes(path) + kv_cache_bytes(metadata, n_ctx) + OVERHEAD_BYTES
+
+
+def format_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
