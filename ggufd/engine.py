@@ -316,26 +316,27 @@ class Engine:
     # --- one request
 
     async def _run(self, slot: ModelSlot, generation: Generation, request: GenerationRequest) -> None:
+        final: Finished | Failed = Finished("cancelled", 0, 0)
         try:
             await self._ensure_loaded(slot, generation)
-            if generation.cancelled:
-                generation.emit(Finished("cancelled", 0, 0))
-                return
-            await self._devices.run(slot.placement.device, self._generate_on_device, slot, generation, request)
+            if not generation.cancelled:
+                final = await self._devices.run(slot.placement.device, self._generate_on_device, slot, generation, request)
         except ApiError as exc:
-            generation.emit(Failed(exc))
+            final = Failed(exc)
         except Exception:
             log.exception("generation failed", model=slot.id)
-            generation.emit(Failed(ServerError()))
+            final = Failed(ServerError())
         finally:
+            # Release the slot before the caller learns the request is over, so that whatever
+            # the client does next (another request, an unload) sees the model idle.
             self._release(slot)
+            generation.emit(final)
 
     @staticmethod
-    def _generate_on_device(slot: ModelSlot, generation: Generation, request: GenerationRequest) -> None:
+    def _generate_on_device(slot: ModelSlot, generation: Generation, request: GenerationRequest) -> Finished:
         if generation.cancelled:  # the client left while this job waited for the device
-            generation.emit(Finished("cancelled", 0, 0))
-            return
-        llama_backend.generate(slot.llama, generation, request)
+            return Finished("cancelled", 0, 0)
+        return llama_backend.generate(slot.llama, generation, request)
 
     # --- loading and eviction
 

@@ -201,10 +201,12 @@ class ChatCompletionsHandler(BaseHandler):
         first = events[0]
         if isinstance(first, Failed):
             raise first.error
-        if isinstance(first, Finished):  # cancelled while queued: the client is gone
+        if isinstance(first, Finished):  # cancelled while queued
             self._note_finish(first)
-            self.log_request()
-            return
+            if self._client_gone:
+                self.log_request()
+                return
+            raise self._stopped_by_server()
         assert isinstance(first, Started)
         self.log_fields["prompt_tokens"] = first.prompt_tokens
         completion_id = new_completion_id()
@@ -230,8 +232,10 @@ class ChatCompletionsHandler(BaseHandler):
                 elif isinstance(event, Finished):
                     self._note_finish(event)
                     if event.reason == "cancelled":
-                        self.log_request()
-                        return
+                        if self._client_gone:
+                            self.log_request()
+                            return
+                        raise self._stopped_by_server()
                     self.write_json(
                         chat_completion(completion_id, int(time.time()), model_id, "".join(parts), event.reason, event.prompt_tokens, event.completion_tokens)
                     )
@@ -267,6 +271,9 @@ class ChatCompletionsHandler(BaseHandler):
                 if finished is not None:
                     self._note_finish(finished)
                     if finished.reason == "cancelled":
+                        if not self._client_gone:
+                            self.write(encoder.error(self._stopped_by_server().to_dict()))
+                            self.finish()
                         self.log_request()
                         return
                     self.write(encoder.finish(finished.reason))
@@ -290,10 +297,18 @@ class ChatCompletionsHandler(BaseHandler):
                     self._note_finish(event)
         self.log_request()
 
+    _client_gone = False
+
     def _client_left(self) -> None:
+        self._client_gone = True
         if self.generation is not None and not self.generation.done:
             self.generation.cancel()
             self.log_fields["client_disconnected"] = True
+
+    @staticmethod
+    def _stopped_by_server() -> Overloaded:
+        """The server cancelled the request (shutdown deadline) while its client still waited."""
+        return Overloaded("The server is shutting down; the request was stopped before it finished.", retry_after=5)
 
     def on_connection_close(self) -> None:
         self._client_left()

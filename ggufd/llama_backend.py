@@ -155,8 +155,9 @@ def _process_prompt(llama, tokens: list[int], generation) -> bool:
     return not generation.cancelled
 
 
-def generate(llama, generation, request: GenerationRequest) -> None:
-    """Run one generation, emitting Started, TextDelta* and Finished (or raising an ApiError)."""
+def generate(llama, generation, request: GenerationRequest):
+    """Run one generation: emit Started and TextDelta events, return the Finished event
+    (the engine delivers it after releasing the model). Raises ApiError for a bad prompt."""
     import llama_cpp
 
     from .engine import Finished, Started, TextDelta
@@ -171,8 +172,7 @@ def generate(llama, generation, request: GenerationRequest) -> None:
     max_tokens = budget if request.max_tokens is None else request.max_tokens
     generation.emit(Started(n_prompt))
     if not _process_prompt(llama, tokens, generation):
-        generation.emit(Finished("cancelled", n_prompt, 0))
-        return
+        return Finished("cancelled", n_prompt, 0)
 
     s = request.sampling
     llama.set_seed(s.seed if s.seed is not None else random.getrandbits(32))
@@ -209,4 +209,4 @@ def generate(llama, generation, request: GenerationRequest) -> None:
     tail = assembler.finish()
     if tail and reason != "cancelled":
         generation.emit(TextDelta(tail))
-    generation.emit(Finished(reason, n_prompt, n_generated))
+    return Finished(reason, n_prompt, n_generated)

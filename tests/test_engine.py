@@ -146,11 +146,9 @@ def test_concurrent_generations_queue_and_match_solo_output(tiny_model):
         engine = make_engine()
         info = model_info(tiny_model)
         solo = text_of(await collect(engine.start(info, request(40))))
-        await asyncio.sleep(0.01)  # the finished request's task releases its slot
         generations = [engine.start(info, request(40)) for _ in range(6)]
         assert engine.pending() == 6
         results = await asyncio.gather(*(collect(g) for g in generations))
-        await asyncio.sleep(0.01)
         pending_after = engine.pending()
         await engine.close()
         return solo, [text_of(r) for r in results], pending_after
@@ -167,7 +165,6 @@ def test_queue_limit_gives_overloaded(tiny_model):
         with pytest.raises(Overloaded) as err:
             engine.start(info, request(5))
         await asyncio.gather(*(collect(g) for g in running))
-        await asyncio.sleep(0.01)
         again = await collect(engine.start(info, request(2)))  # room again
         await engine.close()
         return err.value, again

@@ -1,0 +1,271 @@
+"""Model lifecycle end to end (the daemon as a subprocess): eviction under load, overload,
+admin load/unload and memory, SIGTERM drain, SIGHUP reload."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import gguf_factory
+import pytest
+from http_helpers import chat, error_of, request
+
+pytestmark = pytest.mark.e2e
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture(scope="module")
+def model_variants(tmp_path_factory) -> list[Path]:
+    """Three different tiny models (different seeds give different answers)."""
+    folder = tmp_path_factory.mktemp("variants")
+    return [gguf_factory.write_tiny_llama(folder / f"m{i}.gguf", seed=i) for i in range(3)]
+
+
+@pytest.fixture(scope="module")
+def slow_model(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("slowlc")
+    return gguf_factory.write_tiny_llama(folder / "slow.gguf", n_embd=256, n_layer=4, n_ff=1024, n_head=4, n_head_kv=4, context_length=8192)
+
+
+def models_folder(tmp_path: Path, *paths: Path) -> Path:
+    folder = tmp_path / "models"
+    folder.mkdir(exist_ok=True)
+    for path in paths:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def answer(url: str, model: str, max_tokens: int = 24) -> str:
+    status, _, body = chat(url, {"model": model, "messages": MESSAGES, "max_tokens": max_tokens, "temperature": 0})
+    assert status == 200, body
+    return json.loads(body)["choices"][0]["message"]["content"]
+
+
+def test_twenty_concurrent_requests_across_three_models_with_two_slots(model_variants, tmp_path, make_daemon):
+    folder = models_folder(tmp_path, *model_variants)
+    daemon = make_daemon({"models_dir": str(folder), "max_loaded_models": 2, "llama": {"n_ctx": 256, "n_threads": 1}})
+    expected = {f"m{i}": answer(daemon.url, f"m{i}") for i in range(3)}
+    assert len(set(expected.values())) == 3  # the models really differ
+
+    results: dict[int, tuple[str, str]] = {}
+
+    def run(i: int) -> None:
+        model = f"m{i % 3}"
+        results[i] = (model, answer(daemon.url, model))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(results) == 20
+    assert all(text == expected[model] for model, text in results.values())
+    assert len(daemon.logs("evicting idle model")) >= 2
+    health = json.loads(request(daemon.url, path="/health")[2])
+    assert len(health["loaded_models"]) <= 2
+    assert health["gpu_offload"] is False
+    for state in health["model_states"].values():
+        assert state["device"] == "cpu"
+
+
+def test_full_queue_answers_503_with_retry_after(slow_model, tmp_path, make_daemon):
+    folder = models_folder(tmp_path, slow_model)
+    daemon = make_daemon({"models_dir": str(folder), "max_queue": 1, "llama": {"n_ctx": 4096, "n_threads": 1}})
+    answer(daemon.url, "slow", 2)  # loaded
+    responses = []
+
+    def run() -> None:
+        responses.append(chat(daemon.url, {"messages": MESSAGES, "max_tokens": 1500}))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]  # one running, one queued
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    status, headers, _ = rejected = chat(daemon.url, {"messages": MESSAGES, "max_tokens": 5})
+    health = json.loads(request(daemon.url, path="/health")[2])
+    for t in threads:
+        t.join(60)
+    assert status == 503 and int(headers["retry-after"]) >= 1
+    error = error_of(rejected)
+    assert error["code"] == "server_is_overloaded" and error["type"] == "server_error"
+    assert health["model_states"]["slow"]["pending"] == 2
+    assert [r[0] for r in responses] == [200, 200]
+
+
+def test_queue_timeout_answers_503(slow_model, tmp_path, make_daemon):
+    folder = models_folder(tmp_path, slow_model)
+    daemon = make_daemon({"models_dir": str(folder), "queue_timeout": 0.3, "llama": {"n_ctx": 4096, "n_threads": 1}})
+    answer(daemon.url, "slow", 2)
+    busy = threading.Thread(target=chat, args=(daemon.url, {"messages": MESSAGES, "max_tokens": 2500}))
+    busy.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    status, headers, _ = response = chat(daemon.url, {"messages": MESSAGES, "max_tokens": 5})
+    waited = time.monotonic() - started
+    busy.join(60)
+    assert status == 503 and "retry-after" in headers and error_of(response)["code"] == "server_is_overloaded"
+    assert waited < 2
+
+
+def test_admin_load_unload_and_memory_returns(slow_model, tmp_path, make_daemon):
+    folder = models_folder(tmp_path, slow_model)
+    daemon = make_daemon({"models_dir": str(folder), "llama": {"n_ctx": 8192, "n_threads": 1}})
+    pid = daemon.proc.pid
+
+    def admin(action: str):
+        status, _, body = request(daemon.url, "POST", f"/admin/models/slow/{action}", body=b"")
+        assert status == 200, body
+        return json.loads(body)["state"]
+
+    assert admin("load") == "loaded"
+    models = json.loads(request(daemon.url, path="/v1/models")[2])["data"]
+    assert models[0]["loaded"] is True
+    assert admin("unload") == "unloaded"
+    assert json.loads(request(daemon.url, path="/v1/models")[2])["data"][0]["loaded"] is False
+    for _ in range(5):  # warm-up: allocator pools settle
+        admin("load"), answer(daemon.url, "slow", 4), admin("unload")
+    baseline = rss_kib(pid)
+    admin("load")
+    loaded = rss_kib(pid)
+    admin("unload")
+    for _ in range(50):
+        admin("load")
+        admin("unload")
+    after = rss_kib(pid)
+    assert loaded - baseline > 20_000  # a loaded model (9 MB weights + 8k KV cache) is visible in RSS
+    assert after - baseline < 15_000, (baseline, loaded, after)  # 50 cycles gave it back
+    assert error_of(request(daemon.url, "POST", "/admin/models/nope/load", body=b""))["code"] == "model_not_found"
+
+
+def test_admin_unload_refuses_a_busy_model(slow_model, tmp_path, make_daemon):
+    folder = models_folder(tmp_path, slow_model)
+    daemon = make_daemon({"models_dir": str(folder), "llama": {"n_ctx": 4096, "n_threads": 1}})
+    busy = threading.Thread(target=chat, args=(daemon.url, {"messages": MESSAGES, "max_tokens": 2000}))
+    busy.start()
+    time.sleep(0.4)
+    status, _, _ = response = request(daemon.url, "POST", "/admin/models/slow/unload", body=b"")
+    busy.join(60)
+    assert status == 409 and error_of(response)["code"] == "model_busy"
+
+
+def test_hundred_cancel_resubmit_cycles_leave_the_daemon_healthy(tiny_model, tmp_path, make_daemon):
+    import socket
+
+    folder = models_folder(tmp_path, tiny_model)
+    daemon = make_daemon({"models_dir": str(folder), "llama": {"n_ctx": 2048, "n_threads": 1}})
+    payload = json.dumps({"messages": MESSAGES, "stream": True, "max_tokens": 1500}).encode()
+    for i in range(100):
+        sock = socket.create_connection(("127.0.0.1", daemon.port))
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        if i % 2:
+            sock.recv(100)  # some leave after the first bytes, some before any
+        sock.close()
+    assert answer(daemon.url, "tiny", 8)
+    deadline = time.monotonic() + 20
+    while json.loads(request(daemon.url, path="/health")[2])["pending_requests"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    health = json.loads(request(daemon.url, path="/health")[2])
+    assert health["status"] == "ok" and health["pending_requests"] == 0
+    assert len(daemon.logs("request", finish_reason="cancelled")) >= 90
+
+
+def test_sigterm_drains_running_requests_and_refuses_new_ones(slow_model, tmp_path, make_daemon):
+    folder = models_folder(tmp_path, slow_model)
+    daemon = make_daemon({"models_dir": str(folder), "shutdown_timeout": 30, "llama": {"n_ctx": 8192, "n_threads": 1}})
+    answer(daemon.url, "slow", 2)
+    result = {}
+
+    def stream() -> None:
+        result["response"] = chat(daemon.url, {"messages": MESSAGES, "max_tokens": 6000, "stream": True})
+
+    runner = threading.Thread(target=stream)
+    runner.start()
+    time.sleep(0.2)
+    daemon.proc.send_signal(signal.SIGTERM)
+    daemon.wait_for_log("shutting down: draining")
+    status, headers, _ = refused = chat(daemon.url, {"messages": MESSAGES, "max_tokens": 2})
+    health_status, _, health = request(daemon.url, path="/health")
+    runner.join(60)
+    assert daemon.proc.wait(30) == 0
+    assert status == 503 and "retry-after" in headers and error_of(refused)["code"] == "server_is_overloaded"
+    assert health_status == 503 and json.loads(health)["status"] == "draining"
+    stream_status, _, raw = result["response"]
+    assert stream_status == 200 and raw.endswith(b"data: [DONE]\n\n")
+    assert b'"finish_reason":"length"' in raw
+
+
+def test_shutdown_deadline_cancels_and_second_signal_exits_at_once(slow_model, tmp_path, make_daemon):
+    folder = models_folder(tmp_path, slow_model)
+    daemon = make_daemon({"models_dir": str(folder), "shutdown_timeout": 0.5, "llama": {"n_ctx": 8192, "n_threads": 1}})
+    answer(daemon.url, "slow", 2)
+    cut = {}
+    runner = threading.Thread(target=lambda: cut.update(response=chat(daemon.url, {"messages": MESSAGES, "max_tokens": 8000})))
+    runner.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(20) == 0
+    assert time.monotonic() - started < 5  # cancelled at the deadline, not run to the end
+    runner.join(30)
+    assert daemon.logs("cancelling requests still running at the shutdown deadline")
+    status, headers, _ = cut["response"]  # the waiting client is told, not left with an empty 200
+    assert status == 503 and error_of(cut["response"])["code"] == "server_is_overloaded"
+
+    again = make_daemon({"models_dir": str(folder), "shutdown_timeout": 30, "llama": {"n_ctx": 8192, "n_threads": 1}})
+    answer(again.url, "slow", 2)
+    runner = threading.Thread(target=lambda: pytest.raises(Exception, chat, again.url, {"messages": MESSAGES, "max_tokens": 8000}))
+    runner.start()
+    time.sleep(0.3)
+    again.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    started = time.monotonic()
+    again.proc.send_signal(signal.SIGTERM)
+    assert again.proc.wait(10) != 0
+    assert time.monotonic() - started < 2
+    runner.join(30)  # its connection was cut (the thread's error is expected)
+
+
+def test_sighup_adds_and_removes_models_and_rejects_a_bad_config(model_variants, tmp_path, make_daemon):
+    folder = models_folder(tmp_path, model_variants[0], model_variants[1])
+    daemon = make_daemon({"models_dir": str(folder), "llama": {"n_ctx": 256, "n_threads": 1}})
+    assert answer(daemon.url, "m1")
+
+    def models() -> list[str]:
+        return [m["id"] for m in json.loads(request(daemon.url, path="/v1/models")[2])["data"]]
+
+    def hup_and_wait(event: str) -> None:
+        before = len(daemon.logs(event))
+        daemon.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while len(daemon.logs(event)) == before:
+            assert time.monotonic() < deadline, "no reload log line"
+            time.sleep(0.02)
+
+    assert models() == ["m0", "m1"]
+    shutil.copy(model_variants[2], folder / "m2.gguf")
+    (folder / "m1.gguf").unlink()
+    hup_and_wait("reloaded")
+    assert models() == ["m0", "m2"]
+    assert answer(daemon.url, "m2")
+    assert error_of(chat(daemon.url, {"model": "m1", "messages": MESSAGES}))["code"] == "model_not_found"
+    assert "m1" not in json.loads(request(daemon.url, path="/health")[2])["model_states"]  # freed
+
+    config_text = daemon.config.read_text()
+    daemon.config.write_text(config_text + "bogus_key = 1\n")
+    hup_and_wait("reload rejected; keeping the running configuration")
+    assert models() == ["m0", "m2"] and answer(daemon.url, "m0")
+    assert daemon.proc.poll() is None
