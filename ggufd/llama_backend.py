@@ -34,11 +34,38 @@ def gpu_offload_available() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
+class _QuietWhileLoading:
+    """``sys.stderr`` wrapper that drops what a thread prints while it loads a model.
+
+    ``Llama(verbose=True)`` prints model metadata and system info to ``sys.stderr``;
+    ``verbose=False`` instead points the process-wide file descriptors 1 and 2 at
+    /dev/null during the load (losing every other thread's log lines meanwhile, and not
+    thread-safe when two devices load at once). So ggufd loads with ``verbose=True`` and
+    silences only the loading thread's Python-level prints.
+    """
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if getattr(_thread_state, "loading", False):
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def configure_llama(level: str) -> None:
-    """Once per process: llama.cpp's log lines into structlog (filtered by ``LLAMA_LOG_LEVEL``)
-    and a hook that lets :func:`load_llama` see load progress."""
+    """Once per process: llama.cpp's log lines into structlog (filtered by ``LLAMA_LOG_LEVEL``),
+    quiet model loads, and a hook that lets :func:`load_llama` see load progress."""
+    import sys
+
     import llama_cpp
     import llama_cpp.llama_cpp as lowlevel
+
+    if not isinstance(sys.stderr, _QuietWhileLoading):
+        sys.stderr = _QuietWhileLoading(sys.stderr)
 
     allowed = _LLAMA_VERBOSITY[level]
     llog = structlog.get_logger("llama.cpp")
@@ -98,8 +125,9 @@ def load_llama(path: str, settings, placement: Placement, on_progress: Callable[
             return True
 
         _thread_state.progress_callback = progress
+    _thread_state.loading = True
     try:
-        return llama_cpp.Llama(
+        llama = llama_cpp.Llama(
             model_path=path,
             n_ctx=settings.n_ctx,
             n_gpu_layers=placement.n_gpu_layers,
@@ -108,10 +136,13 @@ def load_llama(path: str, settings, placement: Placement, on_progress: Callable[
             n_batch=settings.n_batch,
             n_threads=settings.threads,
             n_threads_batch=settings.threads,
-            verbose=False,
+            verbose=True,  # see _QuietWhileLoading
         )
     finally:
         _thread_state.progress_callback = None
+        _thread_state.loading = False
+    llama.verbose = False  # no per-request prints to stderr
+    return llama
 
 
 def free_llama(llama) -> None:

@@ -332,3 +332,10 @@ def test_request_id_is_echoed_and_logged(tiny_daemon):
     assert line["prompt_tokens"] > 0 and line["completion_tokens"] == 3
     assert line["ttft_ms"] >= 0 and line["duration_ms"] >= line["ttft_ms"]
     assert line["finish_reason"] == "length"
+
+
+def test_every_output_line_is_structured_json(tiny_daemon, client):
+    complete(client, max_tokens=2)  # the model is loaded by now
+    stray = [line for line in tiny_daemon.lines if not isinstance(line, dict)]
+    assert stray == []
+    assert tiny_daemon.logs("model loaded", model="tiny")

@@ -145,6 +145,8 @@ def test_admin_load_unload_and_memory_returns(slow_model, tmp_path, make_daemon)
         admin("load")
         admin("unload")
     after = rss_kib(pid)
+    percents = [line["percent"] for line in daemon.logs("loading model progress", model="slow")]
+    assert percents and percents[-1] == 100 and percents == sorted(percents[: percents.index(100) + 1]) + percents[percents.index(100) + 1:]
     assert loaded - baseline > 20_000  # a loaded model (9 MB weights + 8k KV cache) is visible in RSS
     assert after - baseline < 15_000, (baseline, loaded, after)  # 50 cycles gave it back
     assert error_of(request(daemon.url, "POST", "/admin/models/nope/load", body=b""))["code"] == "model_not_found"
@@ -269,3 +271,41 @@ def test_sighup_adds_and_removes_models_and_rejects_a_bad_config(model_variants,
     hup_and_wait("reload rejected; keeping the running configuration")
     assert models() == ["m0", "m2"] and answer(daemon.url, "m0")
     assert daemon.proc.poll() is None
+
+
+def test_preload_loads_at_start(model_variants, tmp_path, make_daemon):
+    folder = models_folder(tmp_path, *model_variants)
+    daemon = make_daemon({"models_dir": str(folder), "preload": ["m1"], "llama": {"n_ctx": 256, "n_threads": 1}})
+    daemon.wait_for_log("model loaded", model="m1")
+    health = json.loads(request(daemon.url, path="/health")[2])
+    assert health["loaded_models"] == ["m1"]
+    assert health["model_states"]["m1"]["offloaded_layers"] == 0 and health["model_states"]["m1"]["total_layers"] == 3
+
+
+def test_preload_of_an_unknown_model_is_a_config_error(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO, write_config
+
+    config = write_config(tmp_path / "c.toml", {"models_dir": str(tmp_path), "preload": ["ghost"]})
+    result = subprocess.run([sys.executable, "-m", "ggufd", "--config", str(config), "--port", "0"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 2 and "preload" in result.stderr and "ghost" in result.stderr
+
+
+def test_changed_settings_apply_on_the_next_load(model_variants, tmp_path, make_daemon):
+    folder = models_folder(tmp_path, model_variants[0])
+    daemon = make_daemon({"models_dir": str(folder), "llama": {"n_ctx": 256, "n_threads": 1}})
+    too_long = {"messages": MESSAGES, "max_tokens": 300}
+    assert "256 tokens" in error_of(chat(daemon.url, too_long))["message"]
+    daemon.config.write_text(daemon.config.read_text().replace('"n_ctx" = 256', '"n_ctx" = 512').replace("n_ctx = 256", "n_ctx = 512"))
+    before = len(daemon.logs("reloaded"))
+    daemon.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while len(daemon.logs("reloaded")) == before:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert "256 tokens" in error_of(chat(daemon.url, too_long))["message"]  # still the loaded model
+    assert request(daemon.url, "POST", "/admin/models/m0/unload", body=b"")[0] == 200
+    status, _, body = chat(daemon.url, too_long)
+    assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 300
