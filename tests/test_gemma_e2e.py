@@ -81,3 +81,23 @@ def test_gemma_stops_at_end_of_turn(client):
     assert choice.finish_reason == "stop"
     assert response.usage.completion_tokens < 64
     assert "<end_of_turn>" not in choice.message.content
+
+
+def test_health_and_models_answer_fast_while_a_model_loads(gemma_daemon, client):
+    import threading
+    import time
+
+    from http_helpers import request
+
+    assert request(gemma_daemon.url, "POST", "/admin/models/gemma/unload", body=b"")[0] == 200
+    loader = threading.Thread(target=lambda: client.chat.completions.create(model="gemma", messages=FEW_SHOT, max_tokens=2))
+    loader.start()
+    gemma_daemon.wait_for_log("loading model", model="gemma-3-270m-q4_k_m", timeout=10)
+    timings = []
+    while loader.is_alive() and len(timings) < 40:
+        for path in ("/health", "/v1/models"):
+            started = time.perf_counter()
+            assert request(gemma_daemon.url, path=path)[0] == 200
+            timings.append(time.perf_counter() - started)
+    loader.join(60)
+    assert timings and max(timings) < 0.1, timings
