@@ -27,10 +27,14 @@ from .handlers import (
     AdminModelHandler,
     ChatCompletionsHandler,
     HealthHandler,
+    MetricsHandler,
     ModelsHandler,
     NotFoundHandler,
 )
+from .metrics import Metrics
 from .registry import ModelRegistry, build_registry
+from .security import is_loopback
+from .systemd import Notifier, inherited_sockets, watchdog_seconds
 
 log = structlog.get_logger("ggufd.app")
 
@@ -45,6 +49,8 @@ class AppState:
     #: rebuilds the config (same file, same command-line overrides) for SIGHUP
     reload_config: Callable[[], Config] | None = None
     active: set = field(default_factory=set)  # generation handlers in flight
+    metrics: Metrics | None = None
+    notifier: Notifier = field(default_factory=lambda: Notifier({}))
 
 
 def limits_of(config: Config) -> Limits:
@@ -56,11 +62,12 @@ def limits_of(config: Config) -> Limits:
     )
 
 
-def make_engine(config: Config, **kwargs) -> Engine:
+def make_engine(config: Config, metrics: Metrics | None = None, **kwargs) -> Engine:
     return Engine(
         settings_for=lambda info: config.model_settings(info.options),
         limits=limits_of(config),
         llama_log_level=config.llama_log_level,
+        on_load=metrics.observe_load if metrics is not None else None,
         **kwargs,
     )
 
@@ -74,6 +81,7 @@ def make_app(state: AppState) -> tornado.web.Application:
             (r"/v1/models/(.+)", ModelsHandler, kwargs),
             (r"/v1/chat/completions", ChatCompletionsHandler, kwargs),
             (r"/admin/models/(.+)/(load|unload)", AdminModelHandler, kwargs),
+            (r"/metrics", MetricsHandler, kwargs),
         ],
         default_handler_class=NotFoundHandler,
         default_handler_args=kwargs,
@@ -86,11 +94,13 @@ async def reload(state: AppState) -> bool:
     """SIGHUP: re-read the config and rescan the models without dropping connections.
     An invalid new config is rejected with a log line; the old one stays in force."""
     log.info("reloading configuration")
+    state.notifier.reloading()
     try:
         config = await asyncio.to_thread(state.reload_config)
         registry = await asyncio.to_thread(build_registry, config, state.plugins)
     except ConfigError as exc:
         log.error("reload rejected; keeping the running configuration", error=str(exc))
+        state.notifier.ready()
         return False
     for key in ("host", "port", "plugins_dir", "disable_plugins"):
         if getattr(config, key) != getattr(state.config, key):
@@ -100,6 +110,7 @@ async def reload(state: AppState) -> bool:
     state.config, state.registry = config, registry
     state.engine.update_models(registry.models, lambda info: config.model_settings(info.options), limits_of(config))
     log.info("reloaded", models=len(registry), added=added, removed=removed)
+    state.notifier.ready()
     return True
 
 
@@ -125,12 +136,54 @@ async def preload(state: AppState, model_id: str) -> None:
         log.error("preload failed", model=model_id, error=exc.message)
 
 
+def status_line(state: AppState) -> str:
+    engine = state.engine
+    loaded = engine.loaded_models()
+    text = f"{len(state.registry)} models, {len(loaded)} loaded ({', '.join(loaded) or 'none'}), {engine.pending()} requests queued or running"
+    return ("draining: " + text) if state.draining else text
+
+
+async def report_to_systemd(state: AppState, watchdog: float | None) -> None:
+    """STATUS= lines as things change, and WATCHDOG=1 while the loop and the device threads live.
+
+    A device thread whose job has not moved (no token, no prompt batch, no load progress)
+    for a whole watchdog period is wedged: the pings stop and systemd restarts the service.
+    """
+    interval = min(watchdog / 2, 2.0) if watchdog else 2.0
+    complained = False
+    while True:
+        state.notifier.status(status_line(state))
+        if watchdog:
+            stalled = state.engine.devices.stalled(watchdog)
+            if not stalled:
+                state.notifier.watchdog()
+                complained = False
+            elif not complained:
+                log.error("device thread stalled; withholding watchdog pings", devices=stalled)
+                complained = True
+        await asyncio.sleep(interval)
+
+
+def listening_sockets(config: Config) -> list:
+    inherited = inherited_sockets()
+    if inherited:
+        log.info("using sockets from systemd socket activation", count=len(inherited))
+        return inherited
+    return tornado.netutil.bind_sockets(config.port, config.host)
+
+
 async def serve(state: AppState) -> None:
     config = state.config
-    server = tornado.httpserver.HTTPServer(make_app(state), max_body_size=config.max_body_bytes, idle_connection_timeout=300, body_timeout=60)
-    sockets = tornado.netutil.bind_sockets(config.port, config.host)
+    server = tornado.httpserver.HTTPServer(
+        make_app(state),
+        max_body_size=2**40,  # the handlers enforce max_body_bytes with a JSON 413
+        idle_connection_timeout=config.header_timeout,
+        body_timeout=config.body_timeout,
+    )
+    sockets = listening_sockets(config)
     server.add_sockets(sockets)
-    log.info("listening", host=config.host, port=sockets[0].getsockname()[1], models=len(state.registry),
+    address = sockets[0].getsockname()
+    log.info("listening", host=address[0], port=address[1], models=len(state.registry),
              default_model=state.registry.default_id, version=__version__)
 
     loop = asyncio.get_running_loop()
@@ -141,6 +194,7 @@ async def serve(state: AppState) -> None:
             log.warning("second signal: exiting at once", signal=signal.Signals(signum).name)
             os._exit(1)
         log.info("shutting down: draining", signal=signal.Signals(signum).name, timeout=state.config.shutdown_timeout)
+        state.notifier.stopping()
         stop.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -148,11 +202,13 @@ async def serve(state: AppState) -> None:
     if state.reload_config is not None:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload(state)))
 
-    for model_id in config.preload:
-        loop.create_task(preload(state, model_id))
+    await asyncio.gather(*(preload(state, model_id) for model_id in config.preload))
+    state.notifier.ready()
+    reporter = loop.create_task(report_to_systemd(state, watchdog_seconds()))
 
     await stop.wait()
     await drain(state, state.config.shutdown_timeout)
+    reporter.cancel()
     server.stop()
     await server.close_all_connections()
     state.plugins.hook.shutdown()

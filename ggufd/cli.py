@@ -94,23 +94,42 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args, config, pm, registry) -> int:
+    import os
+
+    import structlog
+
     from .app import AppState, make_engine, serve
     from .config import apply_process_environment, load_config
+    from .metrics import Metrics
+    from .security import is_loopback
+    from .systemd import Notifier
+
+    def inherited_sockets_expected() -> bool:  # socket activation: systemd decides where we listen
+        return os.environ.get("LISTEN_PID") == str(os.getpid())
 
     missing = [model_id for model_id in config.preload if model_id not in registry.models and model_id not in registry.aliases]
     if missing:
         print(f"ggufd: configuration error: {config.source or 'config'}: preload: not served: {', '.join(missing)}", file=sys.stderr)
         return 2
+    if not config.api_keys and not is_loopback(config.host) and not inherited_sockets_expected():
+        message = (f"listening on {config.host} (beyond this machine) without any API key: anyone who can reach "
+                   "the port can use the models; set api_keys, api_key_file or GGUFD_API_KEYS")
+        if config.unauthenticated_remote == "refuse":
+            print(f"ggufd: refusing to start: {message}", file=sys.stderr)
+            return 2
+        structlog.get_logger("ggufd").warning("SECURITY: " + message)
     apply_process_environment(config)
-    engine = make_engine(config)
-    pm.hook.startup(config=config)
     state = AppState(
         config=config,
         registry=registry,
         plugins=pm,
-        engine=engine,
+        engine=None,
         reload_config=lambda: load_config(args.config, overrides=_overrides(args)),
+        notifier=Notifier(),
     )
+    state.metrics = Metrics(lambda: state.engine)
+    state.engine = make_engine(config, state.metrics)
+    pm.hook.startup(config=config)
     try:
         asyncio.run(serve(state))
     except OSError as exc:  # e.g. the port is taken

@@ -44,7 +44,7 @@ ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], type]] = {
 }
 
 #: keys that hold paths; resolved against the folder of the source they came from.
-PATH_KEYS = ("models_dir", "plugins_dir")
+PATH_KEYS = ("models_dir", "plugins_dir", "api_key_file")
 MODEL_PATH_KEYS = ("path", "chat_template_file")
 
 
@@ -92,6 +92,16 @@ class Config:
     shutdown_timeout: float = 30
     keep_alive: float = -1  # seconds a model stays loaded when idle; 0 = unload after use; -1 = forever
     preload: tuple[str, ...] = ()
+    # security and limits
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # from api_keys, api_key_file and GGUFD_API_KEYS
+    unauthenticated_remote: str = "warn"  # binding beyond loopback without keys: "warn" or "refuse"
+    health_public: bool = True
+    metrics_public: bool = False  # only matters when API keys are configured
+    cors_origins: tuple[str, ...] = ()
+    header_timeout: float = 60
+    body_timeout: float = 60
+    max_tokens_cap: int = 0  # 0 = no server cap
+    max_messages: int = 4096
     llama: LlamaSettings = field(default_factory=LlamaSettings)
     #: model id -> its ``[models."<id>"]`` table, paths resolved, chat_template_file read.
     models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -226,11 +236,35 @@ def load_config(
         shutdown_timeout=doc.get("shutdown_timeout", Config.shutdown_timeout),
         keep_alive=doc.get("keep_alive", Config.keep_alive),
         preload=tuple(doc.get("preload", ())),
+        api_keys=_api_keys(doc, environ, source_name),
+        unauthenticated_remote=doc.get("unauthenticated_remote", Config.unauthenticated_remote),
+        health_public=doc.get("health_public", Config.health_public),
+        metrics_public=doc.get("metrics_public", Config.metrics_public),
+        cors_origins=tuple(doc.get("cors_origins", ())),
+        header_timeout=doc.get("header_timeout", Config.header_timeout),
+        body_timeout=doc.get("body_timeout", Config.body_timeout),
+        max_tokens_cap=doc.get("max_tokens_cap", Config.max_tokens_cap),
+        max_messages=doc.get("max_messages", Config.max_messages),
         llama=LlamaSettings(**doc.get("llama", {})),
         models=MappingProxyType({mid: _finish_model(mid, table, source_name) for mid, table in models.items()}),
     )
     _check_files(config, source_name, origins)
     return config
+
+
+def _api_keys(doc: dict, environ: Mapping[str, str], source: str) -> tuple[str, ...]:
+    """Every accepted key: the file's ``api_keys``, the lines of ``api_key_file`` (``#`` comments
+    allowed) and ``GGUFD_API_KEYS`` (comma-separated). Keys are never logged or shown."""
+    keys = list(doc.get("api_keys", ()))
+    if doc.get("api_key_file"):
+        path = Path(doc["api_key_file"])
+        try:
+            lines = path.read_text("utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"{_where(source, 'api_key_file')}: cannot read {path}: {exc.strerror}") from None
+        keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    keys += [key.strip() for key in environ.get("GGUFD_API_KEYS", "").split(",") if key.strip()]
+    return tuple(dict.fromkeys(keys))
 
 
 def _budgets(value) -> dict[str, int]:

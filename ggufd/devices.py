@@ -9,14 +9,26 @@ model runs on the "cpu" thread while GPU models generate.
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import structlog
 
-from .llama_backend import Placement
-
 log = structlog.get_logger("ggufd.devices")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model runs: its executor key and the llama.cpp parameters that pin it there."""
+
+    device: str  # "cpu", "gpu" (llama.cpp's default split over visible GPUs) or "cuda:N"
+    n_gpu_layers: int
+    main_gpu: int = 0
+    split_mode: int = 1  # LLAMA_SPLIT_MODE_LAYER; 0 = NONE (one GPU)
+
 
 _warned_cpu_only: set[str] = set()
 
@@ -44,11 +56,37 @@ def placement_for(options: Mapping[str, Any], n_gpu_layers: int, gpu_available: 
     return Placement(f"cuda:{int(device)}", n_gpu_layers, int(device), LLAMA_SPLIT_MODE_NONE)
 
 
+_current = threading.local()
+
+
+def heartbeat() -> None:
+    """Called by llama work (per token, per prompt batch, during loads) to prove its thread moves."""
+    beat = getattr(_current, "beat", None)
+    if beat is not None:
+        beat[0] = time.monotonic()
+
+
 class DeviceExecutors:
-    """Device key -> its single worker thread."""
+    """Device key -> its single worker thread, and a heartbeat per thread for the watchdog."""
 
     def __init__(self) -> None:
         self._executors: dict[str, ThreadPoolExecutor] = {}
+        self._busy: dict[str, list[float]] = {}  # device -> [last beat] while a job runs
+
+    def stalled(self, max_silence: float) -> list[str]:
+        """Devices whose running job has not beaten for ``max_silence`` seconds (a wedged worker)."""
+        now = time.monotonic()
+        return [device for device, beat in list(self._busy.items()) if now - beat[0] > max_silence]
+
+    def _tracked(self, device: str, fn: Callable, args: tuple) -> Any:
+        beat = [time.monotonic()]
+        _current.beat = beat
+        self._busy[device] = beat
+        try:
+            return fn(*args)
+        finally:
+            self._busy.pop(device, None)
+            _current.beat = None
 
     def executor(self, device: str) -> ThreadPoolExecutor:
         executor = self._executors.get(device)
@@ -57,7 +95,7 @@ class DeviceExecutors:
         return executor
 
     async def run(self, device: str, fn: Callable, *args) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.executor(device), fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.executor(device), self._tracked, device, fn, args)
 
     def shutdown(self) -> None:
         for executor in self._executors.values():

@@ -23,9 +23,8 @@ from typing import Any, Callable, Mapping
 import structlog
 
 from . import llama_backend
-from .devices import DeviceExecutors, placement_for
+from .devices import DeviceExecutors, Placement, placement_for
 from .errors import ApiError, ServerError
-from .llama_backend import Placement
 from .memory import estimate_model_bytes, format_bytes
 from .types import GenerationRequest, ModelInfo
 
@@ -170,8 +169,10 @@ class Engine:
         gpu_available: bool | None = None,
         llama_log_level: str = "warn",
         loader: Callable = llama_backend.load_llama,
+        on_load: Callable[[str, float], None] | None = None,
     ) -> None:
         self._settings_for = settings_for
+        self._on_load = on_load
         self.limits = limits or Limits()
         self._loader = loader
         self._llama_log_level = llama_log_level
@@ -246,6 +247,10 @@ class Engine:
 
     def loaded_models(self) -> list[str]:
         return sorted(mid for mid, slot in self._slots.items() if slot.state == "loaded")
+
+    @property
+    def devices(self) -> DeviceExecutors:
+        return self._devices
 
     def pending(self) -> int:
         return sum(slot.pending for slot in self._slots.values())
@@ -413,7 +418,10 @@ class Engine:
         else:
             slot.state = "loaded"
             slot.last_used = time.monotonic()
-            log.info("model loaded", model=slot.id, seconds=round(time.perf_counter() - started, 3), device=slot.placement.device)
+            seconds = time.perf_counter() - started
+            log.info("model loaded", model=slot.id, seconds=round(seconds, 3), device=slot.placement.device)
+            if self._on_load is not None:
+                self._on_load(slot.id, seconds)
         finally:
             slot.transition.set_result(None)
             slot.transition = None

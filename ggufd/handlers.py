@@ -17,30 +17,74 @@ from tornado.iostream import StreamClosedError
 from . import __version__
 from .chat import build_generation
 from .engine import Failed, Finished, Overloaded, Started, TextDelta
-from .errors import ApiError, InvalidRequest, ServerError
-from .openai_format import ChunkEncoder, chat_completion, decode_json_body, dumps, new_completion_id, parse_chat_request, with_model_defaults
+from .errors import ApiError, ServerError
+from .security import check_bearer, cors_origin
+from .openai_format import ChunkEncoder, chat_completion, decode_json_body, dumps, new_completion_id, parse_chat_request, with_model_defaults, apply_server_limits
 
 log = structlog.get_logger("ggufd.http")
 
 JSON_TYPES = ("application/json",)
 
 
+@tornado.web.stream_request_body
 class BaseHandler(tornado.web.RequestHandler):
-    def initialize(self, state) -> None:
-        self.state = state  # ggufd.app.AppState: config, registry, plugins, engine
-        self.log_fields: dict = {}
-        self._logged = False
+    """Bodies are received as a stream so that an oversized one is answered with a JSON 413
+    (after the headers, from Content-Length, or as soon as a chunked body passes the limit)."""
 
+    #: the metrics label for this route
+    endpoint = "other"
     #: answers while the server drains (health checks must see the truth)
     serves_while_draining = False
+
+    def initialize(self, state) -> None:
+        self.state = state  # ggufd.app.AppState: config, registry, plugins, engine, metrics
+        self.log_fields: dict = {}
+        self._logged = False
+        self._body = bytearray()
+        self._body_too_large = False
+
+    def is_public(self) -> bool:
+        """Whether this route answers without an API key (when keys are configured)."""
+        return False
 
     def prepare(self) -> None:
         incoming = self.request.headers.get("X-Request-ID", "")
         self.request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else f"req_{uuid.uuid4().hex[:16]}"
         self.set_header("X-Request-ID", self.request_id)
+        structlog.contextvars.bind_contextvars(request_id=self.request_id)
         self.started = time.perf_counter()
+        config = self.state.config
+        allowed_origin = cors_origin(self.request.headers.get("Origin"), config.cors_origins)
+        if allowed_origin:
+            self.set_header("Access-Control-Allow-Origin", allowed_origin)
+            self.set_header("Vary", "Origin")
+            self.set_header("Access-Control-Expose-Headers", "X-Request-ID, Retry-After")
+        if self.request.method == "OPTIONS":
+            return  # CORS preflight: no key needed, answered by options()
+        if config.api_keys and not self.is_public():
+            check_bearer(self.request.headers.get("Authorization"), config.api_keys)
         if self.state.draining and not self.serves_while_draining:
             raise Overloaded("The server is shutting down; retry on another instance or after its restart.", retry_after=5)
+        length = self.request.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > config.max_body_bytes:
+            raise self._too_large()
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._body_too_large or len(self._body) + len(chunk) > self.state.config.max_body_bytes:
+            self._body_too_large = True  # keep reading (bounded by body_timeout), keep nothing
+            return
+        self._body += chunk
+
+    def _too_large(self) -> ApiError:
+        return ApiError(413, f"The request body is larger than the limit of {self.state.config.max_body_bytes} bytes.")
+
+    def options(self, *args) -> None:
+        if self._headers.get("Access-Control-Allow-Origin"):
+            self.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+            self.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Request-ID")
+            self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+        self.finish()
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
@@ -54,7 +98,9 @@ class BaseHandler(tornado.web.RequestHandler):
         content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type and content_type not in JSON_TYPES and not content_type.endswith("+json"):
             raise ApiError(415, f"Unsupported Content-Type '{content_type}'; send application/json.")
-        return decode_json_body(self.request.body)
+        if self._body_too_large:
+            raise self._too_large()
+        return decode_json_body(bytes(self._body))
 
     # --- errors
 
@@ -90,15 +136,19 @@ class BaseHandler(tornado.web.RequestHandler):
         self._logged = True
         started = getattr(self, "started", None)
         duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
+        status = self.get_status()
         log.info(
             "request",
             request_id=getattr(self, "request_id", None),
             method=self.request.method,
             path=self.request.path,
-            status=self.get_status(),
+            status=status,
             duration_ms=duration_ms,
             **self.log_fields,
         )
+        structlog.contextvars.unbind_contextvars("request_id")
+        if self.state.metrics is not None and self.request.method != "OPTIONS":
+            self.state.metrics.observe_request(self.endpoint, status, self.log_fields, (duration_ms or 0) / 1000)
 
 
 class NotFoundHandler(BaseHandler):
@@ -108,7 +158,11 @@ class NotFoundHandler(BaseHandler):
 
 
 class HealthHandler(BaseHandler):
+    endpoint = "health"
     serves_while_draining = True
+
+    def is_public(self) -> bool:
+        return self.state.config.health_public
 
     def get(self) -> None:
         state = self.state
@@ -154,6 +208,8 @@ def model_object(info, models_dir, loaded: bool) -> dict:
 
 
 class ModelsHandler(BaseHandler):
+    endpoint = "models"
+
     def get(self, model_id: str | None = None) -> None:
         loaded = set(self.state.engine.loaded_models())
 
@@ -167,6 +223,7 @@ class ModelsHandler(BaseHandler):
 
 
 class ChatCompletionsHandler(BaseHandler):
+    endpoint = "chat.completions"
     generation = None
 
     async def post(self) -> None:
@@ -182,10 +239,12 @@ class ChatCompletionsHandler(BaseHandler):
 
     async def _post(self) -> None:
         body = self.json_body()
+        config = self.state.config
         chat = parse_chat_request(body)
         model = self.state.registry.get(chat.model)
         if model.options.get("sampling"):
             chat = with_model_defaults(chat, model.options["sampling"])
+        chat = apply_server_limits(chat, max_tokens_cap=config.max_tokens_cap, max_messages=config.max_messages)
         self.log_fields["model"] = model.id
         request = build_generation(self.state.plugins, model, chat)
         self.generation = self.state.engine.start(model, request)
@@ -318,6 +377,8 @@ class ChatCompletionsHandler(BaseHandler):
 class AdminModelHandler(BaseHandler):
     """``POST /admin/models/{id}/load`` and ``.../unload``: explicit lifecycle control."""
 
+    endpoint = "admin"
+
     async def post(self, model_id: str, action: str) -> None:
         info = self.state.registry.get(model_id)
         engine = self.state.engine
@@ -326,3 +387,19 @@ class AdminModelHandler(BaseHandler):
         elif not await engine.unload(info.id):
             raise ApiError(409, f"The model '{info.id}' has running or queued requests; it is unloaded only when idle.", code="model_busy")
         self.write_json({"id": info.id, "state": engine.status().get(info.id, {}).get("state", "unloaded")})
+
+
+class MetricsHandler(BaseHandler):
+    """``GET /metrics``: Prometheus exposition (needs an API key unless ``metrics_public``)."""
+
+    endpoint = "metrics"
+    serves_while_draining = True
+
+    def is_public(self) -> bool:
+        return self.state.config.metrics_public
+
+    def get(self) -> None:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest(self.state.metrics.registry))

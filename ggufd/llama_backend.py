@@ -9,11 +9,11 @@ from __future__ import annotations
 import ctypes
 import random
 import threading
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import structlog
 
+from .devices import Placement, heartbeat
 from .errors import ContextLengthExceeded
 from .text_stream import TextAssembler
 from .types import GenerationRequest
@@ -103,16 +103,6 @@ def configure_llama(level: str) -> None:
     lowlevel.llama_model_default_params = model_default_params
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where a model runs: its executor key and the llama.cpp parameters that pin it there."""
-
-    device: str  # "cpu", "gpu" (llama.cpp's default split over visible GPUs) or "cuda:N"
-    n_gpu_layers: int
-    main_gpu: int = 0
-    split_mode: int = 1  # LLAMA_SPLIT_MODE_LAYER; 0 = NONE (one GPU)
-
-
 def load_llama(path: str, settings, placement: Placement, on_progress: Callable[[float], None] | None = None) -> Any:
     """Create the ``llama_cpp.Llama`` (on the model's device thread)."""
     import llama_cpp
@@ -121,6 +111,7 @@ def load_llama(path: str, settings, placement: Placement, on_progress: Callable[
 
         @llama_cpp.llama_progress_callback
         def progress(value: float, user_data) -> bool:
+            heartbeat()
             on_progress(float(value))
             return True
 
@@ -182,6 +173,7 @@ def _process_prompt(llama, tokens: list[int], generation) -> bool:
     for start in range(cached, len(tokens) - 1, llama.n_batch):
         if generation.cancelled:
             return False
+        heartbeat()
         llama.eval(tokens[start : min(start + llama.n_batch, len(tokens) - 1)])
     return not generation.cancelled
 
@@ -222,6 +214,7 @@ def generate(llama, generation, request: GenerationRequest):
         frequency_penalty=s.frequency_penalty or 0.0,
         reset=True,
     ):
+        heartbeat()
         if generation.cancelled:
             reason = "cancelled"
             break

@@ -148,6 +148,19 @@ def with_model_defaults(chat: ChatRequest, defaults: Mapping[str, Any]) -> ChatR
     )
 
 
+def apply_server_limits(chat: ChatRequest, *, max_tokens_cap: int = 0, max_messages: int = 0) -> ChatRequest:
+    """The operator's limits: too many messages or more tokens than the cap are a 400;
+    a request without a limit gets the cap."""
+    if max_messages and len(chat.messages) > max_messages:
+        raise InvalidRequest(f"At most {max_messages} messages are accepted per request.", param="messages")
+    if max_tokens_cap:
+        if chat.max_tokens is None:
+            return replace(chat, max_tokens=max_tokens_cap)
+        if chat.max_tokens > max_tokens_cap:
+            raise InvalidRequest(f"max_tokens may be at most {max_tokens_cap} on this server.", param="max_tokens")
+    return chat
+
+
 def new_completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
