@@ -51,9 +51,12 @@ class ModelNotFound(ApiError):
     """404: the requested model id (or alias) is not served."""
 
     def __init__(self, model: str, message: str | None = None) -> None:
+        # Echo the name only when it looks like a model id, never a path or junk.
+        looks_like_id = 0 < len(model) <= 128 and model.isprintable() and not model.startswith("/") and ".." not in model
+        name = f"The model '{model}'" if looks_like_id else "The requested model"
         super().__init__(
             404,
-            message or f"The model '{model}' does not exist or is not served here; GET /v1/models lists the models.",
+            message or f"{name} does not exist or is not served here; GET /v1/models lists the models.",
             code="model_not_found",
             param="model",
         )
