@@ -102,6 +102,7 @@ class Config:
     body_timeout: float = 60
     max_tokens_cap: int = 0  # 0 = no server cap
     max_messages: int = 4096
+    log_content: bool = False  # log prompts and completions (never by default)
     llama: LlamaSettings = field(default_factory=LlamaSettings)
     #: model id -> its ``[models."<id>"]`` table, paths resolved, chat_template_file read.
     models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -245,6 +246,7 @@ def load_config(
         body_timeout=doc.get("body_timeout", Config.body_timeout),
         max_tokens_cap=doc.get("max_tokens_cap", Config.max_tokens_cap),
         max_messages=doc.get("max_messages", Config.max_messages),
+        log_content=doc.get("log_content", Config.log_content),
         llama=LlamaSettings(**doc.get("llama", {})),
         models=MappingProxyType({mid: _finish_model(mid, table, source_name) for mid, table in models.items()}),
     )

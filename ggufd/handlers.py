@@ -246,6 +246,8 @@ class ChatCompletionsHandler(BaseHandler):
             chat = with_model_defaults(chat, model.options["sampling"])
         chat = apply_server_limits(chat, max_tokens_cap=config.max_tokens_cap, max_messages=config.max_messages)
         self.log_fields["model"] = model.id
+        if config.log_content:  # off by default: prompts and answers stay out of the logs
+            self.log_fields["messages"] = list(chat.messages)
         request = build_generation(self.state.plugins, model, chat)
         self.generation = self.state.engine.start(model, request)
 
@@ -274,9 +276,11 @@ class ChatCompletionsHandler(BaseHandler):
         else:
             await self._complete(model.id, completion_id, first.prompt_tokens, events[1:])
 
-    def _note_first_token(self) -> None:
+    def _note_text(self, text: str) -> None:
         if "ttft_ms" not in self.log_fields:
             self.log_fields["ttft_ms"] = round((time.perf_counter() - self.started) * 1000, 2)
+        if self.state.config.log_content:
+            self.log_fields["completion"] = self.log_fields.get("completion", "") + text
 
     def _note_finish(self, finished: Finished) -> None:
         self.log_fields.update(finish_reason=finished.reason, completion_tokens=finished.completion_tokens)
@@ -286,7 +290,7 @@ class ChatCompletionsHandler(BaseHandler):
         while True:
             for event in events:
                 if isinstance(event, TextDelta):
-                    self._note_first_token()
+                    self._note_text(event.text)
                     parts.append(event.text)
                 elif isinstance(event, Finished):
                     self._note_finish(event)
@@ -316,7 +320,7 @@ class ChatCompletionsHandler(BaseHandler):
                 finished = None
                 for event in events:
                     if isinstance(event, TextDelta):
-                        self._note_first_token()
+                        self._note_text(event.text)
                         out.append(event.text)
                     elif isinstance(event, Finished):
                         finished = event

@@ -303,3 +303,39 @@ def test_no_error_body_leaks_tracebacks_paths_or_keys(models, tmp_path, make_dae
         assert status >= 400
         text = body.decode()
         assert "Traceback" not in text and str(tmp_path) not in text and "super-secret" not in text and "/work/" not in text
+
+
+def test_prompts_and_completions_are_logged_only_when_enabled(models, make_daemon):
+    secret = "my secret question"
+    quiet = make_daemon(base_settings(models))
+    status, _, body = chat(quiet.url, {"messages": [{"role": "user", "content": secret}], "max_tokens": 4, "temperature": 0}, headers={"X-Request-ID": "q1"})
+    answer = json.loads(body)["choices"][0]["message"]["content"]
+    line = quiet.wait_for_log("request", request_id="q1")
+    assert secret not in json.dumps(quiet.lines) and "messages" not in line and "completion" not in line
+    loud = make_daemon(base_settings(models, log_content=True))
+    chat(loud.url, {"messages": [{"role": "user", "content": secret}], "max_tokens": 4, "temperature": 0, "stream": True}, headers={"X-Request-ID": "l1"})
+    line = loud.wait_for_log("request", request_id="l1")
+    assert line["messages"][0]["content"] == secret and line["completion"] == answer
+
+
+def test_body_timeout_closes_stalled_uploads(models, make_daemon):
+    daemon = make_daemon(base_settings(models, body_timeout=0.5))
+    sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=5)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"mess")
+    started = time.monotonic()
+    data = sock.recv(1000)
+    assert data == b"" or data.startswith(b"HTTP/1.1 4")
+    assert time.monotonic() - started < 3
+    sock.close()
+
+
+def test_cancellations_are_counted(models, make_daemon):
+    daemon = make_daemon({"models_dir": str(models), "metrics_public": True, "llama": {"n_ctx": 2048, "n_threads": 1}})
+    payload = json.dumps({"messages": MESSAGES, "stream": True, "max_tokens": 2000}).encode()
+    sock = socket.create_connection(("127.0.0.1", daemon.port))
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"X-Request-ID: gone\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    sock.recv(100)
+    sock.close()
+    daemon.wait_for_log("request", request_id="gone")
+    assert scrape(daemon.url)[("ggufd_cancellations_total", (("model", "tiny"),))] == 1
