@@ -63,6 +63,8 @@ class LlamaSettings:
     n_gpu_layers: int = -1
     n_batch: int = 512
     n_threads: int = 0  # 0: one per available core
+    parallel: int = 4  # sequences decoded together (continuous batching); each gets n_ctx tokens
+    flash_attn: bool | str = "auto"  # llama.cpp decides per device; true/false force it
 
     @property
     def threads(self) -> int:
@@ -115,6 +117,8 @@ class Config:
             n_gpu_layers=options.get("n_gpu_layers", base.n_gpu_layers),
             n_batch=options.get("n_batch", base.n_batch),
             n_threads=options.get("n_threads", base.n_threads),
+            parallel=options.get("parallel", base.parallel),
+            flash_attn=options.get("flash_attn", base.flash_attn),
         )
 
 

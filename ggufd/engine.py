@@ -146,6 +146,7 @@ class ModelSlot:
         data = {
             "state": self.state,
             "device": self.placement.device,
+            "parallel": self.settings.parallel,
             "pending": self.pending,
             "memory_estimate_bytes": self.need_bytes,
         }
@@ -168,7 +169,7 @@ class Engine:
         *,
         gpu_available: bool | None = None,
         llama_log_level: str = "warn",
-        loader: Callable = llama_backend.load_llama,
+        loader: Callable = llama_backend.load_model,
         on_load: Callable[[str, float], None] | None = None,
     ) -> None:
         self._settings_for = settings_for
@@ -194,8 +195,9 @@ class Engine:
     def start(self, info: ModelInfo, request: GenerationRequest, generation: Generation | None = None) -> Generation:
         """Queue a generation; raises :class:`Overloaded` when the model's queue is full."""
         slot = self._slot(info)
-        if slot.pending >= 1 + slot.max_queue:
-            raise Overloaded(f"The model '{info.id}' has {slot.pending - 1} requests waiting, its queue limit; try again shortly.")
+        running = slot.settings.parallel
+        if slot.pending >= running + slot.max_queue:
+            raise Overloaded(f"The model '{info.id}' has {slot.pending - running} requests waiting, its queue limit; try again shortly.")
         generation = generation or Generation(asyncio.get_running_loop())
         slot.pending += 1
         self._spawn(self._run(slot, generation, request))
@@ -285,12 +287,12 @@ class Engine:
         settings = self._settings_for(slot.info)
         slot.settings = settings
         slot.placement = placement_for(slot.info.options, settings.n_gpu_layers, self.gpu_available, slot.id)
-        slot.need_bytes = estimate_model_bytes(slot.info.metadata, slot.info.path, settings.n_ctx)
+        slot.need_bytes = estimate_model_bytes(slot.info.metadata, slot.info.path, settings.n_ctx, settings.parallel)
 
     def _slot(self, info: ModelInfo) -> ModelSlot:
         slot = self._slots.get(info.id)
         if slot is None:
-            if not self._configured and self._loader is llama_backend.load_llama:
+            if not self._configured:
                 llama_backend.configure_llama(self._llama_log_level)
                 self._configured = True
             slot = self._slots[info.id] = self._new_slot(info)
@@ -325,7 +327,11 @@ class Engine:
         try:
             await self._ensure_loaded(slot, generation)
             if not generation.cancelled:
-                final = await self._devices.run(slot.placement.device, self._generate_on_device, slot, generation, request)
+                runner = slot.llama.runner
+                future, start = runner.submit(generation, request)
+                if start:  # the model's batch loop is idle: run it on the device thread
+                    self._spawn(self._devices.run(slot.placement.device, runner.run))
+                final = await asyncio.wrap_future(future)
         except ApiError as exc:
             final = Failed(exc)
         except Exception:
@@ -336,12 +342,6 @@ class Engine:
             # the client does next (another request, an unload) sees the model idle.
             self._release(slot)
             generation.emit(final)
-
-    @staticmethod
-    def _generate_on_device(slot: ModelSlot, generation: Generation, request: GenerationRequest) -> Finished:
-        if generation.cancelled:  # the client left while this job waited for the device
-            return Finished("cancelled", 0, 0)
-        return llama_backend.generate(slot.llama, generation, request)
 
     # --- loading and eviction
 
@@ -432,7 +432,7 @@ class Engine:
         slot.transition = asyncio.get_running_loop().create_future()
         llama, slot.llama = slot.llama, None
         try:
-            await self._devices.run(slot.placement.device, llama_backend.free_llama, llama)
+            await self._devices.run(slot.placement.device, llama_backend.free_model, llama)
         finally:
             del llama
             slot.state = "unloaded"

@@ -1,7 +1,16 @@
-"""Everything that touches llama_cpp. Every function here except the two at the top runs on
-a device's worker thread (see :mod:`ggufd.devices`), never on the event loop.
+"""Everything that touches llama_cpp: loading a model, and continuous batching on it.
 
-llama_cpp is imported lazily so that ``ggufd --check-config`` and the plugins never pay for it.
+ggufd drives llama.cpp through llama-cpp-python's low-level API (the C functions), not
+the high-level ``Llama`` class: one context per model holds ``parallel`` sequences, and a
+:class:`BatchRunner` decodes every active sequence of the model in one ``llama_decode``
+per step. A new request joins the running batch at the next step; long prompts are
+prefilled in ``n_batch`` chunks interleaved with the others' decoding; each sequence has
+its own sampler chain (temperature, top-k/p, min-p, penalties, seed) and its own stop
+strings, UTF-8 holdback and token budget. A finished sequence keeps its KV cells so that
+a conversation that continues reuses its prefix.
+
+Every function here except :func:`configure_llama` and :meth:`BatchRunner.submit` runs on
+the model's device thread (:mod:`ggufd.devices`), never on the event loop.
 """
 
 from __future__ import annotations
@@ -9,6 +18,9 @@ from __future__ import annotations
 import ctypes
 import random
 import threading
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import structlog
@@ -16,7 +28,7 @@ import structlog
 from .devices import Placement, heartbeat
 from .errors import ContextLengthExceeded
 from .text_stream import TextAssembler
-from .types import GenerationRequest
+from .types import GenerationRequest, SamplingParams
 
 log = structlog.get_logger("ggufd.llama")
 
@@ -25,7 +37,8 @@ _LLAMA_VERBOSITY = {"none": 0, "error": 1, "warn": 2, "warning": 2, "info": 3, "
 #: ggml_log_level (ggml.h: 1 debug, 2 info, 3 warn, 4 error, 5 continuation) -> verbosity rank.
 _GGML_RANK = {4: 1, 3: 2, 2: 3, 1: 4}
 _keep_alive: list = []  # ctypes callbacks must outlive their registration
-_thread_state = threading.local()
+_configured = threading.Lock()
+PENALTY_LAST_N = 64  # tokens the repeat/frequency/presence penalties look back on
 
 
 def gpu_offload_available() -> bool:
@@ -34,203 +47,372 @@ def gpu_offload_available() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
-class _QuietWhileLoading:
-    """``sys.stderr`` wrapper that drops what a thread prints while it loads a model.
-
-    ``Llama(verbose=True)`` prints model metadata and system info to ``sys.stderr``;
-    ``verbose=False`` instead points the process-wide file descriptors 1 and 2 at
-    /dev/null during the load (losing every other thread's log lines meanwhile, and not
-    thread-safe when two devices load at once). So ggufd loads with ``verbose=True`` and
-    silences only the loading thread's Python-level prints.
-    """
-
-    def __init__(self, stream) -> None:
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        if getattr(_thread_state, "loading", False):
-            return len(text)
-        return self._stream.write(text)
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
-
-
 def configure_llama(level: str) -> None:
-    """Once per process: llama.cpp's log lines into structlog (filtered by ``LLAMA_LOG_LEVEL``),
-    quiet model loads, and a hook that lets :func:`load_llama` see load progress."""
-    import sys
-
+    """Once per process: initialise llama.cpp and route its log lines into structlog."""
     import llama_cpp
+
+    with _configured:
+        if _keep_alive:
+            return
+        llama_cpp.llama_backend_init()
+        allowed = _LLAMA_VERBOSITY[level]
+        llog = structlog.get_logger("llama.cpp")
+        methods = {1: llog.error, 2: llog.warning, 3: llog.info, 4: llog.debug}
+        state = {"last": 2}
+
+        @llama_cpp.llama_log_callback
+        def log_callback(ggml_level: int, text: bytes, user_data) -> None:
+            if ggml_level == 5:
+                ggml_level = state["last"]
+            state["last"] = ggml_level
+            rank = _GGML_RANK.get(ggml_level, 4)
+            if rank <= allowed:
+                message = text.decode("utf-8", errors="replace").rstrip()
+                if message:
+                    methods[rank](message, source="llama.cpp")
+
+        llama_cpp.llama_log_set(log_callback, ctypes.c_void_p(0))
+        _keep_alive.append(log_callback)
+
+
+def _penalties_sampler(last_n: int, repeat: float, frequency: float, presence: float):
+    """llama.cpp's ``llama_sampler_init_penalties(int32 last_n, float, float, float)``.
+
+    llama-cpp-python 0.3.36 still declares an older signature with a leading ``n_vocab``,
+    which makes llama.cpp read ``n_vocab`` as ``last_n``; this prototype matches the C header."""
     import llama_cpp.llama_cpp as lowlevel
 
-    if not isinstance(sys.stderr, _QuietWhileLoading):
-        sys.stderr = _QuietWhileLoading(sys.stderr)
-
-    allowed = _LLAMA_VERBOSITY[level]
-    llog = structlog.get_logger("llama.cpp")
-    methods = {1: llog.error, 2: llog.warning, 3: llog.info, 4: llog.debug}
-    state = {"last": 2}
-
-    @llama_cpp.llama_log_callback
-    def log_callback(ggml_level: int, text: bytes, user_data) -> None:
-        if ggml_level == 5:
-            ggml_level = state["last"]
-        state["last"] = ggml_level
-        rank = _GGML_RANK.get(ggml_level, 4)
-        if rank <= allowed:
-            message = text.decode("utf-8", errors="replace").rstrip()
-            if message:
-                methods[rank](message, source="llama.cpp")
-
-    llama_cpp.llama_log_set(log_callback, ctypes.c_void_p(0))
-    _keep_alive.append(log_callback)
-
-    # Llama() takes no progress callback; its model params come from this function, so a
-    # wrapper adds the callback of the load running on this thread (if any).
-    original = lowlevel.llama_model_default_params
-    if getattr(original, "_ggufd", False):
-        return
-
-    def model_default_params():
-        params = original()
-        callback = getattr(_thread_state, "progress_callback", None)
-        if callback is not None:
-            params.progress_callback = callback
-        return params
-
-    model_default_params._ggufd = True
-    lowlevel.llama_model_default_params = model_default_params
+    global _penalties_fn
+    if _penalties_fn is None:
+        prototype = ctypes.CFUNCTYPE(lowlevel.llama_sampler_p_ctypes, ctypes.c_int32, ctypes.c_float, ctypes.c_float, ctypes.c_float)
+        _penalties_fn = prototype(("llama_sampler_init_penalties", lowlevel._lib))
+    return _penalties_fn(last_n, repeat, frequency, presence)
 
 
-def load_llama(path: str, settings, placement: Placement, on_progress: Callable[[float], None] | None = None) -> Any:
-    """Create the ``llama_cpp.Llama`` (on the model's device thread)."""
+_penalties_fn = None
+
+
+def make_sampler(s: SamplingParams):
+    """A sampler chain for one sequence, in llama-cpp-python's order:
+    penalties -> (greedy | top-k -> top-p -> min-p -> temperature -> seeded draw)."""
     import llama_cpp
 
-    if on_progress is not None:
-
-        @llama_cpp.llama_progress_callback
-        def progress(value: float, user_data) -> bool:
-            heartbeat()
-            on_progress(float(value))
-            return True
-
-        _thread_state.progress_callback = progress
-    _thread_state.loading = True
-    try:
-        llama = llama_cpp.Llama(
-            model_path=path,
-            n_ctx=settings.n_ctx,
-            n_gpu_layers=placement.n_gpu_layers,
-            main_gpu=placement.main_gpu,
-            split_mode=placement.split_mode,
-            n_batch=settings.n_batch,
-            n_threads=settings.threads,
-            n_threads_batch=settings.threads,
-            verbose=True,  # see _QuietWhileLoading
-        )
-    finally:
-        _thread_state.progress_callback = None
-        _thread_state.loading = False
-    llama.verbose = False  # no per-request prints to stderr
-    return llama
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    add = lambda sampler: llama_cpp.llama_sampler_chain_add(chain, sampler)  # noqa: E731
+    repeat = s.repeat_penalty if s.repeat_penalty is not None else 1.0
+    if repeat != 1.0 or s.frequency_penalty or s.presence_penalty:
+        add(_penalties_sampler(PENALTY_LAST_N, repeat, s.frequency_penalty or 0.0, s.presence_penalty or 0.0))
+    temperature = s.temperature if s.temperature is not None else 0.8
+    if temperature == 0:
+        add(llama_cpp.llama_sampler_init_greedy())
+    else:
+        add(llama_cpp.llama_sampler_init_top_k(s.top_k if s.top_k is not None else 40))
+        add(llama_cpp.llama_sampler_init_top_p(s.top_p if s.top_p is not None else 0.95, 1))
+        add(llama_cpp.llama_sampler_init_min_p(s.min_p if s.min_p is not None else 0.05, 1))
+        add(llama_cpp.llama_sampler_init_temp(temperature))
+        add(llama_cpp.llama_sampler_init_dist(s.seed if s.seed is not None else random.getrandbits(32)))
+    return chain
 
 
-def free_llama(llama) -> None:
-    llama.close()
+class LoadedModel:
+    """A llama.cpp model and its context with ``parallel`` sequences (each ``n_ctx`` long)."""
+
+    def __init__(self, path: str, settings, placement: Placement, on_progress: Callable[[float], None] | None = None) -> None:
+        import llama_cpp
+
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = 0x7FFFFFFF if placement.n_gpu_layers < 0 else placement.n_gpu_layers
+        model_params.main_gpu = placement.main_gpu
+        model_params.split_mode = placement.split_mode
+        if on_progress is not None:
+
+            @llama_cpp.llama_progress_callback
+            def progress(value: float, user_data) -> bool:
+                heartbeat()
+                on_progress(float(value))
+                return True
+
+            model_params.progress_callback = progress
+            self._progress = progress  # keep alive while loading
+        self.model = llama_cpp.llama_model_load_from_file(path.encode("utf-8"), model_params)
+        if not self.model:
+            raise ValueError("llama.cpp could not load the model file")
+        self.parallel = max(1, settings.parallel)
+        n_ctx = settings.n_ctx or llama_cpp.llama_model_n_ctx_train(self.model)
+        ctx_params = llama_cpp.llama_context_default_params()
+        ctx_params.n_ctx = n_ctx * self.parallel
+        ctx_params.n_batch = settings.n_batch
+        ctx_params.n_ubatch = settings.n_batch
+        ctx_params.n_seq_max = self.parallel
+        ctx_params.n_threads = settings.threads
+        ctx_params.n_threads_batch = settings.threads
+        ctx_params.flash_attn_type = {"auto": -1, False: 0, True: 1}[settings.flash_attn]
+        ctx_params.kv_unified = False  # each sequence its own KV stream: sequences never disturb each other
+        self.ctx = llama_cpp.llama_init_from_model(self.model, ctx_params)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise ValueError("llama.cpp could not create a context (out of memory?)")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.n_ctx = min(n_ctx, llama_cpp.llama_n_ctx_seq(self.ctx))
+        self.n_batch = llama_cpp.llama_n_batch(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.runner = BatchRunner(self)
+
+    def tokenize(self, text: str, add_bos: bool) -> list[int]:
+        import llama_cpp
+
+        data = text.encode("utf-8")
+        size = len(data) + 8
+        while True:
+            buffer = (llama_cpp.llama_token * size)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, size, add_bos, True)
+            if n >= 0:
+                return list(buffer[:n])
+            size = -n
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes of one generated token (special tokens render as nothing)."""
+        import llama_cpp
+
+        size = 64
+        while True:
+            buffer = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, size, 0, False)
+            if n >= 0:
+                return buffer.raw[:n]
+            size = -n
+
+    def close(self) -> None:
+        import llama_cpp
+
+        self.runner.close()
+        llama_cpp.llama_batch_free(self.batch)
+        llama_cpp.llama_free(self.ctx)
+        llama_cpp.llama_model_free(self.model)
+        self.ctx = self.model = None
 
 
-def token_bytes(llama, token: int) -> bytes:
-    """The bytes of one generated token (special tokens render as nothing)."""
-    import llama_cpp
-
-    size = 64
-    while True:
-        buffer = ctypes.create_string_buffer(size)
-        n = llama_cpp.llama_token_to_piece(llama._model.vocab, token, buffer, size, 0, False)
-        if n >= 0:
-            return buffer.raw[:n]
-        size = -n
+def load_model(path: str, settings, placement: Placement, on_progress: Callable[[float], None] | None = None) -> LoadedModel:
+    return LoadedModel(path, settings, placement, on_progress)
 
 
-def context_size(llama) -> int:
-    # llama.cpp may round the context up (to a multiple of 256); llama-cpp-python's token
-    # buffer keeps the size that was asked for, so the smaller one is the limit.
-    return min(llama.n_ctx(), len(llama.input_ids))
+def free_model(model: LoadedModel) -> None:
+    model.close()
 
 
-def _process_prompt(llama, tokens: list[int], generation) -> bool:
-    """Evaluate all but the last prompt token in ``n_batch`` chunks, checking for cancellation
-    between chunks. A prefix already in the KV cache (the same conversation continuing) is
-    reused. Returns False if cancelled. ``Llama.generate`` then finds the prompt cached and
-    evaluates only the last token."""
-    cached = 0
-    for a, b in zip(llama.input_ids[: llama.n_tokens], tokens[:-1]):
-        if a != b:
-            break
-        cached += 1
-    llama.n_tokens = cached
-    for start in range(cached, len(tokens) - 1, llama.n_batch):
-        if generation.cancelled:
-            return False
+@dataclass
+class _Sequence:
+    """One request inside the batch."""
+
+    generation: Any  # ggufd.engine.Generation
+    request: GenerationRequest
+    future: Future
+    seq_id: int = -1
+    prompt: list[int] = field(default_factory=list)
+    prefilled: int = 0  # prompt tokens in the KV cache
+    pending_token: int | None = None  # sampled, to be decoded at the next step
+    n_generated: int = 0
+    max_tokens: int = 0
+    sampler: Any = None
+    assembler: TextAssembler | None = None
+
+
+class BatchRunner:
+    """Continuous batching for one model: ``submit`` from anywhere, ``run`` on the device thread."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        self._lock = threading.Lock()
+        self._inbox: deque[_Sequence] = deque()
+        self._running = False
+        self._active: dict[int, _Sequence] = {}
+        self._free = list(range(model.parallel))
+        self._cached: dict[int, list[int]] = {seq_id: [] for seq_id in range(model.parallel)}  # tokens in each KV stream
+
+    def submit(self, generation, request: GenerationRequest) -> tuple[Future, bool]:
+        """Queue a request; returns its future (resolved with the Finished event) and whether
+        the caller must start :meth:`run` on the device thread."""
+        sequence = _Sequence(generation, request, Future())
+        with self._lock:
+            self._inbox.append(sequence)
+            start = not self._running
+            self._running = True
+        return sequence.future, start
+
+    def run(self) -> None:
+        """Step until no sequence is left (on the device thread)."""
+        try:
+            while True:
+                with self._lock:
+                    if not self._inbox and not self._active:
+                        self._running = False
+                        return
+                self._admit()
+                self._drop_cancelled()
+                if self._active:
+                    self._step()
+        except BaseException as exc:  # a bug: fail every request instead of hanging them
+            log.exception("batch runner failed")
+            with self._lock:
+                pending = list(self._inbox) + list(self._active.values())
+                self._inbox.clear()
+                self._active.clear()
+                self._free = list(range(self.model.parallel))
+                self._running = False
+            for sequence in pending:
+                if not sequence.future.done():
+                    sequence.future.set_exception(exc)
+            self._forget_all()
+
+    def close(self) -> None:
+        for sequence in self._active.values():
+            self._free_sampler(sequence)
+
+    # --- admission
+
+    def _admit(self) -> None:
+        from .engine import Finished, Started
+
+        while self._free:
+            with self._lock:
+                if not self._inbox:
+                    return
+                sequence = self._inbox.popleft()
+            if sequence.generation.cancelled:  # the client left while queued: never runs
+                sequence.future.set_result(Finished("cancelled", 0, 0))
+                continue
+            request = sequence.request
+            tokens = self.model.tokenize(request.prompt.text, request.prompt.add_bos)
+            n_ctx = self.model.n_ctx
+            budget = n_ctx - len(tokens)
+            if budget <= 0 or (request.max_tokens is not None and request.max_tokens > budget):
+                sequence.future.set_exception(ContextLengthExceeded(n_ctx, len(tokens), request.max_tokens))
+                continue
+            sequence.max_tokens = budget if request.max_tokens is None else request.max_tokens
+            sequence.prompt = tokens
+            sequence.seq_id = self._take_slot(tokens)
+            sequence.prefilled = len(self._cached[sequence.seq_id])
+            sequence.sampler = make_sampler(request.sampling)
+            sequence.assembler = TextAssembler(request.stop + request.prompt.stop)
+            self._active[sequence.seq_id] = sequence
+            sequence.generation.emit(Started(len(tokens)))
+
+    def _take_slot(self, tokens: list[int]) -> int:
+        """The free KV stream sharing the longest prefix with ``tokens``; the rest of it is cleared."""
+        import llama_cpp
+
+        def common(seq_id: int) -> int:
+            n = 0
+            for a, b in zip(self._cached[seq_id], tokens):
+                if a != b:
+                    break
+                n += 1
+            return n
+
+        seq_id = max(self._free, key=common)
+        self._free.remove(seq_id)
+        keep = min(common(seq_id), len(tokens) - 1)  # the last prompt token is decoded again for its logits
+        if not llama_cpp.llama_memory_seq_rm(self.model.memory, seq_id, keep, -1):
+            llama_cpp.llama_memory_seq_rm(self.model.memory, seq_id, -1, -1)
+            keep = 0
+        self._cached[seq_id] = self._cached[seq_id][:keep]
+        return seq_id
+
+    # --- one step
+
+    def _drop_cancelled(self) -> None:
+        import llama_cpp
+
+        from .engine import Finished
+
+        for sequence in [s for s in self._active.values() if s.generation.cancelled]:
+            llama_cpp.llama_memory_seq_rm(self.model.memory, sequence.seq_id, -1, -1)
+            self._cached[sequence.seq_id] = []
+            self._finish(sequence, Finished("cancelled", len(sequence.prompt), sequence.n_generated))
+
+    def _step(self) -> None:
+        import llama_cpp
+
         heartbeat()
-        llama.eval(tokens[start : min(start + llama.n_batch, len(tokens) - 1)])
-    return not generation.cancelled
+        model = self.model
+        batch = model.batch
+        n = 0
+        wants_logits: list[tuple[int, _Sequence]] = []
 
+        def add(token: int, sequence: _Sequence, logits: bool) -> None:
+            nonlocal n
+            cached = self._cached[sequence.seq_id]
+            batch.token[n] = token
+            batch.pos[n] = len(cached)
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = sequence.seq_id
+            batch.logits[n] = logits
+            cached.append(token)
+            if logits:
+                wants_logits.append((n, sequence))
+            n += 1
 
-def generate(llama, generation, request: GenerationRequest):
-    """Run one generation: emit Started and TextDelta events, return the Finished event
-    (the engine delivers it after releasing the model). Raises ApiError for a bad prompt."""
-    import llama_cpp
+        for sequence in self._active.values():  # one token for every decoding sequence
+            if sequence.pending_token is not None:
+                add(sequence.pending_token, sequence, True)
+                sequence.pending_token = None
+        for sequence in self._active.values():  # prompt chunks fill the rest of the batch
+            while sequence.prefilled < len(sequence.prompt) and n < model.n_batch:
+                sequence.prefilled += 1
+                add(sequence.prompt[sequence.prefilled - 1], sequence, sequence.prefilled == len(sequence.prompt))
+        if n == 0:
+            return
+        batch.n_tokens = n
+        status = llama_cpp.llama_decode(model.ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed with status {status}")
+        for index, sequence in wants_logits:
+            token = llama_cpp.llama_sampler_sample(sequence.sampler, model.ctx, index)
+            self._accept(sequence, token)
 
-    from .engine import Finished, Started, TextDelta
+    def _accept(self, sequence: _Sequence, token: int) -> None:
+        import llama_cpp
 
-    prompt = request.prompt
-    tokens = llama.tokenize(prompt.text.encode("utf-8"), add_bos=prompt.add_bos, special=True)
-    n_ctx = context_size(llama)
-    n_prompt = len(tokens)
-    budget = n_ctx - n_prompt
-    if budget <= 0 or (request.max_tokens is not None and request.max_tokens > budget):
-        raise ContextLengthExceeded(n_ctx, n_prompt, request.max_tokens)
-    max_tokens = budget if request.max_tokens is None else request.max_tokens
-    generation.emit(Started(n_prompt))
-    if not _process_prompt(llama, tokens, generation):
-        return Finished("cancelled", n_prompt, 0)
+        from .engine import TextDelta
 
-    s = request.sampling
-    llama.set_seed(s.seed if s.seed is not None else random.getrandbits(32))
-    assembler = TextAssembler(request.stop + prompt.stop)
-    vocab = llama._model.vocab
-    n_generated = 0
-    reason = "length"
-    for token in llama.generate(
-        tokens,
-        temp=s.temperature if s.temperature is not None else 0.8,
-        top_p=s.top_p if s.top_p is not None else 0.95,
-        top_k=s.top_k if s.top_k is not None else 40,
-        min_p=s.min_p if s.min_p is not None else 0.05,
-        repeat_penalty=s.repeat_penalty if s.repeat_penalty is not None else 1.0,
-        presence_penalty=s.presence_penalty or 0.0,
-        frequency_penalty=s.frequency_penalty or 0.0,
-        reset=True,
-    ):
-        heartbeat()
-        if generation.cancelled:
-            reason = "cancelled"
-            break
-        if llama_cpp.llama_vocab_is_eog(vocab, token):
-            reason = "stop"
-            break
-        n_generated += 1
-        text = assembler.feed(token_bytes(llama, token))
+        n_prompt = len(sequence.prompt)
+        if llama_cpp.llama_vocab_is_eog(self.model.vocab, token):
+            return self._end(sequence, "stop")
+        sequence.n_generated += 1
+        text = sequence.assembler.feed(self.model.token_bytes(token))
         if text:
-            generation.emit(TextDelta(text))
-        if assembler.stopped:
-            reason = "stop"
-            break
-        if n_generated >= max_tokens:
-            break
-    tail = assembler.finish()
-    if tail and reason != "cancelled":
-        generation.emit(TextDelta(tail))
-    return Finished(reason, n_prompt, n_generated)
+            sequence.generation.emit(TextDelta(text))
+        if sequence.assembler.stopped:
+            return self._end(sequence, "stop")
+        if sequence.n_generated >= sequence.max_tokens or n_prompt + sequence.n_generated >= self.model.n_ctx:
+            return self._end(sequence, "length")
+        sequence.pending_token = token
+
+    def _end(self, sequence: _Sequence, reason: str) -> None:
+        from .engine import Finished, TextDelta
+
+        tail = sequence.assembler.finish()
+        if tail:
+            sequence.generation.emit(TextDelta(tail))
+        self._finish(sequence, Finished(reason, len(sequence.prompt), sequence.n_generated))
+
+    def _finish(self, sequence: _Sequence, final) -> None:
+        self._free_sampler(sequence)
+        del self._active[sequence.seq_id]
+        self._free.append(sequence.seq_id)
+        sequence.future.set_result(final)
+
+    @staticmethod
+    def _free_sampler(sequence: _Sequence) -> None:
+        import llama_cpp
+
+        if sequence.sampler is not None:
+            llama_cpp.llama_sampler_free(sequence.sampler)
+            sequence.sampler = None
+
+    def _forget_all(self) -> None:
+        import llama_cpp
+
+        llama_cpp.llama_memory_clear(self.model.memory, True)
+        self._cached = {seq_id: [] for seq_id in range(self.model.parallel)}

@@ -1,8 +1,8 @@
 """How much memory a model needs, estimated from its GGUF before loading it.
 
-need = weights (the file sizes; all shards of a split model) + KV cache for its n_ctx
-(layers x context x KV heads x (key + value head size) x 2 bytes for f16) + a compute
-buffer allowance. The estimate decides eviction; it errs on the large side.
+need = weights (the file sizes; all shards of a split model) + KV cache for ``parallel``
+sequences of n_ctx tokens (layers x context x KV heads x (key + value head size) x 2 bytes
+for f16) + a compute buffer allowance. The estimate decides eviction; it errs on the large side.
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ def kv_cache_bytes(metadata: GGUFMetadata, n_ctx: int) -> int:
     return int(layers * n_ctx * kv_heads * (key + value) * F16_BYTES)
 
 
-def estimate_model_bytes(metadata: GGUFMetadata, path: Path, n_ctx: int) -> int:
-    return weights_bytes(path) + kv_cache_bytes(metadata, n_ctx) + OVERHEAD_BYTES
+def estimate_model_bytes(metadata: GGUFMetadata, path: Path, n_ctx: int, parallel: int = 1) -> int:
+    """Weights + KV cache for ``parallel`` sequences of ``n_ctx`` tokens + a compute allowance."""
+    return weights_bytes(path) + kv_cache_bytes(metadata, n_ctx) * max(1, parallel) + OVERHEAD_BYTES
 
 
 def format_bytes(n: int) -> str:

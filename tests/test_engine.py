@@ -25,8 +25,9 @@ def model_info(path: Path, model_id: str = "tiny", **options) -> ModelInfo:
     return ModelInfo(spec=ModelSpec(id=model_id, path=path, options=options), metadata=read_metadata(path), family="gguf-template")
 
 
-def make_engine(n_ctx: int = 256, n_batch: int = 512, loader=llama_backend.load_llama, **limits) -> Engine:
-    return Engine(settings_for=lambda info: LlamaSettings(n_ctx=n_ctx, n_batch=n_batch, n_threads=1), limits=Limits(**limits), gpu_available=False, loader=loader)
+def make_engine(n_ctx: int = 256, n_batch: int = 512, loader=llama_backend.load_model, parallel: int = 1, **limits) -> Engine:
+    settings = LlamaSettings(n_ctx=n_ctx, n_batch=n_batch, n_threads=1, parallel=parallel)
+    return Engine(settings_for=lambda info: settings, limits=Limits(**limits), gpu_available=False, loader=loader)
 
 
 def request(max_tokens=10, prompt=PROMPT) -> GenerationRequest:
@@ -113,32 +114,33 @@ def test_cancelled_while_waiting_for_the_device_never_runs(tiny_model):
 
 
 def test_cancel_during_prompt_processing_stops_between_batches(tiny_model, monkeypatch):
+    import llama_cpp
+
     calls = []
+    original = llama_cpp.llama_decode
+
+    def counting_decode(ctx, batch):
+        calls.append(batch.n_tokens)
+        if len(calls) == 2:
+            generation.cancel()
+        return original(ctx, batch)
 
     async def main():
+        nonlocal generation
         engine = make_engine(n_ctx=1024, n_batch=16)
         info = model_info(tiny_model)
         await engine.load(info)
-        llama = engine._slots["tiny"].llama
-        original = llama.eval
-
-        def counting_eval(tokens):
-            calls.append(len(tokens))
-            if len(calls) == 2:
-                generation.cancel()
-            original(tokens)
-
-        monkeypatch.setattr(llama, "eval", counting_eval)
-        long_prompt = ChatPrompt(text="hello world " * 200)
-        generation = engine.start(info, request(5, long_prompt))
+        monkeypatch.setattr(llama_cpp, "llama_decode", counting_decode)
+        generation = engine.start(info, request(5, ChatPrompt(text="hello world " * 200)))
         events = await collect(generation)
         await engine.close()
         return events
 
+    generation = None
     events = asyncio.run(main())
     assert isinstance(events[0], Started) and events[0].prompt_tokens > 300
     assert events[-1].reason == "cancelled" and events[-1].completion_tokens == 0
-    assert len(calls) == 2 and calls == [16, 16]  # ~20 batches were needed; it stopped after the second
+    assert calls == [16, 16]  # ~20 chunks were needed; it stopped after the second
 
 
 def test_concurrent_generations_queue_and_match_solo_output(tiny_model):
@@ -216,7 +218,7 @@ def test_concurrent_requests_share_one_load(tiny_model):
 
     def counting_loader(*args):
         loads.append(args[0])
-        return llama_backend.load_llama(*args)
+        return llama_backend.load_model(*args)
 
     async def main():
         engine = make_engine(loader=counting_loader)

@@ -83,7 +83,7 @@ def test_twenty_concurrent_requests_across_three_models_with_two_slots(model_var
 
 def test_full_queue_answers_503_with_retry_after(slow_model, tmp_path, make_daemon):
     folder = models_folder(tmp_path, slow_model)
-    daemon = make_daemon({"models_dir": str(folder), "max_queue": 1, "llama": {"n_ctx": 4096, "n_threads": 1}})
+    daemon = make_daemon({"models_dir": str(folder), "max_queue": 1, "llama": {"n_ctx": 4096, "n_threads": 1, "parallel": 1}})
     answer(daemon.url, "slow", 2)  # loaded
     responses = []
 
@@ -107,7 +107,7 @@ def test_full_queue_answers_503_with_retry_after(slow_model, tmp_path, make_daem
 
 def test_queue_timeout_answers_503(slow_model, tmp_path, make_daemon):
     folder = models_folder(tmp_path, slow_model)
-    daemon = make_daemon({"models_dir": str(folder), "queue_timeout": 0.3, "llama": {"n_ctx": 4096, "n_threads": 1}})
+    daemon = make_daemon({"models_dir": str(folder), "queue_timeout": 0.3, "llama": {"n_ctx": 4096, "n_threads": 1, "parallel": 1}})
     answer(daemon.url, "slow", 2)
     busy = threading.Thread(target=chat, args=(daemon.url, {"messages": MESSAGES, "max_tokens": 2500}))
     busy.start()
