@@ -75,24 +75,7 @@ def configure_llama(level: str) -> None:
         _keep_alive.append(log_callback)
 
 
-def _penalties_sampler(last_n: int, repeat: float, frequency: float, presence: float):
-    """llama.cpp's ``llama_sampler_init_penalties(int32 last_n, float, float, float)``.
-
-    llama-cpp-python 0.3.36 still declares an older signature with a leading ``n_vocab``,
-    which makes llama.cpp read ``n_vocab`` as ``last_n``; this prototype matches the C header."""
-    import llama_cpp.llama_cpp as lowlevel
-
-    global _penalties_fn
-    if _penalties_fn is None:
-        prototype = ctypes.CFUNCTYPE(lowlevel.llama_sampler_p_ctypes, ctypes.c_int32, ctypes.c_float, ctypes.c_float, ctypes.c_float)
-        _penalties_fn = prototype(("llama_sampler_init_penalties", lowlevel._lib))
-    return _penalties_fn(last_n, repeat, frequency, presence)
-
-
-_penalties_fn = None
-
-
-def make_sampler(s: SamplingParams):
+def make_sampler(s: SamplingParams, n_vocab: int):
     """A sampler chain for one sequence, in llama-cpp-python's order:
     penalties -> (greedy | top-k -> top-p -> min-p -> temperature -> seeded draw)."""
     import llama_cpp
@@ -101,7 +84,7 @@ def make_sampler(s: SamplingParams):
     add = lambda sampler: llama_cpp.llama_sampler_chain_add(chain, sampler)  # noqa: E731
     repeat = s.repeat_penalty if s.repeat_penalty is not None else 1.0
     if repeat != 1.0 or s.frequency_penalty or s.presence_penalty:
-        add(_penalties_sampler(PENALTY_LAST_N, repeat, s.frequency_penalty or 0.0, s.presence_penalty or 0.0))
+        add(llama_cpp.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, repeat, s.frequency_penalty or 0.0, s.presence_penalty or 0.0))
     temperature = s.temperature if s.temperature is not None else 0.8
     if temperature == 0:
         add(llama_cpp.llama_sampler_init_greedy())
@@ -153,6 +136,7 @@ class LoadedModel:
             llama_cpp.llama_model_free(self.model)
             raise ValueError("llama.cpp could not create a context (out of memory?)")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.n_ctx = min(n_ctx, llama_cpp.llama_n_ctx_seq(self.ctx))
         self.n_batch = llama_cpp.llama_n_batch(self.ctx)
@@ -293,7 +277,7 @@ class BatchRunner:
             sequence.prompt = tokens
             sequence.seq_id = self._take_slot(tokens)
             sequence.prefilled = len(self._cached[sequence.seq_id])
-            sequence.sampler = make_sampler(request.sampling)
+            sequence.sampler = make_sampler(request.sampling, self.model.n_vocab)
             sequence.assembler = TextAssembler(request.stop + request.prompt.stop)
             self._active[sequence.seq_id] = sequence
             sequence.generation.emit(Started(len(tokens)))

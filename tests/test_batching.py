@@ -1,0 +1,150 @@
+"""Continuous batching (ggufd.llama_backend.BatchRunner through the engine): sequences decoded
+together give the same answers as alone, join a running batch at the next step, reuse a cached
+prefix, and stop or cancel without disturbing each other."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from test_engine import PROMPT, collect, make_engine, model_info, text_of
+
+from ggufd.engine import Started
+from ggufd.types import ChatPrompt, GenerationRequest, SamplingParams
+
+
+def chat_prompt(text: str) -> ChatPrompt:
+    return ChatPrompt(text=f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
+
+
+REQUESTS = [
+    GenerationRequest(chat_prompt("hello"), SamplingParams(temperature=0), max_tokens=40),
+    GenerationRequest(chat_prompt("tell me a story"), SamplingParams(temperature=1.0, seed=7), max_tokens=30),
+    GenerationRequest(chat_prompt("the weather"), SamplingParams(temperature=0.7, top_k=5, seed=3, repeat_penalty=1.3), max_tokens=50),
+    GenerationRequest(chat_prompt("numbers"), SamplingParams(temperature=1.2, top_p=0.5, min_p=0.1, seed=11, presence_penalty=0.5, frequency_penalty=0.5), max_tokens=20, stop=("e",)),
+]
+
+
+async def run_alone_then_together(tiny_model, parallel: int):
+    engine = make_engine(n_ctx=256, parallel=parallel)
+    info = model_info(tiny_model)
+    alone = [await collect(engine.start(info, r)) for r in REQUESTS]
+    together = await asyncio.gather(*(collect(engine.start(info, r)) for r in REQUESTS))
+    await engine.close()
+    return alone, together
+
+
+@pytest.mark.parametrize("parallel", [1, 4])
+def test_batched_outputs_equal_solo_outputs(tiny_model, parallel):
+    alone, together = asyncio.run(run_alone_then_together(tiny_model, parallel))
+    for solo, batched in zip(alone, together):
+        assert text_of(batched) == text_of(solo) and text_of(solo)
+        assert batched[-1] == solo[-1]
+    assert alone[3][-1].reason == "stop"  # the stop string ended that one early
+    assert len({text_of(a) for a in alone}) == 4
+
+
+def test_cancelling_one_sequence_leaves_the_others_intact(tiny_model):
+    from test_engine import CancelAfter
+
+    async def main():
+        engine = make_engine(n_ctx=256, parallel=4)
+        info = model_info(tiny_model)
+        solo = [await collect(engine.start(info, r)) for r in REQUESTS[:3]]
+        victim = engine.start(info, GenerationRequest(chat_prompt("victim"), SamplingParams(temperature=0), max_tokens=150), CancelAfter(asyncio.get_running_loop(), after=3))
+        others = [engine.start(info, r) for r in REQUESTS[:3]]
+        results = await asyncio.gather(collect(victim), *(collect(g) for g in others))
+        await engine.close()
+        return solo, results
+
+    solo, (victim, *others) = asyncio.run(main())
+    assert victim[-1].reason == "cancelled" and 3 <= victim[-1].completion_tokens <= 4
+    assert [text_of(o) for o in others] == [text_of(s) for s in solo]
+
+
+def test_a_sequence_reaching_the_context_end_while_others_run(tiny_model):
+    async def main():
+        engine = make_engine(n_ctx=128, parallel=3)
+        info = model_info(tiny_model)
+        to_the_end = engine.start(info, GenerationRequest(PROMPT, SamplingParams(temperature=0), max_tokens=None))
+        short = [engine.start(info, r) for r in REQUESTS[:2]]
+        results = await asyncio.gather(collect(to_the_end), *(collect(g) for g in short))
+        await engine.close()
+        return results
+
+    end, *short = asyncio.run(main())
+    assert end[-1].reason == "length" and end[0].prompt_tokens + end[-1].completion_tokens == 128
+    assert [s[-1].completion_tokens for s in short] == [40, 30]
+
+
+def test_a_new_request_joins_the_running_batch(tiny_model):
+    async def main():
+        engine = make_engine(n_ctx=2048, parallel=2)
+        info = model_info(tiny_model)
+        await engine.load(info)
+        long = engine.start(info, GenerationRequest(PROMPT, SamplingParams(temperature=0), max_tokens=1800))
+        started = time.perf_counter()
+        first = await long.next_events()
+        assert isinstance(first[0], Started)
+        short = await collect(engine.start(info, GenerationRequest(PROMPT, SamplingParams(temperature=0), max_tokens=5)))
+        short_done = time.perf_counter() - started
+        rest = await collect(long)
+        long_done = time.perf_counter() - started
+        await engine.close()
+        return short, short_done, rest, long_done
+
+    short, short_done, rest, long_done = asyncio.run(main())
+    assert short[-1].completion_tokens == 5 and rest[-1].completion_tokens == 1800
+    # it did not wait for the 1800-token request: done within a few steps of joining
+    assert short_done < long_done / 5, (short_done, long_done)
+
+
+def test_parallel_1_runs_one_request_at_a_time(tiny_model):
+    async def main():
+        engine = make_engine(n_ctx=256, parallel=1)
+        info = model_info(tiny_model)
+        order = []
+
+        async def run(name, max_tokens):
+            generation = engine.start(info, GenerationRequest(PROMPT, SamplingParams(temperature=0), max_tokens=max_tokens))
+            for event in await collect(generation):
+                order.append((name, type(event).__name__))
+
+        await asyncio.gather(run("a", 100), run("b", 5))
+        await engine.close()
+        return order
+
+    order = asyncio.run(main())
+    assert order.index(("a", "Finished")) < order.index(("b", "Started"))
+
+
+def test_a_continuing_conversation_reuses_its_cached_prefix(tiny_model, monkeypatch):
+    import llama_cpp
+
+    decoded = []
+    original = llama_cpp.llama_decode
+
+    def counting_decode(ctx, batch):
+        decoded.append(batch.n_tokens)
+        return original(ctx, batch)
+
+    history = "<|im_start|>user\n" + "hello world " * 60 + "<|im_end|>\n<|im_start|>assistant\n"
+
+    async def main():
+        engine = make_engine(n_ctx=1024, parallel=2)
+        info = model_info(tiny_model)
+        await engine.load(info)
+        monkeypatch.setattr(llama_cpp, "llama_decode", counting_decode)
+        first = await collect(engine.start(info, GenerationRequest(ChatPrompt(history), SamplingParams(temperature=0), max_tokens=10)))
+        first_prefill = decoded[0]
+        decoded.clear()
+        follow_up = history + text_of(first) + "<|im_end|>\n<|im_start|>user\nmore<|im_end|>\n<|im_start|>assistant\n"
+        second = await collect(engine.start(info, GenerationRequest(ChatPrompt(follow_up), SamplingParams(temperature=0), max_tokens=3)))
+        await engine.close()
+        return first, first_prefill, second, decoded[0]
+
+    first, first_prefill, second, second_prefill = asyncio.run(main())
+    assert first_prefill == first[0].prompt_tokens
+    assert second[0].prompt_tokens > first_prefill + 10
+    assert second_prefill < 25, second_prefill  # only the new turn (and the re-tokenized answer) was decoded
