@@ -25,69 +25,11 @@ import structlog
 from . import llama_backend
 from .devices import DeviceExecutors, Placement, placement_for
 from .errors import ApiError, ServerError
+from .events import Failed, Finished, Generation, Started, TextDelta  # noqa: F401  (re-exported)
 from .memory import estimate_model_bytes, format_bytes
 from .types import GenerationRequest, ModelInfo
 
 log = structlog.get_logger("ggufd.engine")
-
-# --- events a generation produces, in this order: Started, TextDelta*, Finished | Failed
-
-
-@dataclass(frozen=True)
-class Started:
-    prompt_tokens: int
-
-
-@dataclass(frozen=True)
-class TextDelta:
-    text: str
-
-
-@dataclass(frozen=True)
-class Finished:
-    reason: str  # "stop" | "length" | "cancelled"
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
-class Failed:
-    error: ApiError
-
-
-class Generation:
-    """The handle a caller holds for one generation.
-
-    Events arrive on the caller's loop; :meth:`cancel` may be called from any thread and
-    stops the work at the next token, between prompt batches, or before it starts.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._events: asyncio.Queue = asyncio.Queue()
-        self._cancel = threading.Event()
-        self.done = False
-
-    def emit(self, event) -> None:
-        """Thread-safe: queue an event for the loop."""
-        self._loop.call_soon_threadsafe(self._events.put_nowait, event)
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    async def next_events(self) -> list:
-        """Wait for at least one event; return every event available now (fewer writes under load)."""
-        events = [await self._events.get()]
-        while not self._events.empty():
-            events.append(self._events.get_nowait())
-        if isinstance(events[-1], (Finished, Failed)):
-            self.done = True
-        return events
-
 
 class Overloaded(ApiError):
     """503 + Retry-After: the model's queue is full, or the server is draining."""

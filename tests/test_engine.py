@@ -67,32 +67,42 @@ def test_events_come_in_order(tiny_model):
     assert all(isinstance(e, TextDelta) for e in events[1:-1]) and text_of(events)
 
 
-class CancelAfter(Generation):
-    """Cancels itself from the worker thread at the earliest possible moment."""
-
-    def __init__(self, loop, after: int):
-        super().__init__(loop)
-        self.after, self.seen = after, 0
-
-    def emit(self, event):
-        if isinstance(event, TextDelta):
-            self.seen += 1
-            if self.seen == self.after:
-                self.cancel()
-        super().emit(event)
+VICTIM = "\x00victim"  # a stop string that marks the request cancel_after() watches
 
 
-def test_cancel_stops_within_one_token(tiny_model):
+def cancel_after(monkeypatch, after: int) -> dict:
+    """Cancel the request whose stop list holds VICTIM from the worker thread, right after its
+    ``after``-th token went through the text assembler — the earliest possible moment."""
+    from ggufd import llama_backend
+
+    watched: dict = {"generation": None, "seen": 0}
+
+    class Watching(llama_backend.TextAssembler):
+        def feed(self, data: bytes) -> str:
+            text = super().feed(data)
+            if VICTIM in self._stops:
+                watched["seen"] += 1
+                if watched["seen"] == after:
+                    watched["generation"].cancel()
+            return text
+
+    monkeypatch.setattr(llama_backend, "TextAssembler", Watching)
+    return watched
+
+
+def test_cancel_stops_within_one_token(tiny_model, monkeypatch):
+    watched = cancel_after(monkeypatch, 5)
+
     async def main():
         engine = make_engine()
-        generation = engine.start(model_info(tiny_model), request(200), CancelAfter(asyncio.get_running_loop(), after=5))
+        generation = watched["generation"] = engine.start(model_info(tiny_model), GenerationRequest(PROMPT, GREEDY, max_tokens=200, stop=(VICTIM,)))
         events = await collect(generation)
         await engine.close()
         return events
 
     finished = asyncio.run(main())[-1]
     assert finished.reason == "cancelled"
-    assert 5 <= finished.completion_tokens <= 6  # at most one more token was sampled
+    assert finished.completion_tokens == 5  # no token after the one that saw the cancel
 
 
 def test_cancelled_while_waiting_for_the_device_never_runs(tiny_model):
