@@ -33,7 +33,6 @@ from .handlers import (
 )
 from .metrics import Metrics
 from .registry import ModelRegistry, build_registry
-from .security import is_loopback
 from .systemd import Notifier, inherited_sockets, watchdog_seconds
 
 log = structlog.get_logger("ggufd.app")

@@ -15,7 +15,6 @@ freed model. Results reach the loop with ``call_soon_threadsafe``. Nothing here 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -25,7 +24,7 @@ import structlog
 from . import llama_backend
 from .devices import DeviceExecutors, Placement, placement_for
 from .errors import ApiError, ServerError
-from .events import Failed, Finished, Generation, Started, TextDelta  # noqa: F401  (re-exported)
+from .events import Failed, Finished, Generation
 from .memory import estimate_model_bytes, format_bytes
 from .types import GenerationRequest, ModelInfo
 

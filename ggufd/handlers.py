@@ -16,7 +16,8 @@ from tornado.iostream import StreamClosedError
 
 from . import __version__
 from .chat import build_generation
-from .engine import Failed, Finished, Overloaded, Started, TextDelta
+from .engine import Overloaded
+from .events import Failed, Finished, Started, TextDelta
 from .errors import ApiError, ServerError
 from .security import check_bearer, cors_origin
 from .openai_format import ChunkEncoder, chat_completion, decode_json_body, dumps, new_completion_id, parse_chat_request, with_model_defaults, apply_server_limits

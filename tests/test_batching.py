@@ -10,7 +10,7 @@ import time
 import pytest
 from test_engine import PROMPT, collect, make_engine, model_info, text_of
 
-from ggufd.engine import Started
+from ggufd.events import Started
 from ggufd.types import ChatPrompt, GenerationRequest, SamplingParams
 
 

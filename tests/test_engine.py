@@ -4,7 +4,6 @@ queueing, loading, eviction, memory budgets, keep_alive, reload."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import threading
 from pathlib import Path
 
@@ -13,7 +12,8 @@ import pytest
 
 from ggufd import llama_backend
 from ggufd.config import LlamaSettings
-from ggufd.engine import Engine, Failed, Finished, Generation, Limits, Overloaded, Started, TextDelta
+from ggufd.engine import Engine, Limits, Overloaded
+from ggufd.events import Finished, Generation, Started, TextDelta
 from ggufd.gguf_metadata import read_metadata
 from ggufd.types import ChatPrompt, GenerationRequest, ModelInfo, ModelSpec, SamplingParams
 
