@@ -84,6 +84,23 @@ def stop_sequences(model: ModelInfo) -> list[str] | None:
     """
 
 
+@hookspec(firstresult=True)
+def parse_tool_calls(model: ModelInfo, text: str) -> list[dict] | None:
+    """Find the tool calls in a completed assistant answer, in the family's own syntax.
+
+    firstresult: the first non-``None`` answer wins. Family plugins answer only for
+    ``model.family`` values they own, and only when ``text`` contains their tool-call syntax.
+
+    :param model: the model that produced ``text``.
+    :param text: the full generated text of one answer (stop strings already removed).
+    :returns: ``None`` when ``text`` holds no tool call in this family's syntax; else a list
+        of OpenAI-shaped calls ``{"id": str, "type": "function", "function": {"name": str,
+        "arguments": str (JSON)}}``, in order. Text around the calls is not part of the result.
+
+    Default: none (the API layer then returns ``text`` as ordinary content).
+    """
+
+
 @hookspec
 def startup(config: Any) -> None:
     """Called once after the plugins are loaded and before the server listens.

@@ -289,7 +289,7 @@ def hookspec_functions() -> dict:
 
 
 def test_hookspecs_are_the_documented_set():
-    assert set(hookspec_functions()) == {"discover_models", "detect_family", "format_chat", "stop_sequences", "startup", "shutdown"}
+    assert set(hookspec_functions()) == {"discover_models", "detect_family", "format_chat", "stop_sequences", "parse_tool_calls", "startup", "shutdown"}
 
 
 @pytest.mark.parametrize(
