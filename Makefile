@@ -19,8 +19,11 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[demo]"
 	@touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+# The test suite also installs the example third-party plugin package (entry point "ggufd").
+EXAMPLE_PLUGIN := plugins/examples/ggufd-example-family
+$(VENV)/.installed-test: pyproject.toml $(EXAMPLE_PLUGIN)/pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[test,demo]"
+	$(BIN)/pip install --quiet --no-deps -e $(EXAMPLE_PLUGIN)
 	@touch $@ $(VENV)/.installed-demo
 
 install: $(VENV)/.installed-demo

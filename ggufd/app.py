@@ -30,6 +30,7 @@ from .handlers import (
     MetricsHandler,
     ModelsHandler,
     NotFoundHandler,
+    PluginsHandler,
 )
 from .metrics import Metrics
 from .registry import ModelRegistry, build_registry
@@ -81,6 +82,7 @@ def make_app(state: AppState) -> tornado.web.Application:
             (r"/v1/chat/completions", ChatCompletionsHandler, kwargs),
             (r"/admin/models/(.+)/(load|unload)", AdminModelHandler, kwargs),
             (r"/metrics", MetricsHandler, kwargs),
+            (r"/-/plugins", PluginsHandler, kwargs),
         ],
         default_handler_class=NotFoundHandler,
         default_handler_args=kwargs,

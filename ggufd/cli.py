@@ -77,19 +77,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config or args.command == "models":
         _print_models(registry, args.json)
         if args.check_config:
-            if registry.skipped:
-                print(f"ggufd: {len(registry.skipped)} model file(s) cannot be served (see above)", file=sys.stderr)
+            for failure in pm.ggufd_failures:
+                print(f"! plugin {failure['name']} not loaded: {failure['error']}")
+            if registry.skipped or pm.ggufd_failures:
+                print(f"ggufd: {len(registry.skipped)} model file(s) cannot be served, {len(pm.ggufd_failures)} plugin(s) "
+                      "failed to load (see above)", file=sys.stderr)
                 return 1
             print(f"config OK: {config.source or 'built-in defaults'}", file=sys.stderr)
         return 0
     if args.command == "plugins":
         plugins = describe_plugins(pm)
         if args.json:
-            print(json.dumps(plugins, indent=2))
+            print(json.dumps({"plugins": plugins, "failed": pm.ggufd_failures}, indent=2))
         else:
             for plugin in plugins:
                 print(f"{plugin['name']}  ({plugin['origin']})\n    hooks: {', '.join(plugin['hooks']) or '-'}")
-        return 0
+            for failure in pm.ggufd_failures:
+                print(f"! {failure['name']}  ({failure['source']}) NOT LOADED: {failure['error']}")
+        return 1 if pm.ggufd_failures else 0
     return _serve(args, config, pm, registry)
 
 

@@ -408,3 +408,15 @@ class MetricsHandler(BaseHandler):
 
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest(self.state.metrics.registry))
+
+
+class PluginsHandler(BaseHandler):
+    """``GET /-/plugins``: the loaded plugins (name, origin and version, hooks) and those that failed."""
+
+    endpoint = "plugins"
+
+    def get(self) -> None:
+        from .plugins import describe_plugins
+
+        pm = self.state.plugins
+        self.write_json({"plugins": describe_plugins(pm), "failed": getattr(pm, "ggufd_failures", [])})

@@ -146,11 +146,15 @@ def test_default_model_naming_an_absent_model_exits_2(served, tmp_path):
     assert str(config) in result.stderr
 
 
-def test_a_broken_plugin_exits_2_without_a_traceback(served, tmp_path):
+def test_a_broken_plugin_fails_check_config_and_exits_2_when_plugins_are_required(served, tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "badsig.py").write_text("import ggufd\n@ggufd.hookimpl\ndef detect_family(metadata, spec, extra):\n    return None\n")
     config = write_config(tmp_path / "ggufd.toml", {"models_dir": str(served), "plugins_dir": str(plugins)})
+    result = ggufd("--check-config", "--config", str(config))
+    assert result.returncode == 1 and "plugin badsig not loaded" in result.stdout and str(plugins / "badsig.py") in result.stdout
+    assert "tiny" in result.stdout  # the models are still listed
+    config = write_config(tmp_path / "ggufd.toml", {"models_dir": str(served), "plugins_dir": str(plugins), "plugins_required": True})
     result = ggufd("--check-config", "--config", str(config))
     assert result.returncode == 2
     assert result.stderr.startswith("ggufd: configuration error: ")
@@ -189,7 +193,9 @@ def test_plugins_lists_gemma_with_its_hooks(good_config):
 def test_plugins_json(good_config):
     result = ggufd("--json", "plugins", "--config", str(good_config))
     assert result.returncode == 0, result.stderr
-    plugins = {entry["name"]: entry for entry in json.loads(result.stdout)}
+    listing = json.loads(result.stdout)
+    assert listing["failed"] == []
+    plugins = {entry["name"]: entry for entry in listing["plugins"]}
     assert plugins["gemma"]["hooks"] == ["detect_family", "format_chat", "stop_sequences"]
     assert plugins["gguf_template"]["hooks"] == ["detect_family", "format_chat"]
 

@@ -97,10 +97,25 @@ def test_a_blocked_plugins_dir_file_is_not_even_imported(tmp_path):
     assert "broken" not in names(pm)
 
 
+def test_a_broken_plugin_is_reported_and_left_out_unless_plugins_are_required(tmp_path):
+    folder = plugin_dir(tmp_path, {
+        "broken.py": "import ggufd\nraise RuntimeError('boom at import')\n",
+        "misspelt.py": "import ggufd\n@ggufd.hookimpl\ndef formatt_chat(model, messages):\n    return None\n",
+        "fine.py": "import ggufd\n@ggufd.hookimpl\ndef stop_sequences(model):\n    return ['FINE']\n",
+    })
+    pm = make_plugin_manager(config(tmp_path, plugins_dir=folder))
+    assert {"fine", "gguf_template"} <= names(pm) and not {"broken", "misspelt"} & names(pm)
+    failures = {f["name"]: f for f in pm.ggufd_failures}
+    assert set(failures) == {"broken", "misspelt"}
+    assert "boom at import" in failures["broken"]["error"] and str(folder / "broken.py") == failures["broken"]["source"]
+    assert "formatt_chat" in failures["misspelt"]["error"]
+    assert pm.hook.stop_sequences(model=None) == [["FINE"]]
+
+
 def test_a_plugin_file_that_fails_to_import_is_a_plugin_error_naming_the_file(tmp_path):
     folder = plugin_dir(tmp_path, {"broken.py": "import ggufd\nraise RuntimeError('boom at import')\n"})
     with pytest.raises(PluginError) as info:
-        make_plugin_manager(config(tmp_path, plugins_dir=folder))
+        make_plugin_manager(config(tmp_path, plugins_dir=folder, plugins_required=True))
     message = str(info.value)
     assert str(folder / "broken.py") in message
     assert "boom at import" in message
@@ -110,7 +125,7 @@ def test_a_plugin_file_that_fails_to_import_is_a_plugin_error_naming_the_file(tm
 def test_a_plugin_file_with_a_syntax_error_is_a_plugin_error(tmp_path):
     folder = plugin_dir(tmp_path, {"typo.py": "def detect_family(:\n"})
     with pytest.raises(PluginError, match="typo.py"):
-        make_plugin_manager(config(tmp_path, plugins_dir=folder))
+        make_plugin_manager(config(tmp_path, plugins_dir=folder, plugins_required=True))
 
 
 def test_an_unknown_hook_name_is_a_plugin_error(tmp_path):
@@ -119,7 +134,7 @@ def test_an_unknown_hook_name_is_a_plugin_error(tmp_path):
         {"misspelt.py": "import ggufd\n@ggufd.hookimpl\ndef formatt_chat(model, messages):\n    return None\n"},
     )
     with pytest.raises(PluginError) as info:
-        make_plugin_manager(config(tmp_path, plugins_dir=folder))
+        make_plugin_manager(config(tmp_path, plugins_dir=folder, plugins_required=True))
     message = str(info.value)
     assert "formatt_chat" in message
     assert "misspelt" in message
@@ -131,7 +146,7 @@ def test_a_hook_with_an_unknown_argument_is_a_plugin_error_naming_the_file(tmp_p
         {"badsig.py": "import ggufd\n@ggufd.hookimpl\ndef format_chat(model, messages, temperature):\n    return None\n"},
     )
     with pytest.raises(PluginError) as info:
-        make_plugin_manager(config(tmp_path, plugins_dir=folder))
+        make_plugin_manager(config(tmp_path, plugins_dir=folder, plugins_required=True))
     message = str(info.value)
     assert str(folder / "badsig.py") in message
     assert "temperature" in message
@@ -140,7 +155,7 @@ def test_a_hook_with_an_unknown_argument_is_a_plugin_error_naming_the_file(tmp_p
 def test_a_plugins_dir_file_named_like_a_builtin_is_a_plugin_error(tmp_path):
     folder = plugin_dir(tmp_path, {"gguf_template.py": "import ggufd\n"})
     with pytest.raises(PluginError) as info:
-        make_plugin_manager(config(tmp_path, plugins_dir=folder))
+        make_plugin_manager(config(tmp_path, plugins_dir=folder, plugins_required=True))
     message = str(info.value)
     assert "gguf_template" in message
     assert str(folder / "gguf_template.py") in message
@@ -264,12 +279,13 @@ def test_describe_plugins_lists_hooks_per_plugin(tmp_path):
         "name": "gemma",
         "hooks": ["detect_family", "format_chat", "stop_sequences"],
         "origin": str(REPO / "plugins" / "gemma.py"),
+        "version": None,
     }
     assert described["directory_discovery"]["hooks"] == ["discover_models"]
     assert described["config_models"]["hooks"] == ["discover_models"]
     assert described["template_override"]["hooks"] == ["format_chat"]
     assert described["gguf_template"]["hooks"] == ["detect_family", "format_chat"]
-    assert described["gguf_template"]["origin"].endswith("ggufd/default_plugins/gguf_template.py")
+    assert described["gguf_template"]["origin"].startswith("ggufd ") and described["gguf_template"]["origin"].endswith("(built-in)")
 
 
 def test_describe_plugins_skips_blocked_plugins(tmp_path):
