@@ -44,7 +44,7 @@ ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], type]] = {
 }
 
 #: keys that hold paths; resolved against the folder of the source they came from.
-PATH_KEYS = ("models_dir", "plugins_dir", "api_key_file")
+PATH_KEYS = ("models_dir", "plugins_dir", "api_key_file", "ollama_models_dir", "hf_cache_dir")
 MODEL_PATH_KEYS = ("path", "chat_template_file")
 
 
@@ -78,9 +78,14 @@ class Config:
     port: int = 8000
     models_dir: Path = Path("models")
     recursive: bool = False
+    models_include: tuple[str, ...] = ("*.gguf",)  # globs relative to models_dir (see directory_discovery)
+    models_exclude: tuple[str, ...] = ()
+    ollama_models_dir: Path | None = None  # an Ollama store (manifests/ + blobs/); None = off
+    hf_cache_dir: Path | None = None  # a Hugging Face hub cache (models--ORG--NAME/); None = off
     default_model: str | None = None
     plugins_dir: Path | None = None
     disable_plugins: tuple[str, ...] = ()
+    plugins_required: bool = False  # a third-party plugin that fails to load stops ggufd
     log_level: str = "info"
     llama_log_level: str = "warn"
     log_format: str = "auto"
@@ -226,9 +231,14 @@ def load_config(
         port=doc.get("port", Config.port),
         models_dir=Path(doc["models_dir"]) if "models_dir" in doc else _resolve("models", file_base.parent if source else Path.cwd()),
         recursive=doc.get("recursive", False),
+        models_include=tuple(doc.get("models_include", Config.models_include)),
+        models_exclude=tuple(doc.get("models_exclude", ())),
+        ollama_models_dir=Path(doc["ollama_models_dir"]) if doc.get("ollama_models_dir") else None,
+        hf_cache_dir=Path(doc["hf_cache_dir"]) if doc.get("hf_cache_dir") else None,
         default_model=doc.get("default_model"),
         plugins_dir=Path(doc["plugins_dir"]) if doc.get("plugins_dir") else (None if "plugins_dir" in doc else bundled_plugins_dir()),
         disable_plugins=tuple(doc.get("disable_plugins", ())),
+        plugins_required=doc.get("plugins_required", False),
         log_level=doc.get("log_level", Config.log_level),
         llama_log_level=doc.get("llama_log_level", Config.llama_log_level),
         log_format=doc.get("log_format", Config.log_format),
@@ -302,6 +312,10 @@ def _finish_model(model_id: str, table: dict, source: str) -> Mapping[str, Any]:
 def _check_files(config: Config, source: str, origins: Mapping[str, str]) -> None:
     if not config.models_dir.is_dir():
         raise ConfigError(f"{_where(origins.get('models_dir', source), 'models_dir')}: {config.models_dir} is not a folder")
+    for key in ("ollama_models_dir", "hf_cache_dir"):
+        folder = getattr(config, key)
+        if folder is not None and not folder.is_dir():
+            raise ConfigError(f"{_where(origins.get(key, source), key)}: {folder} is not a folder")
     if config.plugins_dir is not None and not config.plugins_dir.is_dir():
         raise ConfigError(f"{_where(origins.get('plugins_dir', source), 'plugins_dir')}: {config.plugins_dir} is not a folder")
     for model_id, table in config.models.items():

@@ -31,7 +31,9 @@ def discover_models(config: Any) -> list[ModelSpec] | None:
     :raises: nothing; unreadable files are logged and skipped.
 
     Defaults: ``directory_discovery`` (``*.gguf`` in ``models_dir``, split files grouped,
-    id = file name without ``.gguf``) and ``config_models`` (explicit ``[models.*]`` tables).
+    id = file name without ``.gguf``; ``recursive``, ``models_include``/``models_exclude``),
+    ``config_models`` (explicit ``[models.*]`` tables), ``ollama_discovery``
+    (``ollama_models_dir``: ids like ``llama3.2:3b``) and ``hf_cache_discovery`` (``hf_cache_dir``).
     """
 
 

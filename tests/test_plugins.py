@@ -18,7 +18,18 @@ from ggufd.plugins import DEFAULT_PLUGINS, PluginError, describe_plugins, make_p
 from ggufd.registry import build_registry
 from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
 
-DEFAULT_NAMES = {"directory_discovery", "config_models", "template_override", "gguf_template"}
+@pytest.fixture(autouse=True)
+def no_installed_plugins(monkeypatch):
+    """These tests are about the mechanism: installed entry-point plugins (the example package
+    that `make test` installs) would change the plugin sets they assert. tests/test_plugin_ecosystem.py
+    covers installed plugins."""
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kwargs: [])
+
+
+DEFAULT_NAMES = {"directory_discovery", "config_models", "ollama_discovery", "hf_cache_discovery", "template_override", "gguf_template"}
+REPO_FAMILIES = {path.stem for path in (REPO / "plugins").glob("*.py") if not path.name.startswith("_")}
 MESSAGES = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"})
 
 
@@ -57,7 +68,7 @@ def test_default_plugins_are_registered(tmp_path):
 
 def test_repo_gemma_plugin_is_registered_from_plugins_dir(tmp_path):
     pm = make_plugin_manager(config(tmp_path, plugins_dir=REPO / "plugins"))
-    assert names(pm) - entry_point_names(pm) == DEFAULT_NAMES | {"gemma"}
+    assert names(pm) - entry_point_names(pm) == DEFAULT_NAMES | REPO_FAMILIES
     assert Path(pm.get_plugin("gemma").__file__) == REPO / "plugins" / "gemma.py"
 
 
@@ -83,7 +94,7 @@ def test_disable_plugins_blocks_a_plugin_by_name(tmp_path, blocked):
     pm = make_plugin_manager(config(tmp_path, plugins_dir=REPO / "plugins", disable_plugins=(blocked,)))
     assert blocked not in names(pm)
     assert pm.is_blocked(blocked)
-    assert names(pm) - entry_point_names(pm) == (DEFAULT_NAMES | {"gemma"}) - {blocked}
+    assert names(pm) - entry_point_names(pm) == (DEFAULT_NAMES | REPO_FAMILIES) - {blocked}
 
 
 def test_disable_plugins_also_accepts_the_full_module_name(tmp_path):

@@ -188,9 +188,9 @@ def test_non_recursive_by_default(tiny_model, tmp_path, models_dir):
     assert list(registry.models) == ["top"]
 
     registry = registry_for(tmp_path, models_dir, "recursive = true\n")
-    assert sorted(registry.models) == ["deep", "nested", "top"]
-    assert registry.get("nested").path == models_dir / "sub" / "nested.gguf"
-    assert registry.get("deep").path == models_dir / "sub" / "deeper" / "deep.gguf"
+    assert sorted(registry.models) == ["sub/deeper/deep", "sub/nested", "top"]  # sub-folder ids keep their folders
+    assert registry.get("sub/nested").path == models_dir / "sub" / "nested.gguf"
+    assert registry.get("sub/deeper/deep").path == models_dir / "sub" / "deeper" / "deep.gguf"
 
 
 # --------------------------------------------------------------------------- config tables
