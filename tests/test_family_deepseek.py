@@ -1,0 +1,446 @@
+"""The deepseek plugin (plugins/deepseek.py): golden prompts byte for byte (V3 and R1 style, tool
+calls and results), a cross-check against DeepSeek's published templates, family detection (R1
+distills on llama and qwen2 included, other families left alone), stop strings, and parsing of
+DeepSeek's tool-call syntax."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import gguf_factory
+from ggufd.chat_template import render_chat_template
+from ggufd.config import load_config
+from ggufd.errors import InvalidRequest
+from ggufd.gguf_metadata import GGUFMetadata, read_metadata
+from ggufd.plugins import make_plugin_manager
+from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
+
+REPO = Path(__file__).resolve().parent.parent
+BOS = "<｜begin▁of▁sentence｜>"
+EOS = "<｜end▁of▁sentence｜>"
+
+# deepseek-ai/DeepSeek-R1, tokenizer_config.json (JSON-decoded; "\n" in its string literals is the
+# two characters backslash and n, as in the file).
+R1_TEMPLATE = r"""{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}{% set ns = namespace(is_first=false, is_tool=false, is_output_first=true, system_prompt='', is_first_sp=true) %}{%- for message in messages %}{%- if message['role'] == 'system' %}{%- if ns.is_first_sp %}{% set ns.system_prompt = ns.system_prompt + message['content'] %}{% set ns.is_first_sp = false %}{%- else %}{% set ns.system_prompt = ns.system_prompt + '\n\n' + message['content'] %}{%- endif %}{%- endif %}{%- endfor %}{{ bos_token }}{{ ns.system_prompt }}{%- for message in messages %}{%- if message['role'] == 'user' %}{%- set ns.is_tool = false -%}{{'<｜User｜>' + message['content']}}{%- endif %}{%- if message['role'] == 'assistant' and 'tool_calls' in message %}{%- set ns.is_tool = false -%}{%- for tool in message['tool_calls'] %}{%- if not ns.is_first %}{%- if message['content'] is none %}{{'<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\n' + '```json' + '\n' + tool['function']['arguments'] + '\n' + '```' + '<｜tool▁call▁end｜>'}}{%- else %}{{'<｜Assistant｜>' + message['content'] + '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\n' + '```json' + '\n' + tool['function']['arguments'] + '\n' + '```' + '<｜tool▁call▁end｜>'}}{%- endif %}{%- set ns.is_first = true -%}{%- else %}{{'\n' + '<｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\n' + '```json' + '\n' + tool['function']['arguments'] + '\n' + '```' + '<｜tool▁call▁end｜>'}}{%- endif %}{%- endfor %}{{'<｜tool▁calls▁end｜><｜end▁of▁sentence｜>'}}{%- endif %}{%- if message['role'] == 'assistant' and 'tool_calls' not in message %}{%- if ns.is_tool %}{{'<｜tool▁outputs▁end｜>' + message['content'] + '<｜end▁of▁sentence｜>'}}{%- set ns.is_tool = false -%}{%- else %}{% set content = message['content'] %}{% if '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}{{'<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>'}}{%- endif %}{%- endif %}{%- if message['role'] == 'tool' %}{%- set ns.is_tool = true -%}{%- if ns.is_output_first %}{{'<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>'}}{%- set ns.is_output_first = false %}{%- else %}{{'<｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>'}}{%- endif %}{%- endif %}{%- endfor -%}{% if ns.is_tool %}{{'<｜tool▁outputs▁end｜>'}}{% endif %}{% if add_generation_prompt and not ns.is_tool %}{{'<｜Assistant｜><think>\n'}}{% endif %}"""
+
+# deepseek-ai/DeepSeek-R1-Distill-Qwen-32B, as llama.cpp keeps it (models/templates/): tool results
+# are joined by a newline, and the answer after tool calls is rendered whenever content is not None.
+DISTILL_TEMPLATE = r"""{% if not add_generation_prompt is defined -%}
+  {%- set add_generation_prompt = false -%}
+{%- endif -%}
+{%- set ns = namespace(is_first=false, is_tool=false, is_output_first=true, system_prompt='') -%}
+{%- for message in messages -%}
+  {%- if message['role'] == 'system' -%}
+    {%- set ns.system_prompt = message['content'] -%}
+  {%- endif -%}
+{%- endfor -%}{{bos_token}}{{ns.system_prompt}}
+{%- for message in messages -%}
+  {%- if message['role'] == 'user' -%}
+    {%- set ns.is_tool = false -%}{{'<｜User｜>' + message['content']}}
+  {%- endif -%}
+  {%- if message['role'] == 'assistant' and message['tool_calls'] -%}
+    {%- set ns.is_tool = false -%}
+    {%- for tool in message['tool_calls']-%}
+      {%- if not ns.is_first -%}
+        {{'<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\n' + '```json' + '\n' + tool['function']['arguments'] + '\n' + '```' + '<｜tool▁call▁end｜>'}}
+        {%- set ns.is_first = true -%}
+      {%- else -%}
+        {{'\n' + '<｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\n' + '```json' + '\n' + tool['function']['arguments'] + '\n' + '```' + '<｜tool▁call▁end｜>'}}
+      {%- endif -%}
+    {%- endfor -%}
+    {{'<｜tool▁calls▁end｜><｜end▁of▁sentence｜>'}}
+  {%- endif -%}
+  {%- if message['role'] == 'assistant' and message['content'] is not none -%}
+    {%- if ns.is_tool -%}{{'<｜tool▁outputs▁end｜>' + message['content'] + '<｜end▁of▁sentence｜>'}}
+      {%- set ns.is_tool = false -%}
+    {%- else -%}
+      {%- set content = message['content'] -%}
+      {%- if '</think>' in content -%}
+        {%- set content = content.split('</think>')[-1] -%}
+      {%- endif -%}{{'<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>'}}
+    {%- endif -%}
+  {%- endif -%}
+  {%- if message['role'] == 'tool' -%}
+    {%- set ns.is_tool = true -%}
+    {%- if ns.is_output_first -%}{{'<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>'}}
+      {%- set ns.is_output_first = false -%}
+      {%- else -%}{{'\n<｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>'}}
+    {%- endif -%}
+  {%- endif -%}
+{%- endfor -%}
+{%- if ns.is_tool -%}{{'<｜tool▁outputs▁end｜>'}}
+{%- endif -%}
+{%- if add_generation_prompt and not ns.is_tool -%}{{'<｜Assistant｜><think>\n'}}
+{%- endif %}"""
+
+# DeepSeek V3.1 (llama.cpp's models/templates/deepseek-ai-DeepSeek-V3.1.jinja), shortened to the
+# generation prompt that marks the format: another family, left to the GGUF's own template.
+V31_TEMPLATE = "{{ bos_token }}{%- for message in messages -%}{{'<｜User｜>' + message['content']}}{%- endfor -%}{%- if add_generation_prompt -%}{{'<｜Assistant｜></think>'}}{%- endif %}"
+# deepseek-ai/DeepSeek-V2-Chat: "User:"/"Assistant:" turns, not this family's markers.
+V2_TEMPLATE = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\\n\\n' }}{% elif message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + eos_token }}{% elif message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+
+# Fingerprints of the other families' templates (the markers their plugins and ours look at).
+QWEN_TEMPLATE = "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n'}}{% endfor %}<tool_call>"
+LLAMA3_TEMPLATE = "{% for m in messages %}{{'<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] + '<|eot_id|>'}}{% endfor %}"
+GEMMA_TEMPLATE = "{% for m in messages %}{{'<start_of_turn>' + m['role'] + '\\n' + m['content'] + '<end_of_turn>\\n'}}{% endfor %}"
+OTHER_FAMILIES = [
+    ("qwen2", "Qwen2.5 7B Instruct", QWEN_TEMPLATE),
+    ("llama", "Meta Llama 3.1 8B Instruct", LLAMA3_TEMPLATE),
+    ("gemma3", "Gemma 3 4b It", GEMMA_TEMPLATE),
+    ("gemma3", "Gemma 3 270m", None),
+    ("deepseek2", "Kimi K2 Instruct", "{% for m in messages %}<|im_user|>{{ m['content'] }}<|im_end|>{% endfor %}<|im_assistant|>"),
+]
+
+SYSTEM_AND_USER = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}]
+MULTI_TURN = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Name a colour."},
+]
+WEATHER_CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+TOOLS_THEN_USER = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": "", "tool_calls": [WEATHER_CALL]},
+    {"role": "tool", "content": '{"temperature": 21}', "tool_call_id": "call_1"},
+    {"role": "user", "content": "And in Rome?"},
+]
+RENDERED_CALL = (
+    "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n"
+    '```json\n{"city": "Paris"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>' + EOS
+)
+RENDERED_RESULT = '<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>{"temperature": 21}<｜tool▁output▁end｜><｜tool▁outputs▁end｜>'
+
+
+def metadata(architecture: str = "deepseek2", template: str | None = None, name: str | None = "DeepSeek V3", add_bos: bool | None = True) -> GGUFMetadata:
+    values = {"general.architecture": architecture}
+    if name is not None:
+        values["general.name"] = name
+    if template is not None:
+        values["tokenizer.chat_template"] = template
+    if add_bos is not None:
+        values["tokenizer.ggml.add_bos_token"] = add_bos
+    return GGUFMetadata(version=3, tensor_count=0, values=values, array_lengths={}, bos_token=BOS, eos_token=EOS)
+
+
+def model(family: str = "deepseek", meta: GGUFMetadata | None = None, file_name: str = "model.gguf") -> ModelInfo:
+    return ModelInfo(
+        spec=ModelSpec(id=file_name[: -len(".gguf")], path=Path("/models") / file_name),
+        metadata=meta or metadata(),
+        family=family,
+    )
+
+
+def r1() -> ModelInfo:
+    return model(meta=metadata(template=R1_TEMPLATE, name="DeepSeek R1"))
+
+
+def official(template: str, messages, add_generation_prompt: bool = True) -> str:
+    # The templates test ``content is none`` for tool-calling messages: give them None, as OpenAI clients do.
+    plain = [{**m, "content": None} if m.get("tool_calls") and not m["content"] else m for m in messages]
+    return render_chat_template(template, plain, metadata(template=template), add_generation_prompt=add_generation_prompt).text
+
+
+@pytest.fixture(scope="module")
+def pm(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    return make_plugin_manager(load_config(None, environ={"GGUF_MODELS_DIR": str(folder)}))
+
+
+@pytest.fixture(scope="module")
+def deepseek(pm):
+    plugin = pm.get_plugin("deepseek")
+    assert plugin is not None, "plugins/deepseek.py was not loaded"
+    assert Path(plugin.__file__) == REPO / "plugins" / "deepseek.py"
+    return plugin
+
+
+# --------------------------------------------------------------------------- golden prompts
+
+
+def test_system_and_user(deepseek):
+    prompt = deepseek.format_chat(model=model(), messages=SYSTEM_AND_USER)
+    assert prompt == ChatPrompt(text="You are terse.<｜User｜>Hi<｜Assistant｜>", stop=(EOS,), add_bos=True)
+    assert not prompt.text.startswith(BOS)
+
+
+def test_system_and_user_r1(deepseek):
+    prompt = deepseek.format_chat(model=r1(), messages=SYSTEM_AND_USER)
+    assert prompt.text == "You are terse.<｜User｜>Hi<｜Assistant｜><think>\n"
+
+
+def test_multi_turn(deepseek):
+    prompt = deepseek.format_chat(model=model(), messages=MULTI_TURN)
+    assert prompt.text == "<｜User｜>Hi<｜Assistant｜>Hello!" + EOS + "<｜User｜>Name a colour.<｜Assistant｜>"
+
+
+def test_multi_turn_r1_drops_earlier_reasoning(deepseek):
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "<think>\nThe user greets me.\n</think>\n\nHello!"},
+        {"role": "user", "content": "Name a colour."},
+    ]
+    prompt = deepseek.format_chat(model=r1(), messages=messages)
+    assert prompt.text == "<｜User｜>Hi<｜Assistant｜>\n\nHello!" + EOS + "<｜User｜>Name a colour.<｜Assistant｜><think>\n"
+
+
+def test_several_system_messages_open_the_prompt(deepseek):
+    messages = [{"role": "system", "content": "A"}, {"role": "user", "content": "Hi"}, {"role": "system", "content": "B"}]
+    assert deepseek.format_chat(model=model(), messages=messages).text == "A\n\nB<｜User｜>Hi<｜Assistant｜>"
+
+
+def test_tool_call_result_and_follow_up(deepseek):
+    prompt = deepseek.format_chat(model=model(), messages=TOOLS_THEN_USER)
+    assert prompt.text == (
+        "<｜User｜>Weather in Paris?<｜Assistant｜>" + RENDERED_CALL + RENDERED_RESULT + "<｜User｜>And in Rome?<｜Assistant｜>"
+    )
+
+
+def test_tool_result_then_generation(deepseek):
+    # after the results, the model goes on with its answer: no new <｜Assistant｜>
+    prompt = deepseek.format_chat(model=model(), messages=TOOLS_THEN_USER[:3])
+    assert prompt.text == "<｜User｜>Weather in Paris?<｜Assistant｜>" + RENDERED_CALL + RENDERED_RESULT
+
+
+def test_answer_after_tool_results(deepseek):
+    messages = [*TOOLS_THEN_USER[:3], {"role": "assistant", "content": "21 °C."}, {"role": "user", "content": "Thanks"}]
+    prompt = deepseek.format_chat(model=model(), messages=messages)
+    assert prompt.text == (
+        "<｜User｜>Weather in Paris?<｜Assistant｜>" + RENDERED_CALL + RENDERED_RESULT + "21 °C." + EOS + "<｜User｜>Thanks<｜Assistant｜>"
+    )
+
+
+def test_two_calls_and_two_results(deepseek):
+    second = {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": '{"tz": "CET"}'}}
+    messages = [
+        {"role": "user", "content": "Weather and time?"},
+        {"role": "assistant", "content": "Let me check.", "tool_calls": [WEATHER_CALL, second]},
+        {"role": "tool", "content": "21", "tool_call_id": "call_1"},
+        {"role": "tool", "content": "10:00", "tool_call_id": "call_2"},
+    ]
+    prompt = deepseek.format_chat(model=model(), messages=messages)
+    assert prompt.text == (
+        "<｜User｜>Weather and time?<｜Assistant｜>Let me check.<｜tool▁calls▁begin｜>"
+        '<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{"city": "Paris"}\n```<｜tool▁call▁end｜>\n'
+        '<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n{"tz": "CET"}\n```<｜tool▁call▁end｜>'
+        "<｜tool▁calls▁end｜>" + EOS + "<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>21<｜tool▁output▁end｜>\n"
+        "<｜tool▁output▁begin｜>10:00<｜tool▁output▁end｜><｜tool▁outputs▁end｜>"
+    )
+    # R1's own template joins the results without a newline, and so does the plugin for it
+    assert "<｜tool▁output▁end｜><｜tool▁output▁begin｜>" in deepseek.format_chat(model=r1(), messages=messages).text
+
+
+def test_a_second_round_of_tool_calls_opens_its_own_blocks(deepseek):
+    again = {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}
+    messages = [*TOOLS_THEN_USER, {"role": "assistant", "content": "", "tool_calls": [again]}, {"role": "tool", "content": "25", "tool_call_id": "call_2"}]
+    text = deepseek.format_chat(model=model(), messages=messages).text
+    assert text.count("<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>") == 2
+    assert text.count("<｜tool▁outputs▁begin｜>") == text.count("<｜tool▁outputs▁end｜>") == 2
+    assert text.endswith("<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>25<｜tool▁output▁end｜><｜tool▁outputs▁end｜>")
+
+
+def test_tool_calls_right_after_results_continue_the_answer(deepseek):
+    again = {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}
+    messages = [*TOOLS_THEN_USER[:3], {"role": "assistant", "content": "", "tool_calls": [again]}]
+    text = deepseek.format_chat(model=model(), messages=messages).text
+    assert "<｜tool▁outputs▁end｜><｜tool▁calls▁begin｜>" in text
+    assert text.endswith(EOS + "<｜Assistant｜>")
+
+
+def test_add_bos_follows_the_vocabulary(deepseek):
+    assert deepseek.format_chat(model=model(meta=metadata(add_bos=False)), messages=MULTI_TURN).add_bos is False
+    assert deepseek.format_chat(model=model(meta=metadata(add_bos=None)), messages=MULTI_TURN).add_bos is True
+
+
+def test_only_a_system_message_is_rejected(deepseek):
+    with pytest.raises(InvalidRequest) as info:
+        deepseek.format_chat(model=model(), messages=[{"role": "system", "content": "x"}])
+    assert info.value.status == 400 and info.value.param == "messages"
+
+
+def test_other_families_are_left_to_other_plugins(deepseek):
+    assert deepseek.format_chat(model=model(family="gguf-template"), messages=MULTI_TURN) is None
+    assert deepseek.stop_sequences(model=model(family="chatml")) is None
+    assert deepseek.parse_tool_calls(model=model(family="chatml"), text=RENDERED_CALL) is None
+
+
+# --------------------------------------------------------------------------- DeepSeek's templates
+
+
+CROSS_CHECK = [
+    [{"role": "user", "content": "Hi"}],
+    SYSTEM_AND_USER,
+    MULTI_TURN,
+    [
+        {"role": "system", "content": "Sys line 1\nSys line 2"},
+        {"role": "user", "content": "  padded user text \n"},
+        {"role": "assistant", "content": "<think>\nreasoning\n</think>\n\n answer with spaces  "},
+        {"role": "user", "content": "multi\nline\n\ncontent"},
+        {"role": "assistant", "content": "日本語 😀 café"},
+        {"role": "user", "content": "<b>tags</b> & {{ braces }} {% not jinja %}"},
+    ],
+    TOOLS_THEN_USER[:3],
+    [*TOOLS_THEN_USER[:3], {"role": "assistant", "content": "21 °C."}, {"role": "user", "content": "Thanks"}],
+]
+
+
+@pytest.mark.parametrize("messages", CROSS_CHECK, ids=lambda m: f"{len(m)}-messages")
+def test_plugin_matches_r1_template(deepseek, messages):
+    reference = official(R1_TEMPLATE, messages)
+    assert not reference.startswith(BOS)  # the tokenizer adds BOS
+    assert deepseek.format_chat(model=r1(), messages=messages).text == reference
+
+
+@pytest.mark.parametrize("messages", CROSS_CHECK, ids=lambda m: f"{len(m)}-messages")
+def test_plugin_matches_distill_template(deepseek, messages):
+    meta = metadata("qwen2", DISTILL_TEMPLATE, name="DeepSeek R1 Distill Qwen 32B")
+    assert deepseek.format_chat(model=model(meta=meta), messages=messages).text == official(DISTILL_TEMPLATE, messages)
+
+
+def test_user_after_tool_results_closes_the_results_unlike_the_template(deepseek):
+    reference = official(R1_TEMPLATE, TOOLS_THEN_USER)
+    fixed = reference.replace("<｜tool▁output▁end｜><｜User｜>", "<｜tool▁output▁end｜><｜tool▁outputs▁end｜><｜User｜>")
+    assert fixed != reference
+    assert deepseek.format_chat(model=r1(), messages=TOOLS_THEN_USER).text == fixed
+
+
+def test_two_results_match_each_template(deepseek):
+    messages = [
+        {"role": "user", "content": "Weather and time?"},
+        {"role": "assistant", "content": "", "tool_calls": [WEATHER_CALL, {**WEATHER_CALL, "id": "call_2"}]},
+        {"role": "tool", "content": "21", "tool_call_id": "call_1"},
+        {"role": "tool", "content": "22", "tool_call_id": "call_2"},
+    ]
+    assert deepseek.format_chat(model=r1(), messages=messages).text == official(R1_TEMPLATE, messages)
+    distill = model(meta=metadata("llama", DISTILL_TEMPLATE, name="DeepSeek R1 Distill Llama 8B"))
+    assert deepseek.format_chat(model=distill, messages=messages).text == official(DISTILL_TEMPLATE, messages)
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def test_detect_family(deepseek):
+    spec = model().spec
+    assert deepseek.detect_family(metadata=metadata("deepseek2", None), spec=spec) == "deepseek"
+    assert deepseek.detect_family(metadata=metadata("deepseek", None, name="DeepSeek LLM"), spec=spec) == "deepseek"
+    assert deepseek.detect_family(metadata=metadata("deepseek2", R1_TEMPLATE), spec=spec) == "deepseek"
+    for architecture in ("llama", "qwen2"):  # the distills
+        assert deepseek.detect_family(metadata=metadata(architecture, DISTILL_TEMPLATE), spec=spec) == "deepseek"
+    # later DeepSeek formats and other templates on deepseek architectures are left to their own template
+    assert deepseek.detect_family(metadata=metadata("deepseek2", V31_TEMPLATE), spec=spec) is None
+    assert deepseek.detect_family(metadata=metadata("deepseek2", V2_TEMPLATE, name="DeepSeek V2 Chat"), spec=spec) is None
+    assert deepseek.detect_family(metadata=metadata("deepseek2", "{{ '｜DSML｜<｜User｜><｜Assistant｜>' }}"), spec=spec) is None
+
+
+@pytest.mark.parametrize("architecture,name,template", OTHER_FAMILIES, ids=lambda v: str(v)[:12])
+def test_other_families_are_not_claimed(deepseek, pm, architecture, name, template):
+    meta = metadata(architecture, template, name=name)
+    spec = model().spec
+    assert deepseek.detect_family(metadata=meta, spec=spec) is None
+    assert pm.hook.detect_family(metadata=meta, spec=spec) != "deepseek"
+
+
+@pytest.mark.parametrize("architecture", ["deepseek2", "llama", "qwen2"])
+def test_through_the_plugin_manager(pm, architecture):
+    # the R1 distills are llama and qwen2 models: the Llama 3 and ChatML plugins must leave them to us
+    meta = metadata(architecture, DISTILL_TEMPLATE, name="DeepSeek R1 Distill")
+    assert pm.hook.detect_family(metadata=meta, spec=model().spec) == "deepseek"
+    prompt = pm.hook.format_chat(model=model(meta=meta), messages=SYSTEM_AND_USER)
+    assert prompt.text == "You are terse.<｜User｜>Hi<｜Assistant｜><think>\n"
+
+
+def test_tiny_gguf_with_a_distill_template(pm, tmp_path):
+    path = gguf_factory.write_tiny_llama(tmp_path / "r1-distill-llama.gguf", chat_template=DISTILL_TEMPLATE, name="DeepSeek R1 Distill Llama 8B")
+    meta = read_metadata(path)
+    spec = ModelSpec(id="r1-distill-llama", path=path)
+    assert meta.architecture == "llama" and meta.chat_template == DISTILL_TEMPLATE
+    assert pm.hook.detect_family(metadata=meta, spec=spec) == "deepseek"
+    prompt = pm.hook.format_chat(model=ModelInfo(spec=spec, metadata=meta, family="deepseek"), messages=MULTI_TURN)
+    assert prompt.text == render_chat_template(DISTILL_TEMPLATE, MULTI_TURN, meta).text
+
+
+# --------------------------------------------------------------------------- stops
+
+
+def test_stop_sequences(pm):
+    def stops(info):
+        return [s for answer in pm.hook.stop_sequences(model=info) for s in answer]
+
+    assert {EOS, "<｜User｜>"} <= set(stops(model()))
+    for family in ("gguf-template", "generic", "gemma", "chatml"):
+        assert EOS not in stops(model(family))
+
+
+# --------------------------------------------------------------------------- tool calls
+
+
+def call(name: str, arguments: str) -> str:
+    return f"<｜tool▁call▁begin｜>function<｜tool▁sep｜>{name}\n```json\n{arguments}\n```<｜tool▁call▁end｜>"
+
+
+def functions(calls):
+    return [(c["type"], c["function"]["name"], c["function"]["arguments"]) for c in calls]
+
+
+def test_parse_one_call(deepseek):
+    text = "<｜tool▁calls▁begin｜>" + call("get_weather", '{"city": "Paris"}') + "<｜tool▁calls▁end｜>"
+    calls = deepseek.parse_tool_calls(model=model(), text=text)
+    assert functions(calls) == [("function", "get_weather", '{"city": "Paris"}')]
+    assert calls[0]["id"].startswith("call_") and len(calls[0]["id"]) > 10
+
+
+def test_parse_two_calls_after_some_text(deepseek):
+    text = "Let me look.<｜tool▁calls▁begin｜>" + call("a", '{"x": 1}') + "\n" + call("b", '{"y": [1, 2]}') + "<｜tool▁calls▁end｜>"
+    calls = deepseek.parse_tool_calls(model=model(), text=text)
+    assert functions(calls) == [("function", "a", '{"x": 1}'), ("function", "b", '{"y": [1, 2]}')]
+    assert calls[0]["id"] != calls[1]["id"]
+
+
+def test_parse_without_the_closing_marker(deepseek):
+    # generation stops at <｜end▁of▁sentence｜>; the closing marker of the block may be missing
+    text = "<｜tool▁calls▁begin｜>" + call("f", "{}")
+    assert functions(deepseek.parse_tool_calls(model=model(), text=text)) == [("function", "f", "{}")]
+
+
+def test_parse_what_format_chat_renders(deepseek):
+    rendered = deepseek.format_chat(model=model(), messages=TOOLS_THEN_USER[:2] + [{"role": "user", "content": "x"}]).text
+    assert functions(deepseek.parse_tool_calls(model=model(), text=rendered)) == [("function", "get_weather", '{"city": "Paris"}')]
+
+
+def test_parse_tolerates_the_distills_slips(deepseek):
+    slipped = "<｜tool_calls_begin｜><｜tool_call_begin｜>function<｜tool_sep｜>f\n```json\n{\"a\": 1}\n```<｜tool_call_end｜><｜tool_calls_end｜>"
+    assert functions(deepseek.parse_tool_calls(model=model(), text=slipped)) == [("function", "f", '{"a": 1}')]
+    v31 = '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Rome"}<｜tool▁call▁end｜><｜tool▁calls▁end｜>'
+    assert functions(deepseek.parse_tool_calls(model=model(), text=v31)) == [("function", "get_weather", '{"city": "Rome"}')]
+
+
+@pytest.mark.parametrize("text", [
+    "Just an answer.",
+    "Here is JSON:\n```json\n{\"a\": 1}\n```",
+    "<think>\nshould I call a tool?\n</think>\n\nNo.",
+    "",
+], ids=["plain", "json-block", "reasoning", "empty"])
+def test_parse_no_call(deepseek, text):
+    assert deepseek.parse_tool_calls(model=model(), text=text) is None
+
+
+@pytest.mark.parametrize("text", [
+    "<｜tool▁calls▁begin｜>" + call("f", '{"a": '),  # bad JSON
+    "<｜tool▁calls▁begin｜>" + call("f", "[1, 2]"),  # arguments are not an object
+    "<｜tool▁calls▁begin｜>" + call("", "{}"),  # no name
+    "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function get_weather {}<｜tool▁call▁end｜>",  # no separator
+    "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{}",  # cut short
+    "<｜tool▁calls▁begin｜>" + call("f", "{}") + "<｜tool▁call▁begin｜>function<｜tool▁sep｜>g\n```json\n{",  # second cut short
+    "<｜tool▁calls▁begin｜><｜tool▁calls▁end｜>",  # empty block
+    "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\nno fence<｜tool▁call▁end｜>",
+], ids=["bad-json", "array", "no-name", "no-sep", "cut", "second-cut", "empty-block", "no-fence"])
+def test_parse_malformed_calls_give_none(deepseek, text):
+    assert deepseek.parse_tool_calls(model=model(), text=text) is None
+
+
+def test_parse_through_the_plugin_manager(pm):
+    text = "<｜tool▁calls▁begin｜>" + call("f", '{"q": "ü"}') + "<｜tool▁calls▁end｜>"
+    assert json.loads(pm.hook.parse_tool_calls(model=model(), text=text)[0]["function"]["arguments"]) == {"q": "ü"}
+    assert pm.hook.parse_tool_calls(model=model(family="gguf-template"), text=text) is None
