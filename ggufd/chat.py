@@ -20,3 +20,20 @@ def build_generation(pm, model: ModelInfo, chat: ChatRequest) -> GenerationReque
         max_tokens=chat.max_tokens,
         stop=tuple(dict.fromkeys(chat.stop + family_stops)),
     )
+
+
+class PassThrough:
+    """The answer filter for families without one: all text is content."""
+
+    @staticmethod
+    def feed(text: str) -> tuple[str, str]:
+        return text, ""
+
+    @staticmethod
+    def finish() -> tuple[str, str]:
+        return "", ""
+
+
+def answer_filter(pm, model: ModelInfo):
+    """The ``answer_filter`` hook's filter for this request, or :class:`PassThrough`."""
+    return pm.hook.answer_filter(model=model) or PassThrough()

@@ -15,7 +15,7 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from . import __version__
-from .chat import build_generation
+from .chat import answer_filter, build_generation
 from .engine import Overloaded
 from .events import Failed, Finished, Started, TextDelta
 from .errors import ApiError, ServerError
@@ -250,6 +250,7 @@ class ChatCompletionsHandler(BaseHandler):
         if config.log_content:  # off by default: prompts and answers stay out of the logs
             self.log_fields["messages"] = list(chat.messages)
         request = build_generation(self.state.plugins, model, chat)
+        self.answer = answer_filter(self.state.plugins, model)
         self.generation = self.state.engine.start(model, request)
 
         # Wait for the prompt to be accepted: errors such as context_length_exceeded
@@ -288,12 +289,19 @@ class ChatCompletionsHandler(BaseHandler):
 
     async def _complete(self, model_id: str, completion_id: str, prompt_tokens: int, events: list) -> None:
         parts: list[str] = []
+        reasoning: list[str] = []
+
+        def take(piece: tuple[str, str]) -> None:
+            parts.append(piece[0])
+            reasoning.append(piece[1])
+
         while True:
             for event in events:
                 if isinstance(event, TextDelta):
                     self._note_text(event.text)
-                    parts.append(event.text)
+                    take(self.answer.feed(event.text))
                 elif isinstance(event, Finished):
+                    take(self.answer.finish())
                     self._note_finish(event)
                     if event.reason == "cancelled":
                         if self._client_gone:
@@ -301,7 +309,8 @@ class ChatCompletionsHandler(BaseHandler):
                             return
                         raise self._stopped_by_server()
                     self.write_json(
-                        chat_completion(completion_id, int(time.time()), model_id, "".join(parts), event.reason, event.prompt_tokens, event.completion_tokens)
+                        chat_completion(completion_id, int(time.time()), model_id, "".join(parts), event.reason, event.prompt_tokens,
+                                        event.completion_tokens, reasoning="".join(reasoning))
                     )
                     return
                 elif isinstance(event, Failed):
@@ -330,8 +339,14 @@ class ChatCompletionsHandler(BaseHandler):
                         self.write(encoder.error(event.error.to_dict()))
                         self.finish()
                         return
-                if out:
-                    self.write(encoder.content("".join(out)))
+                content, reasoning = self.answer.feed("".join(out)) if out else ("", "")
+                if finished is not None:
+                    tail = self.answer.finish()
+                    content, reasoning = content + tail[0], reasoning + tail[1]
+                if reasoning:
+                    self.write(encoder.reasoning(reasoning))
+                if content:
+                    self.write(encoder.content(content))
                 if finished is not None:
                     self._note_finish(finished)
                     if finished.reason == "cancelled":

@@ -103,6 +103,28 @@ def parse_tool_calls(model: ModelInfo, text: str) -> list[dict] | None:
     """
 
 
+@hookspec(firstresult=True)
+def answer_filter(model: ModelInfo) -> Any:
+    """Return a fresh filter for one request's generated text, or ``None`` (the text is the answer as it is).
+
+    firstresult. Called once per request. For families whose output mixes reasoning, channels or
+    other markup with the answer (gpt-oss's harmony format), the filter separates them:
+
+    - ``feed(text: str) -> tuple[str, str]``: the (content, reasoning) for the next piece of
+      generated text; it may hold back a partial marker until the next piece;
+    - ``finish() -> tuple[str, str]``: what was held back, at the end of the generation.
+
+    Concatenating the pieces must give the same result however the text was split, so streamed
+    and non-streamed answers stay identical. Content is returned as ``content``; reasoning as
+    ``reasoning_content`` (the field DeepSeek's and llama.cpp's servers use).
+
+    :param model: the model the request runs on.
+    :returns: a filter object, or ``None``.
+
+    Default: none.
+    """
+
+
 @hookspec
 def startup(config: Any) -> None:
     """Called once after the plugins are loaded and before the server listens.

@@ -169,7 +169,12 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
 
 
-def chat_completion(completion_id: str, created: int, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> dict:
+def chat_completion(
+    completion_id: str, created: int, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int, reasoning: str = ""
+) -> dict:
+    message = {"role": "assistant", "content": text}
+    if reasoning:
+        message["reasoning_content"] = reasoning
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -178,7 +183,7 @@ def chat_completion(completion_id: str, created: int, model: str, text: str, fin
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": finish_reason,
             }
@@ -207,6 +212,9 @@ class ChunkEncoder:
 
     def content(self, text: str) -> bytes:
         return self.delta({"content": text})
+
+    def reasoning(self, text: str) -> bytes:
+        return self.delta({"reasoning_content": text})
 
     def finish(self, reason: str) -> bytes:
         return self.delta({}, reason)

@@ -105,3 +105,56 @@ def test_documented_examples_run(tmp_path):
         models.mkdir(exist_ok=True)
         pm = make_plugin_manager(Config(models_dir=models, plugins_dir=folder, plugins_required=True))
         assert f"doc_example_{index}" in {name for name, _ in pm.list_name_plugin()}
+
+
+FILTER_PLUGIN = '''
+import ggufd
+
+
+class FirstTenAreReasoning:
+    """Split-independent: the first ten characters are reasoning, the rest is content."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def feed(self, text):
+        head = text[: max(0, 10 - self.seen)]
+        self.seen += len(text)
+        return text[len(head):], head
+
+    def finish(self):
+        return "", ""
+
+
+@ggufd.hookimpl
+def detect_family(metadata, spec):
+    return "split" if spec.path.name.startswith("split") else None
+
+
+@ggufd.hookimpl
+def answer_filter(model):
+    return FirstTenAreReasoning() if model.family == "split" else None
+'''
+
+
+def test_answer_filter_separates_reasoning_in_streamed_and_plain_answers(tiny_model, tmp_path, make_daemon):
+    import openai
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "split_family.py").write_text(FILTER_PLUGIN)
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(tiny_model, models / "split-tiny.gguf")
+    shutil.copy(tiny_model, models / "plain-tiny.gguf")
+    daemon = make_daemon({"models_dir": str(models), "plugins_dir": str(plugins), "llama": {"n_ctx": 256, "n_threads": 1}})
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+    kwargs = dict(messages=[{"role": "user", "content": "hi"}], max_tokens=30, temperature=0)
+    plain = client.chat.completions.create(model="plain-tiny", **kwargs).choices[0].message
+    split = client.chat.completions.create(model="split-tiny", **kwargs).choices[0].message
+    assert split.model_extra["reasoning_content"] == plain.content[:10]
+    assert split.content == plain.content[10:]
+    chunks = list(client.chat.completions.create(model="split-tiny", stream=True, **kwargs))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas) == plain.content[:10]
+    assert "".join(d.content or "" for d in deltas) == plain.content[10:]

@@ -316,7 +316,7 @@ def hookspec_functions() -> dict:
 
 
 def test_hookspecs_are_the_documented_set():
-    assert set(hookspec_functions()) == {"discover_models", "detect_family", "format_chat", "stop_sequences", "parse_tool_calls", "startup", "shutdown"}
+    assert set(hookspec_functions()) == {"discover_models", "detect_family", "format_chat", "stop_sequences", "parse_tool_calls", "answer_filter", "startup", "shutdown"}
 
 
 @pytest.mark.parametrize(
