@@ -31,21 +31,21 @@ The reasoning (``content``) of a tool-calling message is kept as an analysis mes
 a final answer follows, as the template does. Tool definitions are not rendered: ggufd does
 not pass ``tools`` to ``format_chat``.
 
-Limitation: the model answers on two channels, and ggufd has no hook to take one apart::
+The model answers on several channels::
 
     <|channel|>analysis<|message|>{reasoning}<|end|><|start|>assistant<|channel|>final<|message|>{answer}<|return|>
 
 ``<|return|>`` and ``<|call|>`` end generation (they are end-of-generation tokens as
 well as stop strings here). ``<|end|>`` must not be a stop: it ends the analysis message,
-before the answer. So the returned content is the whole text, reasoning included. llama.cpp
-renders ``<|channel|>``, ``<|message|>``, ``<|start|>`` and ``<|constrain|>`` as text but
-not ``<|end|>``, so the client sees ``<|channel|>analysis<|message|>...<|start|>assistant
-<|channel|>final<|message|>...``; :func:`split_channels` takes such a text apart, and
-:func:`final_answer` gives the answer alone (used here for earlier answers sent back in the
-history). Returning only the answer needs a post-processing hook in ggufd, for example
-``split_answer(model, text) -> {"content": str, "reasoning_content": str | None} | None``
-(firstresult; called on the completed text before ``parse_tool_calls``) together with a
-streaming form of it.
+before the answer. llama.cpp renders ``<|channel|>``, ``<|message|>``, ``<|start|>`` and
+``<|constrain|>`` as text but not ``<|end|>``, so the generated text reads
+``<|channel|>analysis<|message|>...<|start|>assistant<|channel|>final<|message|>...``.
+The ``answer_filter`` hook (:class:`HarmonyFilter`) takes that stream apart while it is
+generated: the final channel becomes ``content``, the analysis channel (and commentary
+preambles) ``reasoning_content``, tool-call arguments neither (``parse_tool_calls`` reads
+them from the raw text), and every marker is dropped. :func:`split_channels` and
+:func:`final_answer` do the same on a whole text (the latter for earlier answers sent back
+in the history, which older clients may still send with the markup).
 """
 
 from __future__ import annotations
@@ -197,3 +197,181 @@ def parse_tool_calls(model, text):
             return None
         calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": name, "arguments": arguments}})
     return calls or None
+
+
+# --------------------------------------------------------------------------- answer filter
+
+#: Every harmony marker that may reach the generated text (the control tokens too, in case
+#: a backend renders them).
+MARKERS = (START, MESSAGE, END, CHANNEL, "<|constrain|>", RETURN, CALL)
+MARKER = re.compile("|".join(re.escape(m) for m in MARKERS))
+#: Markers that end a message body; the others (``<|message|>``, ``<|constrain|>``) are dropped.
+BODY_ENDS = (START, END, CHANNEL, RETURN, CALL)
+LONGEST_MARKER = max(map(len, MARKERS))
+#: The template's variant: the recipient in the role, right after ``<|start|>assistant``.
+ROLE_RECIPIENT = re.compile(r"to=[^\s<]*\s*")
+CONTENT, REASONING, DROP = "content", "reasoning", "drop"
+
+
+def _partial_marker_at(text: str) -> int:
+    """Where the longest suffix of ``text`` that could still grow into a marker starts (len(text) if none)."""
+    for start in range(max(0, len(text) - LONGEST_MARKER + 1), len(text)):
+        tail = text[start:]
+        if any(m.startswith(tail) for m in MARKERS):
+            return start
+    return len(text)
+
+
+def _opening(text: str) -> bool | None:
+    """Does generated text open with harmony markup? ``None``: it cannot be told yet."""
+    rest = text.lstrip()
+    if not rest:
+        return None
+    if any(rest.startswith(m) for m in MARKERS):
+        return True
+    if any(m.startswith(rest) for m in MARKERS):
+        return None
+    if "to=".startswith(rest):
+        return None
+    if rest.startswith("to="):  # " to=functions.x<|channel|>commentary json<|message|>..."
+        tail = rest[ROLE_RECIPIENT.match(rest).end():]
+        if not tail or CHANNEL.startswith(tail):
+            return None
+        return tail.startswith(CHANNEL)
+    return False
+
+
+def _destination(header: str) -> str:
+    """Where the body of a message with this header goes: content, reasoning, or nowhere (a tool call)."""
+    if RECIPIENT.search(header):
+        return DROP
+    _, found, after = header.rpartition(CHANNEL)
+    channel = CHANNEL_NAME.match(after) if found else None
+    name = channel[1] if channel else ""
+    if name in ("", "final"):
+        return CONTENT
+    return REASONING
+
+
+class HarmonyFilter:
+    """Splits one generation in the harmony format into (content, reasoning), piece by piece.
+
+    States: ``opening`` (not yet known whether the text is harmony at all), ``plain`` (it is
+    not: everything is content), ``header`` (markup up to ``<|message|>``: held, then dropped),
+    ``body`` (a message body going to ``self._to``; a suffix that may be the start of a marker
+    is held back) and ``final`` (the final channel's body: content up to the end, verbatim).
+    The output depends only on the text, never on how it was split.
+    """
+
+    def __init__(self) -> None:
+        self._state = "opening"
+        self._pending = ""  # text not yet decided on
+        self._to = CONTENT
+        self._reasoned = False  # some reasoning was given (a later reasoning message is set apart)
+        self._separate = False  # the current reasoning message still owes its separator
+        self._scanned = 0  # how much of a held header was searched for <|message|> already
+
+    def feed(self, text: str) -> tuple[str, str]:
+        try:
+            return self._feed(text if isinstance(text, str) else str(text or ""))
+        except Exception:  # pragma: no cover - never break a request over markup
+            return self._give_up()
+
+    def finish(self) -> tuple[str, str]:
+        try:
+            return self._finish()
+        except Exception:  # pragma: no cover - defensive
+            return self._give_up()
+
+    # -- internals
+
+    def _give_up(self) -> tuple[str, str]:
+        text, self._pending, self._state = self._pending, "", "plain"
+        return text, ""
+
+    def _feed(self, text: str) -> tuple[str, str]:
+        if self._state == "plain":
+            return text, ""
+        if self._state == "final":
+            return text, ""
+        self._pending += text
+        content: list[str] = []
+        reasoning: list[str] = []
+        if self._state == "opening":
+            harmony = _opening(self._pending)
+            if harmony is None:
+                return "", ""
+            if not harmony:
+                self._state = "plain"
+                text, self._pending = self._pending, ""
+                return text, ""
+            self._state = "header"
+        self._run(content, reasoning)
+        return "".join(content), "".join(reasoning)
+
+    def _run(self, content: list[str], reasoning: list[str]) -> None:
+        while self._pending:
+            if self._state == "final":
+                content.append(self._pending)
+                self._pending = ""
+                return
+            if self._state == "header":
+                at = self._pending.find(MESSAGE, self._scanned)
+                if at < 0:
+                    self._scanned = max(0, len(self._pending) - len(MESSAGE) + 1)
+                    return  # the whole header is held until its <|message|>
+                self._scanned = 0
+                header, self._pending = self._pending[:at], self._pending[at + len(MESSAGE):]
+                self._to = _destination(header)
+                self._state = "final" if self._to == CONTENT else "body"
+                self._separate = self._to == REASONING and self._reasoned
+                continue
+            # body
+            match = MARKER.search(self._pending)
+            if match is None:
+                cut = _partial_marker_at(self._pending)
+                self._emit(self._pending[:cut], content, reasoning)
+                self._pending = self._pending[cut:]
+                return
+            self._emit(self._pending[:match.start()], content, reasoning)
+            if match[0] in BODY_ENDS:
+                # <|start|> and <|channel|> open the next header; <|end|>, <|return|>, <|call|> end the message
+                keep = match.start() if match[0] in (START, CHANNEL) else match.end()
+                self._pending = self._pending[keep:]
+                self._state = "header"
+            else:
+                self._pending = self._pending[match.end():]
+
+    def _emit(self, text: str, content: list[str], reasoning: list[str]) -> None:
+        if not text or self._to == DROP:
+            return
+        if self._to == CONTENT:
+            content.append(text)
+            return
+        if self._separate:
+            reasoning.append("\n\n")
+            self._separate = False
+        reasoning.append(text)
+        self._reasoned = True
+
+    def _finish(self) -> tuple[str, str]:
+        pending, self._pending = self._pending, ""
+        state, self._state = self._state, "plain"
+        cut = _partial_marker_at(pending)
+        if pending[cut:].startswith("<|"):
+            pending = pending[:cut]  # never half a marker
+        if state == "opening":
+            return pending, ""  # too short to tell: content
+        if state == "body":
+            content: list[str] = []
+            reasoning: list[str] = []
+            self._emit(pending, content, reasoning)
+            return "".join(content), "".join(reasoning)
+        return "", ""  # an unfinished header
+
+
+@ggufd.hookimpl
+def answer_filter(model):
+    if model.family != FAMILY:
+        return None
+    return HarmonyFilter()

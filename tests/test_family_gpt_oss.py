@@ -5,6 +5,7 @@ strings, taking generated text apart by channel, and parsing harmony tool calls.
 from __future__ import annotations
 
 import datetime
+import random
 from pathlib import Path
 
 import pytest
@@ -504,3 +505,144 @@ def test_parse_malformed_calls_give_none(gpt_oss, text):
 def test_parse_through_the_plugin_manager(pm):
     assert functions(pm.hook.parse_tool_calls(model=model(), text=RENDERED_CALL)) == [("function", "get_weather", '{"city": "Paris"}')]
     assert pm.hook.parse_tool_calls(model=model(family="gguf-template"), text=RENDERED_CALL) is None
+
+
+# --------------------------------------------------------------------------- answer filter
+
+# (generated text as llama.cpp hands it back, expected content, expected reasoning)
+FILTER_CASES = {
+    "analysis-and-final": (GENERATED, "Blue.", "The user wants a colour."),
+    "final-only": ("<|channel|>final<|message|>Hello! How can I help?", "Hello! How can I help?", ""),
+    "no-markup": ("Paris is the capital of France.", "Paris is the capital of France.", ""),
+    "no-markup-with-angles": ("a <| b and x < y", "a <| b and x < y", ""),
+    "analysis-cut-by-max-tokens": ("<|channel|>analysis<|message|>The user asks about 2+2. That is", "", "The user asks about 2+2. That is"),
+    "tool-call": (
+        '<|channel|>analysis<|message|>Need the weather.<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}',
+        "",
+        "Need the weather.",
+    ),
+    "tool-call-recipient-in-role": (' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}', "", ""),
+    "preamble-then-call": (
+        "<|channel|>analysis<|message|>Look it up.<|start|>assistant<|channel|>commentary<|message|>Checking the weather…"
+        '<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}',
+        "",
+        "Look it up.\n\nChecking the weather…",
+    ),
+    "unicode": (
+        "<|channel|>analysis<|message|>Der Nutzer fragt auf 日本語 😀 — café.<|start|>assistant<|channel|>final<|message|>Ja: 東京 🗼 ist groß, ½ < ¾.",
+        "Ja: 東京 🗼 ist groß, ½ < ¾.",
+        "Der Nutzer fragt auf 日本語 😀 — café.",
+    ),
+    "final-mentions-markup": (
+        "<|channel|>analysis<|message|>Explain.<|start|>assistant<|channel|>final<|message|>Write <|channel|> then the name.",
+        "Write <|channel|> then the name.",
+        "Explain.",
+    ),
+    "control-tokens-rendered": (
+        "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>Blue.",
+        "Blue.",
+        "Think.",
+    ),
+}
+MARKER_FRAGMENTS = ("<|channel", "<|message", "<|start", "<|constrain", "<|end", "<|return", "<|call", "|>")
+
+
+def run_filter(make, pieces):
+    answer = make()
+    content, reasoning = [], []
+    for piece in pieces:
+        c, r = answer.feed(piece)
+        content.append(c)
+        reasoning.append(r)
+    c, r = answer.finish()
+    return "".join(content) + c, "".join(reasoning) + r
+
+
+@pytest.mark.parametrize("case", FILTER_CASES, ids=str)
+def test_answer_filter_takes_the_channels_apart(gpt_oss, case):
+    text, content, reasoning = FILTER_CASES[case]
+    assert run_filter(gpt_oss.HarmonyFilter, [text]) == (content, reasoning)
+
+
+@pytest.mark.parametrize("case", FILTER_CASES, ids=str)
+def test_answer_filter_does_not_depend_on_the_split(gpt_oss, case):
+    text = FILTER_CASES[case][0]
+    whole = run_filter(gpt_oss.HarmonyFilter, [text])
+    for at in range(len(text) + 1):
+        assert run_filter(gpt_oss.HarmonyFilter, [text[:at], text[at:]]) == whole, at
+    assert run_filter(gpt_oss.HarmonyFilter, list(text)) == whole
+    assert run_filter(gpt_oss.HarmonyFilter, ["", *text, ""]) == whole
+
+
+@pytest.mark.parametrize("case", [c for c in FILTER_CASES if c != "final-mentions-markup"], ids=str)
+def test_answer_filter_never_emits_marker_fragments(gpt_oss, case):
+    text = FILTER_CASES[case][0]
+    for pieces in ([text], list(text)):
+        answer = gpt_oss.HarmonyFilter()
+        for out in [answer.feed(p) for p in pieces] + [answer.finish()]:
+            for part in out:
+                assert not any(f in part for f in MARKER_FRAGMENTS), (pieces, part)
+
+
+def test_answer_filter_holds_back_a_partial_marker(gpt_oss):
+    answer = gpt_oss.HarmonyFilter()
+    assert answer.feed("<|chan") == ("", "")
+    assert answer.feed("nel|>analysis<|mess") == ("", "")
+    assert answer.feed("age|>Thinking <|st") == ("", "Thinking ")
+    assert answer.feed("art|>assistant<|channel|>final<|message|>Hi") == ("Hi", "")
+    assert answer.feed(" there") == (" there", "")
+    assert answer.finish() == ("", "")
+
+
+def test_answer_filter_drops_half_a_marker_at_the_end(gpt_oss):
+    assert run_filter(gpt_oss.HarmonyFilter, ["<|channel|>analysis<|message|>Hmm<|sta"]) == ("", "Hmm")
+    assert run_filter(gpt_oss.HarmonyFilter, ["<|channel|>analysis<|message|>x <"]) == ("", "x <")
+    assert run_filter(gpt_oss.HarmonyFilter, ["<|chan"]) == ("", "")
+    assert run_filter(gpt_oss.HarmonyFilter, ["<|channel|>final"]) == ("", "")  # an unfinished header
+    assert run_filter(gpt_oss.HarmonyFilter, [""]) == ("", "")
+    assert run_filter(gpt_oss.HarmonyFilter, ["to"]) == ("to", "")
+
+
+def test_answer_filter_passes_a_direct_answer_through_at_once(gpt_oss):
+    answer = gpt_oss.HarmonyFilter()
+    assert answer.feed("Hel") == ("Hel", "")
+    assert answer.feed("lo <|channel|>") == ("lo <|channel|>", "")
+    assert answer.finish() == ("", "")
+
+
+def test_answer_filter_random_splits(gpt_oss):
+    rng = random.Random(0)
+    alphabet = ["a", " ", "é", "😀", "<", "|", ">", "<|", "|>", "to=", "to=functions.f ", "json", "\n",
+                "<|channel|>", "<|message|>", "<|start|>", "assistant", "<|constrain|>", "<|end|>", "<|return|>", "<|call|>",
+                "analysis", "final", "commentary", "<|channel|>analysis<|message|>", "<|channel|>final<|message|>"]
+    texts = [case[0] for case in FILTER_CASES.values()]
+    for _ in range(2000):
+        if rng.random() < 0.5:
+            text = rng.choice(texts)
+        else:
+            text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        whole = run_filter(gpt_oss.HarmonyFilter, [text])
+        cuts = sorted(rng.randint(0, len(text)) for _ in range(rng.randint(0, 8)))
+        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+        assert run_filter(gpt_oss.HarmonyFilter, pieces) == whole, (text, pieces)
+        assert all(isinstance(part, str) for part in whole)
+
+
+def test_answer_filter_survives_odd_input(gpt_oss):
+    answer = gpt_oss.HarmonyFilter()
+    for piece in ["<|message|><|message|>", "<|start|><|start|>", "<|channel|>", "<|channel|><|message|>x", None, "<|end|>", "|>"]:
+        content, reasoning = answer.feed(piece)
+        assert isinstance(content, str) and isinstance(reasoning, str)
+    assert all(isinstance(part, str) for part in answer.finish())
+    assert all(isinstance(part, str) for part in answer.finish())  # a second finish is harmless
+
+
+def test_answer_filter_hook(pm):
+    first = pm.hook.answer_filter(model=model())
+    second = pm.hook.answer_filter(model=model())
+    assert type(first).__name__ == "HarmonyFilter" and first is not second
+    first.feed("<|channel|>analysis<|message|>Some ")  # the filters keep separate state
+    assert run_filter(lambda: second, [GENERATED]) == ("Blue.", "The user wants a colour.")
+    for family in ("gguf-template", "generic", "chatml", "gemma"):
+        assert pm.get_plugin("gpt_oss").answer_filter(model=model(family)) is None
+        assert type(pm.hook.answer_filter(model=model(family))).__name__ != "HarmonyFilter"
