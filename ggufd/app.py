@@ -26,6 +26,7 @@ from .errors import ApiError, ConfigError
 from .handlers import (
     AdminModelHandler,
     ChatCompletionsHandler,
+    CompletionsHandler,
     HealthHandler,
     MetricsHandler,
     ModelsHandler,
@@ -80,6 +81,7 @@ def make_app(state: AppState) -> tornado.web.Application:
             (r"/v1/models", ModelsHandler, kwargs),
             (r"/v1/models/(.+)", ModelsHandler, kwargs),
             (r"/v1/chat/completions", ChatCompletionsHandler, kwargs),
+            (r"/v1/completions", CompletionsHandler, kwargs),
             (r"/admin/models/(.+)/(load|unload)", AdminModelHandler, kwargs),
             (r"/metrics", MetricsHandler, kwargs),
             (r"/-/plugins", PluginsHandler, kwargs),

@@ -15,12 +15,26 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from . import __version__
-from .chat import answer_filter, build_generation
+from .chat import PassThrough, answer_filter, build_generation
 from .engine import Overloaded
 from .events import Failed, Finished, Started, TextDelta
 from .errors import ApiError, ServerError
 from .security import check_bearer, cors_origin
-from .openai_format import ChunkEncoder, chat_completion, decode_json_body, dumps, new_completion_id, parse_chat_request, with_model_defaults, apply_server_limits
+from .openai_format import (
+    ChunkEncoder,
+    TextChunkEncoder,
+    apply_server_limits,
+    chat_completion,
+    decode_json_body,
+    dumps,
+    new_completion_id,
+    new_text_completion_id,
+    parse_chat_request,
+    parse_completion_request,
+    text_completion,
+    with_model_defaults,
+)
+from .types import ChatPrompt, GenerationRequest
 
 log = structlog.get_logger("ggufd.http")
 
@@ -223,9 +237,15 @@ class ModelsHandler(BaseHandler):
             self.write_json({"object": "list", "data": [describe(info) for info in self.state.registry]})
 
 
-class ChatCompletionsHandler(BaseHandler):
-    endpoint = "chat.completions"
+class GenerationHandler(BaseHandler):
+    """Shared by chat and text completions: queue a generation, then stream or collect it.
+
+    Subclasses turn the body into a generation (:meth:`build`) and name the wire shapes
+    (:meth:`encoder`, :meth:`result`)."""
+
     generation = None
+    answer = PassThrough  # the answer filter (chat models may split reasoning from content)
+    prefix = ""  # text returned before the generated text (completions with echo)
 
     async def post(self) -> None:
         self.state.active.add(self)
@@ -238,19 +258,19 @@ class ChatCompletionsHandler(BaseHandler):
         if self.generation is not None:
             self.generation.cancel()
 
+    def build(self, body: dict, config) -> tuple:
+        """-> (model, GenerationRequest, stream, include_usage)."""
+        raise NotImplementedError
+
+    def encoder(self, completion_id: str, model_id: str):
+        raise NotImplementedError
+
+    def result(self, completion_id: str, model_id: str, text: str, reason: str, prompt_tokens: int, completion_tokens: int, reasoning: str) -> dict:
+        raise NotImplementedError
+
     async def _post(self) -> None:
         body = self.json_body()
-        config = self.state.config
-        chat = parse_chat_request(body)
-        model = self.state.registry.get(chat.model)
-        if model.options.get("sampling"):
-            chat = with_model_defaults(chat, model.options["sampling"])
-        chat = apply_server_limits(chat, max_tokens_cap=config.max_tokens_cap, max_messages=config.max_messages)
-        self.log_fields["model"] = model.id
-        if config.log_content:  # off by default: prompts and answers stay out of the logs
-            self.log_fields["messages"] = list(chat.messages)
-        request = build_generation(self.state.plugins, model, chat)
-        self.answer = answer_filter(self.state.plugins, model)
+        model, request, stream, include_usage = self.build(body, self.state.config)
         self.generation = self.state.engine.start(model, request)
 
         # Wait for the prompt to be accepted: errors such as context_length_exceeded
@@ -272,11 +292,11 @@ class ChatCompletionsHandler(BaseHandler):
             raise self._stopped_by_server()
         assert isinstance(first, Started)
         self.log_fields["prompt_tokens"] = first.prompt_tokens
-        completion_id = new_completion_id()
-        if chat.stream:
-            await self._stream(model.id, completion_id, chat.include_usage, events[1:])
+        completion_id = self.new_id()
+        if stream:
+            await self._stream(self.encoder(completion_id, model.id), include_usage, events[1:])
         else:
-            await self._complete(model.id, completion_id, first.prompt_tokens, events[1:])
+            await self._complete(model.id, completion_id, events[1:])
 
     def _note_text(self, text: str) -> None:
         if "ttft_ms" not in self.log_fields:
@@ -287,8 +307,8 @@ class ChatCompletionsHandler(BaseHandler):
     def _note_finish(self, finished: Finished) -> None:
         self.log_fields.update(finish_reason=finished.reason, completion_tokens=finished.completion_tokens)
 
-    async def _complete(self, model_id: str, completion_id: str, prompt_tokens: int, events: list) -> None:
-        parts: list[str] = []
+    async def _complete(self, model_id: str, completion_id: str, events: list) -> None:
+        parts: list[str] = [self.prefix]
         reasoning: list[str] = []
 
         def take(piece: tuple[str, str]) -> None:
@@ -309,21 +329,21 @@ class ChatCompletionsHandler(BaseHandler):
                             return
                         raise self._stopped_by_server()
                     self.write_json(
-                        chat_completion(completion_id, int(time.time()), model_id, "".join(parts), event.reason, event.prompt_tokens,
-                                        event.completion_tokens, reasoning="".join(reasoning))
+                        self.result(completion_id, model_id, "".join(parts), event.reason, event.prompt_tokens, event.completion_tokens, "".join(reasoning))
                     )
                     return
                 elif isinstance(event, Failed):
                     raise event.error
             events = await self.generation.next_events()
 
-    async def _stream(self, model_id: str, completion_id: str, include_usage: bool, events: list) -> None:
-        encoder = ChunkEncoder(completion_id, model_id)
+    async def _stream(self, encoder, include_usage: bool, events: list) -> None:
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
         try:
             self.write(encoder.role())
+            if self.prefix:
+                self.write(encoder.content(self.prefix))
             await self.flush()
             while True:
                 out = []
@@ -392,6 +412,64 @@ class ChatCompletionsHandler(BaseHandler):
     def on_connection_close(self) -> None:
         self._client_left()
         super().on_connection_close()
+
+
+class ChatCompletionsHandler(GenerationHandler):
+    """``POST /v1/chat/completions``."""
+
+    endpoint = "chat.completions"
+
+    def build(self, body: dict, config) -> tuple:
+        chat = parse_chat_request(body)
+        model = self.state.registry.get(chat.model)
+        if model.options.get("sampling"):
+            chat = with_model_defaults(chat, model.options["sampling"])
+        chat = apply_server_limits(chat, max_tokens_cap=config.max_tokens_cap, max_messages=config.max_messages)
+        self.log_fields["model"] = model.id
+        if config.log_content:  # off by default: prompts and answers stay out of the logs
+            self.log_fields["messages"] = list(chat.messages)
+        self.answer = answer_filter(self.state.plugins, model)
+        return model, build_generation(self.state.plugins, model, chat), chat.stream, chat.include_usage
+
+    new_id = staticmethod(new_completion_id)
+
+    def encoder(self, completion_id: str, model_id: str) -> ChunkEncoder:
+        return ChunkEncoder(completion_id, model_id)
+
+    def result(self, completion_id, model_id, text, reason, prompt_tokens, completion_tokens, reasoning) -> dict:
+        return chat_completion(completion_id, int(time.time()), model_id, text, reason, prompt_tokens, completion_tokens, reasoning=reasoning)
+
+
+class CompletionsHandler(GenerationHandler):
+    """``POST /v1/completions``: the legacy text completions API (a raw prompt, no chat format)."""
+
+    endpoint = "completions"
+
+    def build(self, body: dict, config) -> tuple:
+        completion = parse_completion_request(body)
+        model = self.state.registry.get(completion.model)
+        if model.options.get("sampling"):
+            completion = with_model_defaults(completion, model.options["sampling"])
+        completion = apply_server_limits(completion, max_tokens_cap=config.max_tokens_cap)
+        self.log_fields["model"] = model.id
+        if config.log_content:
+            self.log_fields["prompt"] = completion.prompt
+        self.prefix = completion.prompt if completion.echo else ""
+        request = GenerationRequest(
+            prompt=ChatPrompt(text=completion.prompt, add_bos=True),
+            sampling=completion.sampling,
+            max_tokens=completion.max_tokens,
+            stop=completion.stop,
+        )
+        return model, request, completion.stream, completion.include_usage
+
+    new_id = staticmethod(new_text_completion_id)
+
+    def encoder(self, completion_id: str, model_id: str) -> TextChunkEncoder:
+        return TextChunkEncoder(completion_id, model_id)
+
+    def result(self, completion_id, model_id, text, reason, prompt_tokens, completion_tokens, reasoning) -> dict:
+        return text_completion(completion_id, int(time.time()), model_id, text, reason, prompt_tokens, completion_tokens)
 
 
 class AdminModelHandler(BaseHandler):

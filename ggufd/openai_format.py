@@ -151,7 +151,7 @@ def with_model_defaults(chat: ChatRequest, defaults: Mapping[str, Any]) -> ChatR
 def apply_server_limits(chat: ChatRequest, *, max_tokens_cap: int = 0, max_messages: int = 0) -> ChatRequest:
     """The operator's limits: too many messages or more tokens than the cap are a 400;
     a request without a limit gets the cap."""
-    if max_messages and len(chat.messages) > max_messages:
+    if max_messages and len(getattr(chat, "messages", ())) > max_messages:
         raise InvalidRequest(f"At most {max_messages} messages are accepted per request.", param="messages")
     if max_tokens_cap:
         if chat.max_tokens is None:
@@ -159,6 +159,72 @@ def apply_server_limits(chat: ChatRequest, *, max_tokens_cap: int = 0, max_messa
         if chat.max_tokens > max_tokens_cap:
             raise InvalidRequest(f"max_tokens may be at most {max_tokens_cap} on this server.", param="max_tokens")
     return chat
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """A legacy ``/v1/completions`` request: a raw prompt, no chat format."""
+
+    model: str | None
+    prompt: str
+    sampling: SamplingParams
+    max_tokens: int | None
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+    echo: bool = False
+    max_tokens_given: bool = False
+    stop_given: bool = False
+
+
+#: OpenAI's default for the legacy completions API when max_tokens is not sent.
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+
+def parse_completion_request(body: dict) -> CompletionRequest:
+    """Validate a ``/v1/completions`` body; fields ggufd cannot honour are refused with a 400."""
+    validate(body, "completions")
+    prompt = body["prompt"]
+    if isinstance(prompt, list):
+        if len(prompt) != 1 or not isinstance(prompt[0], str):
+            raise InvalidRequest("Only one prompt string per request is supported (no batches, no token arrays).", param="prompt")
+        prompt = prompt[0]
+    for key in ("suffix", "logprobs", "logit_bias"):
+        if body.get(key) not in (None, False, {}):
+            raise InvalidRequest(f"'{key}' is not supported by this server yet.", param=key)
+    for key in ("n", "best_of"):
+        if body.get(key) not in (None, 1):
+            raise InvalidRequest(f"Only {key}=1 is supported.", param=key)
+    stop = body.get("stop")
+    max_given = "max_tokens" in body
+    max_tokens = body.get("max_tokens") if max_given else COMPLETIONS_DEFAULT_MAX_TOKENS
+    return CompletionRequest(
+        model=body.get("model"),
+        prompt=prompt,
+        sampling=SamplingParams(**{k: body.get(k) for k in SAMPLING_FIELDS}),
+        max_tokens=None if max_tokens == -1 else max_tokens,
+        stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
+        stream=bool(body.get("stream")),
+        include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+        echo=bool(body.get("echo")),
+        max_tokens_given=max_given,
+        stop_given=stop is not None,
+    )
+
+
+def new_text_completion_id() -> str:
+    return f"cmpl-{uuid.uuid4().hex}"
+
+
+def text_completion(completion_id: str, created: int, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
 
 
 def new_completion_id() -> str:
@@ -227,6 +293,23 @@ class ChunkEncoder:
         return b"data: " + dumps(error) + b"\n\n"
 
     DONE = b"data: [DONE]\n\n"
+
+
+class TextChunkEncoder(ChunkEncoder):
+    """The ``data: ...`` events of one streamed legacy text completion."""
+
+    def _event(self, choices: list, **extra) -> bytes:
+        chunk = {"id": self.completion_id, "object": "text_completion", "created": self.created, "model": self.model, "choices": choices, **extra}
+        return b"data: " + dumps(chunk) + b"\n\n"
+
+    def delta(self, delta: dict, finish_reason: str | None = None) -> bytes:
+        return self._event([{"index": 0, "text": delta.get("content", ""), "logprobs": None, "finish_reason": finish_reason}])
+
+    def role(self) -> bytes:
+        return b""  # text completions have no role chunk
+
+    def reasoning(self, text: str) -> bytes:
+        return b""
 
 
 def dumps(obj: Any) -> bytes:
