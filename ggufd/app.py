@@ -32,6 +32,7 @@ from .handlers import (
     ModelsHandler,
     NotFoundHandler,
     PluginsHandler,
+    TokenizeHandler,
 )
 from .metrics import Metrics
 from .registry import ModelRegistry, build_registry
@@ -84,6 +85,7 @@ def make_app(state: AppState) -> tornado.web.Application:
             (r"/v1/completions", CompletionsHandler, kwargs),
             (r"/admin/models/(.+)/(load|unload)", AdminModelHandler, kwargs),
             (r"/metrics", MetricsHandler, kwargs),
+            (r"/extras/(tokenize|tokenize/count|detokenize)", TokenizeHandler, kwargs),
             (r"/-/plugins", PluginsHandler, kwargs),
         ],
         default_handler_class=NotFoundHandler,

@@ -153,6 +153,18 @@ class Engine:
         finally:
             self._release(slot)
 
+    async def with_model(self, info: ModelInfo, fn: Callable[[Any], Any]) -> Any:
+        """Run a read-only ``fn(loaded_model)`` (tokenizing) in a worker thread, with the model
+        loaded and pinned (it cannot be freed meanwhile). Not on the device thread: the vocabulary
+        is immutable, and a running batch must not make a token count wait."""
+        slot = self._slot(info)
+        slot.pending += 1
+        try:
+            await self._ensure_loaded(slot, None)
+            return await asyncio.to_thread(fn, slot.llama)
+        finally:
+            self._release(slot)
+
     async def unload(self, model_id: str) -> bool:
         """Unload an idle model. Returns False if it is busy (it is never unloaded under a request)."""
         slot = self._slots.get(model_id)

@@ -35,6 +35,7 @@ from .openai_format import (
     with_model_defaults,
 )
 from .types import ChatPrompt, GenerationRequest
+from .validation import validate
 
 log = structlog.get_logger("ggufd.http")
 
@@ -200,6 +201,20 @@ class HealthHandler(BaseHandler):
         )
 
 
+def capabilities(info, settings) -> dict:
+    """What a client can use with this model (GET /v1/models/{id})."""
+    return {
+        "chat": True,
+        "completions": True,
+        "embeddings": False,
+        "tools": False,
+        "json_schema": True,
+        "logit_bias": True,
+        "context_length": settings.n_ctx or info.metadata.context_length,
+        "parallel": settings.parallel,
+    }
+
+
 def model_object(info, models_dir, loaded: bool) -> dict:
     try:
         created = int(info.path.stat().st_mtime)
@@ -229,7 +244,9 @@ class ModelsHandler(BaseHandler):
         loaded = set(self.state.engine.loaded_models())
 
         def describe(info) -> dict:
-            return model_object(info, self.state.config.models_dir, info.id in loaded)
+            data = model_object(info, self.state.config.models_dir, info.id in loaded)
+            data["capabilities"] = capabilities(info, self.state.config.model_settings(info.options))
+            return data
 
         if model_id is not None:
             self.write_json(describe(self.state.registry.get(model_id)))
@@ -513,3 +530,33 @@ class PluginsHandler(BaseHandler):
 
         pm = self.state.plugins
         self.write_json({"plugins": describe_plugins(pm), "failed": getattr(pm, "ggufd_failures", [])})
+
+
+class TokenizeHandler(BaseHandler):
+    """``POST /extras/tokenize`` (``{"input": str}`` or ``{"messages": [...]}`` as a chat request
+    would format them), ``/extras/tokenize/count`` and ``/extras/detokenize`` — llama-cpp-python's
+    server names. Count a request's tokens before sending it."""
+
+    endpoint = "tokenize"
+
+    async def post(self, action: str) -> None:
+        body = self.json_body()
+        validate(body, "tokenize")
+        model = self.state.registry.get(body.get("model"))
+        engine = self.state.engine
+        if action == "detokenize":
+            if "tokens" not in body:
+                raise ApiError(400, "'tokens' is required.", param="tokens")
+            text = await engine.with_model(model, lambda loaded: loaded.detokenize(body["tokens"]))
+            self.write_json({"text": text})
+            return
+        if "messages" in body:
+            chat = parse_chat_request({"messages": body["messages"]})
+            prompt = build_generation(self.state.plugins, model, chat).prompt
+            text, add_bos = prompt.text, prompt.add_bos
+        elif "input" in body:
+            text, add_bos = body["input"], body.get("add_special", True)
+        else:
+            raise ApiError(400, "Send 'input' (text) or 'messages' (a chat).", param="input")
+        tokens = await engine.with_model(model, lambda loaded: loaded.tokenize(text, add_bos))
+        self.write_json({"count": len(tokens)} if action == "tokenize/count" else {"tokens": tokens, "count": len(tokens)})

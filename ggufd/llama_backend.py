@@ -27,7 +27,7 @@ import structlog
 
 from .devices import Placement, heartbeat
 from .events import Finished, Started, TextDelta, deliver_events
-from .errors import ContextLengthExceeded
+from .errors import ApiError, ContextLengthExceeded, InvalidRequest
 from .text_stream import TextAssembler
 from .types import GenerationRequest, SamplingParams
 
@@ -76,16 +76,30 @@ def configure_llama(level: str) -> None:
         _keep_alive.append(log_callback)
 
 
-def make_sampler(s: SamplingParams, n_vocab: int):
-    """A sampler chain for one sequence, in llama-cpp-python's order:
-    penalties -> (greedy | top-k -> top-p -> min-p -> temperature -> seeded draw)."""
+def make_sampler(s: SamplingParams, n_vocab: int, vocab=None):
+    """A sampler chain for one sequence: logit bias -> penalties -> grammar ->
+    (greedy | top-k -> top-p -> min-p -> temperature -> seeded draw), llama-cpp-python's order.
+    Raises InvalidRequest for a token id outside the vocabulary or a grammar llama.cpp rejects."""
     import llama_cpp
 
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     add = lambda sampler: llama_cpp.llama_sampler_chain_add(chain, sampler)  # noqa: E731
+    if s.logit_bias:
+        bad = [token for token, _ in s.logit_bias if not 0 <= token < n_vocab]
+        if bad:
+            llama_cpp.llama_sampler_free(chain)
+            raise InvalidRequest(f"logit_bias names token {bad[0]}, but the vocabulary has {n_vocab} tokens.", param="logit_bias")
+        biases = (llama_cpp.llama_logit_bias * len(s.logit_bias))(*[llama_cpp.llama_logit_bias(token, bias) for token, bias in s.logit_bias])
+        add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(s.logit_bias), biases))
     repeat = s.repeat_penalty if s.repeat_penalty is not None else 1.0
     if repeat != 1.0 or s.frequency_penalty or s.presence_penalty:
         add(llama_cpp.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, repeat, s.frequency_penalty or 0.0, s.presence_penalty or 0.0))
+    if s.grammar:
+        grammar = llama_cpp.llama_sampler_init_grammar(vocab, s.grammar.encode("utf-8"), b"root")
+        if not grammar:
+            llama_cpp.llama_sampler_free(chain)
+            raise InvalidRequest("The grammar for response_format could not be compiled.", param="response_format")
+        add(grammar)
     temperature = s.temperature if s.temperature is not None else 0.8
     if temperature == 0:
         add(llama_cpp.llama_sampler_init_greedy())
@@ -168,6 +182,21 @@ class LoadedModel:
             n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, size, 0, False)
             if n >= 0:
                 return buffer.raw[:n]
+            size = -n
+
+    def detokenize(self, tokens: list[int]) -> str:
+        bad = next((token for token in tokens if not 0 <= token < self.n_vocab), None)
+        if bad is not None:  # llama.cpp does not check token ids
+            raise InvalidRequest(f"Token {bad} is outside the vocabulary of {self.n_vocab} tokens.", param="tokens")
+        import llama_cpp
+
+        array = (llama_cpp.llama_token * len(tokens))(*tokens)
+        size = 8 * len(tokens) + 16
+        while True:  # llama.cpp's own detokenizer: it undoes the SentencePiece space prefix
+            buffer = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_detokenize(self.vocab, array, len(tokens), buffer, size, False, False)
+            if n >= 0:
+                return buffer.raw[:n].decode("utf-8", errors="replace")
             size = -n
 
     def close(self) -> None:
@@ -275,11 +304,16 @@ class BatchRunner:
             if budget <= 0 or (request.max_tokens is not None and request.max_tokens > budget):
                 sequence.future.set_exception(ContextLengthExceeded(n_ctx, len(tokens), request.max_tokens))
                 continue
+            try:
+                sampler = make_sampler(request.sampling, self.model.n_vocab, self.model.vocab)
+            except ApiError as exc:
+                sequence.future.set_exception(exc)
+                continue
             sequence.max_tokens = budget if request.max_tokens is None else request.max_tokens
             sequence.prompt = tokens
             sequence.seq_id = self._take_slot(tokens)
             sequence.prefilled = len(self._cached[sequence.seq_id])
-            sequence.sampler = make_sampler(request.sampling, self.model.n_vocab)
+            sequence.sampler = sampler
             sequence.assembler = TextAssembler(request.stop + request.prompt.stop)
             self._active[sequence.seq_id] = sequence
             sequence.generation.emit(Started(len(tokens)))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from .errors import InvalidRequest
+from .structured_output import grammar_for
 from .types import SamplingParams
 from .validation import validate
 
@@ -22,10 +23,8 @@ SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "
 UNSUPPORTED = {
     "tools": "tools / function calling",
     "functions": "functions",
-    "response_format": "response_format",
     "logprobs": "logprobs",
     "top_logprobs": "top_logprobs",
-    "logit_bias": "logit_bias",
 }
 
 
@@ -103,6 +102,12 @@ def normalise_messages(messages: list[dict]) -> tuple[dict, ...]:
     return tuple(result)
 
 
+def sampling_from(body: dict, grammar: str | None = None) -> SamplingParams:
+    """The request's sampling fields (``None`` = unset), its ``logit_bias`` and grammar."""
+    bias = tuple((int(token), float(value)) for token, value in (body.get("logit_bias") or {}).items())
+    return SamplingParams(**{k: body.get(k) for k in SAMPLING_FIELDS}, logit_bias=bias, grammar=grammar)
+
+
 def parse_chat_request(body: dict, defaults: Mapping[str, Any] | None = None) -> ChatRequest:
     """Validate a chat completions body and turn it into a :class:`ChatRequest`.
 
@@ -111,7 +116,7 @@ def parse_chat_request(body: dict, defaults: Mapping[str, Any] | None = None) ->
     """
     validate(body, "chat_completions")
     for key, what in UNSUPPORTED.items():
-        if body.get(key) not in (None, False, [], {}) and not (key == "response_format" and isinstance(body[key], dict) and body[key].get("type") == "text"):
+        if body.get(key) not in (None, False, [], {}):
             raise InvalidRequest(f"'{what}' is not supported by this server yet.", param=key)
     if body.get("n") not in (None, 1):
         raise InvalidRequest("Only n=1 is supported.", param="n")
@@ -122,7 +127,7 @@ def parse_chat_request(body: dict, defaults: Mapping[str, Any] | None = None) ->
     chat = ChatRequest(
         model=body.get("model"),
         messages=normalise_messages(body["messages"]),
-        sampling=SamplingParams(**{k: body.get(k) for k in SAMPLING_FIELDS}),
+        sampling=sampling_from(body, grammar=grammar_for(body.get("response_format"))),
         max_tokens=None if max_tokens == -1 else max_tokens,
         stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
         stream=bool(body.get("stream")),
@@ -139,7 +144,7 @@ def with_model_defaults(chat: ChatRequest, defaults: Mapping[str, Any]) -> ChatR
     An explicit ``max_tokens`` of -1/null means "no limit" and is kept; ``stop`` comes from
     the table only when the request sent none.
     """
-    sampling = SamplingParams(**{k: v if (v := getattr(chat.sampling, k)) is not None else defaults.get(k) for k in SAMPLING_FIELDS})
+    sampling = replace(chat.sampling, **{k: v if (v := getattr(chat.sampling, k)) is not None else defaults.get(k) for k in SAMPLING_FIELDS})
     return replace(
         chat,
         sampling=sampling,
@@ -189,7 +194,7 @@ def parse_completion_request(body: dict) -> CompletionRequest:
         if len(prompt) != 1 or not isinstance(prompt[0], str):
             raise InvalidRequest("Only one prompt string per request is supported (no batches, no token arrays).", param="prompt")
         prompt = prompt[0]
-    for key in ("suffix", "logprobs", "logit_bias"):
+    for key in ("suffix", "logprobs"):
         if body.get(key) not in (None, False, {}):
             raise InvalidRequest(f"'{key}' is not supported by this server yet.", param=key)
     for key in ("n", "best_of"):
@@ -201,7 +206,7 @@ def parse_completion_request(body: dict) -> CompletionRequest:
     return CompletionRequest(
         model=body.get("model"),
         prompt=prompt,
-        sampling=SamplingParams(**{k: body.get(k) for k in SAMPLING_FIELDS}),
+        sampling=sampling_from(body),
         max_tokens=None if max_tokens == -1 else max_tokens,
         stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
         stream=bool(body.get("stream")),

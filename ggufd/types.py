@@ -77,6 +77,8 @@ class SamplingParams:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     seed: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias)
+    grammar: str | None = None  # GBNF that constrains the output (response_format)
 
 
 @dataclass(frozen=True)

@@ -192,13 +192,8 @@ def test_stream_and_include_usage():
     [
         ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
         ("functions", [{"name": "f"}]),
-        ("response_format", {"type": "json_object"}),
-        ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
-        ("response_format", "json"),
-        ("response_format", ["text"]),
         ("logprobs", True),
         ("top_logprobs", 3),
-        ("logit_bias", {"50256": -100}),
     ],
 )
 def test_unsupported_fields_are_refused_naming_the_field(field, value):
@@ -561,3 +556,35 @@ def test_fuzz_decode_json_body_with_mutated_bytes():
             check_request(parse_chat_request(doc))
         except InvalidRequest as exc:
             assert exc.status == 400
+
+
+@pytest.mark.parametrize("value", ["json", ["text"], {"type": "yaml"}, {"type": "json_schema", "json_schema": {"schema": "x"}}])
+def test_malformed_response_format_is_400(value):
+    with pytest.raises(InvalidRequest) as err:
+        parse_chat_request(body(response_format=value))
+    assert err.value.status == 400 and err.value.param.startswith("response_format")
+
+
+def test_response_format_becomes_a_grammar():
+    assert parse_chat_request(body(response_format={"type": "text"})).sampling.grammar is None
+    assert "object" in parse_chat_request(body(response_format={"type": "json_object"})).sampling.grammar
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    grammar = parse_chat_request(body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})).sampling.grammar
+    assert '"\\"ok\\""' in grammar or '\"ok\"' in grammar
+
+
+@pytest.mark.parametrize("schema", [{"type": "array", "maxItems": 100000}, {"type": "string", "minLength": 5000}, {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": {"j": {"k": {"l": {"m": {"n": {"o": {"p": {"q": {}}}}}}}}}}}}}}}}}}])
+def test_grammar_blowups_are_refused_at_once(schema):
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(InvalidRequest) as err:
+        parse_chat_request(body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}))
+    assert time.perf_counter() - started < 1 and err.value.param == "response_format.json_schema.schema"
+
+
+def test_logit_bias_is_parsed():
+    assert parse_chat_request(body(logit_bias={"5": -100, "7": 2.5})).sampling.logit_bias == ((5, -100.0), (7, 2.5))
+    for bad in ({"x": 1}, {"5": 101}, {"-1": 1}):
+        with pytest.raises(InvalidRequest):
+            parse_chat_request(body(logit_bias=bad))

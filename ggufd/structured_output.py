@@ -1,0 +1,71 @@
+"""``response_format`` -> a llama.cpp grammar (GBNF) that forces the output's shape.
+
+``{"type": "json_object"}`` allows any JSON object; ``{"type": "json_schema", "json_schema":
+{"schema": {...}}}`` uses llama-cpp-python's JSON-Schema-to-grammar converter. Schemas are
+untrusted: before converting, ggufd bounds their size, nesting and repetition counts, so a
+request cannot make the server build a huge grammar (it gets a 400 at once instead).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import InvalidRequest
+
+MAX_SCHEMA_BYTES = 64 * 1024
+MAX_DEPTH = 16
+MAX_REPEAT = 256  # minItems/maxItems/minLength/maxLength/minProperties/maxProperties above this are refused
+MAX_GRAMMAR_BYTES = 256 * 1024
+REPEAT_KEYS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties")
+
+JSON_OBJECT_GRAMMAR = r'''
+root   ::= object
+value  ::= object | array | string | number | ("true" | "false" | "null") ws
+object ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws
+array  ::= "[" ws ( value ("," ws value)* )? "]" ws
+string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\bfnrt] | "u" [0-9a-fA-F]{4}) )* "\"" ws
+number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9] [1-9]{0,15})? ws
+ws ::= | " " | "\n" [ \t]{0,20}
+'''
+
+
+def _check(node: Any, depth: int, path: str) -> None:
+    if depth > MAX_DEPTH:
+        raise InvalidRequest(f"The JSON schema is nested more than {MAX_DEPTH} levels deep.", param="response_format.json_schema.schema")
+    if isinstance(node, dict):
+        for key in REPEAT_KEYS:
+            value = node.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_REPEAT:
+                raise InvalidRequest(f"'{key}' = {value} at '{path or '/'}' is too large for grammar-constrained output (at most {MAX_REPEAT}).",
+                                     param="response_format.json_schema.schema")
+        for key, value in node.items():
+            _check(value, depth + 1, f"{path}/{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            _check(value, depth + 1, f"{path}/{index}")
+
+
+def grammar_for(response_format: dict | None) -> str | None:
+    """The GBNF grammar for a request's ``response_format``, or None for plain text."""
+    if not response_format or response_format.get("type") in (None, "text"):
+        return None
+    if response_format["type"] == "json_object":
+        return JSON_OBJECT_GRAMMAR
+    spec = response_format.get("json_schema") or {}
+    schema = spec.get("schema")
+    if not isinstance(schema, dict):
+        raise InvalidRequest("response_format.json_schema.schema must be a JSON schema object.", param="response_format.json_schema.schema")
+    text = json.dumps(schema)
+    if len(text) > MAX_SCHEMA_BYTES:
+        raise InvalidRequest(f"The JSON schema is larger than {MAX_SCHEMA_BYTES} bytes.", param="response_format.json_schema.schema")
+    _check(schema, 0, "")
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        grammar = json_schema_to_gbnf(text)
+    except Exception as exc:  # the converter raises plain exceptions for schemas it cannot express
+        raise InvalidRequest(f"The JSON schema cannot be turned into a grammar: {exc}", param="response_format.json_schema.schema") from None
+    if len(grammar) > MAX_GRAMMAR_BYTES:
+        raise InvalidRequest("The JSON schema leads to a grammar that is too large.", param="response_format.json_schema.schema")
+    return grammar

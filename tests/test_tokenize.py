@@ -1,0 +1,52 @@
+"""/extras/tokenize, /extras/tokenize/count, /extras/detokenize and model capabilities."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from http_helpers import chat, error_of, request
+
+pytestmark = pytest.mark.e2e
+
+
+def post(url, path, body):
+    return request(url, "POST", path, body)
+
+
+def test_tokenize_and_detokenize_round_trip(tiny_daemon, tiny_model):
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(str(tiny_model), vocab_only=True, verbose=False)
+    text = "hello world, héllo 日本"
+    doc = json.loads(post(tiny_daemon.url, "/extras/tokenize", {"input": text})[2])
+    assert doc["tokens"] == vocab.tokenize(text.encode(), add_bos=True, special=True) and doc["count"] == len(doc["tokens"])
+    plain = json.loads(post(tiny_daemon.url, "/extras/tokenize", {"input": text, "add_special": False})[2])["tokens"]
+    assert plain == doc["tokens"][1:]
+    assert json.loads(post(tiny_daemon.url, "/extras/detokenize", {"tokens": plain})[2])["text"] == text
+    assert json.loads(post(tiny_daemon.url, "/extras/tokenize/count", {"input": text})[2]) == {"count": len(doc["tokens"])}
+
+
+def test_counting_a_chat_matches_the_request_usage(tiny_daemon):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Count me."}]
+    count = json.loads(post(tiny_daemon.url, "/extras/tokenize/count", {"messages": messages, "model": "tiny"})[2])["count"]
+    usage = json.loads(chat(tiny_daemon.url, {"messages": messages, "max_tokens": 1})[2])["usage"]
+    assert count == usage["prompt_tokens"]
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/extras/tokenize", {}, "input"),
+    ("/extras/tokenize", {"input": 5}, "input"),
+    ("/extras/detokenize", {"tokens": [99999999]}, "tokens"),
+    ("/extras/detokenize", {"tokens": [-1]}, "tokens.0"),
+    ("/extras/detokenize", {}, "tokens"),
+])
+def test_bad_tokenize_requests_are_400(tiny_daemon, path, body, param):
+    status, _, _ = response = post(tiny_daemon.url, path, body)
+    assert status == 400 and error_of(response)["param"] == param
+
+
+def test_models_report_their_capabilities(tiny_daemon):
+    model = json.loads(request(tiny_daemon.url, path="/v1/models/tiny")[2])
+    assert model["capabilities"] == {"chat": True, "completions": True, "embeddings": False, "tools": False,
+                                     "json_schema": True, "logit_bias": True, "context_length": 512, "parallel": 4}
