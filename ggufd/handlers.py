@@ -16,6 +16,7 @@ from tornado.iostream import StreamClosedError
 
 from . import __version__
 from .chat import PassThrough, answer_filter, build_generation
+from .tools import find_calls
 from .engine import Overloaded
 from .events import Failed, Finished, Started, TextDelta
 from .errors import ApiError, ServerError
@@ -263,6 +264,7 @@ class GenerationHandler(BaseHandler):
     generation = None
     answer = PassThrough  # the answer filter (chat models may split reasoning from content)
     prefix = ""  # text returned before the generated text (completions with echo)
+    hold_content = False  # stream content only at the end (it may turn out to be a tool call)
 
     async def post(self) -> None:
         self.state.active.add(self)
@@ -281,6 +283,10 @@ class GenerationHandler(BaseHandler):
 
     def encoder(self, completion_id: str, model_id: str):
         raise NotImplementedError
+
+    def final_content(self, encoder, content: str, finished) -> tuple[bytes, str]:
+        """Held content at the end of a stream -> (events to write, finish reason)."""
+        return (encoder.content(content) if content else b""), finished.reason
 
     def result(self, completion_id: str, model_id: str, text: str, reason: str, prompt_tokens: int, completion_tokens: int, reasoning: str) -> dict:
         raise NotImplementedError
@@ -357,6 +363,7 @@ class GenerationHandler(BaseHandler):
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
+        held: list[str] = []
         try:
             self.write(encoder.role())
             if self.prefix:
@@ -382,7 +389,9 @@ class GenerationHandler(BaseHandler):
                     content, reasoning = content + tail[0], reasoning + tail[1]
                 if reasoning:
                     self.write(encoder.reasoning(reasoning))
-                if content:
+                if self.hold_content:
+                    held.append(content)
+                elif content:
                     self.write(encoder.content(content))
                 if finished is not None:
                     self._note_finish(finished)
@@ -392,7 +401,11 @@ class GenerationHandler(BaseHandler):
                             self.finish()
                         self.log_request()
                         return
-                    self.write(encoder.finish(finished.reason))
+                    reason = finished.reason
+                    if self.hold_content:
+                        events_out, reason = self.final_content(encoder, "".join(held), finished)
+                        self.write(events_out)
+                    self.write(encoder.finish(reason))
                     if include_usage:
                         self.write(encoder.usage(finished.prompt_tokens, finished.completion_tokens))
                     self.write(encoder.DONE)
@@ -446,7 +459,20 @@ class ChatCompletionsHandler(GenerationHandler):
         if config.log_content:  # off by default: prompts and answers stay out of the logs
             self.log_fields["messages"] = list(chat.messages)
         self.answer = answer_filter(self.state.plugins, model)
+        self.model, self.tool_policy = model, chat.tool_policy
+        self.hold_content = chat.tool_policy is not None
         return model, build_generation(self.state.plugins, model, chat), chat.stream, chat.include_usage
+
+    def find_calls(self, text: str) -> list | None:
+        if self.tool_policy is None:
+            return None
+        return find_calls(self.state.plugins, self.model, text, self.tool_policy)
+
+    def final_content(self, encoder, content: str, finished) -> tuple[bytes, str]:
+        calls = self.find_calls(content) if finished.reason != "length" else None
+        if calls:
+            return encoder.tool_calls(calls), "tool_calls"
+        return super().final_content(encoder, content, finished)
 
     new_id = staticmethod(new_completion_id)
 
@@ -454,7 +480,9 @@ class ChatCompletionsHandler(GenerationHandler):
         return ChunkEncoder(completion_id, model_id)
 
     def result(self, completion_id, model_id, text, reason, prompt_tokens, completion_tokens, reasoning) -> dict:
-        return chat_completion(completion_id, int(time.time()), model_id, text, reason, prompt_tokens, completion_tokens, reasoning=reasoning)
+        calls = self.find_calls(text) if reason != "length" else None
+        return chat_completion(completion_id, int(time.time()), model_id, text, reason, prompt_tokens, completion_tokens,
+                               reasoning=reasoning, tool_calls=calls)
 
 
 class CompletionsHandler(GenerationHandler):

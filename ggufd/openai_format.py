@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 from .errors import InvalidRequest
 from .structured_output import grammar_for
+from .tools import ToolPolicy, tool_policy, with_instruction
+from .tools import grammar as tools_grammar
 from .types import SamplingParams
 from .validation import validate
 
@@ -21,7 +23,6 @@ SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "
 
 #: fields that change the answer's meaning; until they are implemented they are refused, never ignored.
 UNSUPPORTED = {
-    "tools": "tools / function calling",
     "functions": "functions",
     "logprobs": "logprobs",
     "top_logprobs": "top_logprobs",
@@ -39,6 +40,7 @@ class ChatRequest:
     include_usage: bool
     max_tokens_given: bool = False  # max_tokens/max_completion_tokens was sent (even as -1/null)
     stop_given: bool = False
+    tool_policy: ToolPolicy | None = None  # tools may be called
 
 
 def decode_json_body(raw: bytes) -> dict:
@@ -124,10 +126,20 @@ def parse_chat_request(body: dict, defaults: Mapping[str, Any] | None = None) ->
     max_key = next((key for key in ("max_completion_tokens", "max_tokens") if key in body), None)
     max_tokens = body[max_key] if max_key else None
     stream_options = body.get("stream_options") or {}
+    policy = tool_policy(body)
+    messages = normalise_messages(body["messages"])
+    grammar = grammar_for(body.get("response_format"))
+    if policy is not None:
+        messages = with_instruction(messages, policy)
+        forced = tools_grammar(policy)
+        if forced and grammar:
+            raise InvalidRequest("response_format cannot be combined with a forced tool_choice.", param="response_format")
+        grammar = forced or grammar
     chat = ChatRequest(
         model=body.get("model"),
-        messages=normalise_messages(body["messages"]),
-        sampling=sampling_from(body, grammar=grammar_for(body.get("response_format"))),
+        messages=messages,
+        tool_policy=policy,
+        sampling=sampling_from(body, grammar=grammar),
         max_tokens=None if max_tokens == -1 else max_tokens,
         stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
         stream=bool(body.get("stream")),
@@ -241,11 +253,15 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def chat_completion(
-    completion_id: str, created: int, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int, reasoning: str = ""
+    completion_id: str, created: int, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int,
+    reasoning: str = "", tool_calls: list | None = None,
 ) -> dict:
     message = {"role": "assistant", "content": text}
     if reasoning:
         message["reasoning_content"] = reasoning
+    if tool_calls:
+        message.update(content=None, tool_calls=tool_calls)
+        finish_reason = "tool_calls"
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -286,6 +302,15 @@ class ChunkEncoder:
 
     def reasoning(self, text: str) -> bytes:
         return self.delta({"reasoning_content": text})
+
+    def tool_calls(self, calls: list) -> bytes:
+        """OpenAI-style tool call deltas: a header per call (id, name), then its arguments."""
+        out = b""
+        for index, call in enumerate(calls):
+            header = {"index": index, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": ""}}
+            out += self.delta({"tool_calls": [header]})
+            out += self.delta({"tool_calls": [{"index": index, "function": {"arguments": call["function"]["arguments"]}}]})
+        return out
 
     def finish(self, reason: str) -> bytes:
         return self.delta({}, reason)

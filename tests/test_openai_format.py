@@ -190,7 +190,6 @@ def test_stream_and_include_usage():
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
         ("functions", [{"name": "f"}]),
         ("logprobs", True),
         ("top_logprobs", 3),
@@ -225,7 +224,7 @@ def test_harmless_values_of_unsupported_fields_are_accepted(fields):
 
 
 def test_validation_errors_come_before_anything_else():
-    error = refused({"messages": [{"role": "user", "content": 5}], "tools": [{}]})
+    error = refused({"messages": [{"role": "user", "content": 5}], "functions": [{"name": "f"}]})
     assert error.param == "messages.0.content"
 
 

@@ -1,0 +1,153 @@
+"""Tool (function) calling: pure functions from the request's ``tools``/``tool_choice`` to a
+prompt instruction and a grammar, and from the generated text back to OpenAI ``tool_calls``.
+
+How a call comes about:
+
+* the tools are described to the model in a system instruction (every family understands
+  plain text; families with a native tool syntax still parse it through ``parse_tool_calls``);
+* ``tool_choice = "required"`` or a named function: a grammar forces the answer to be one
+  call ``{"name": ..., "arguments": {...}}`` whose arguments match that tool's parameters
+  schema — so the arguments are always valid JSON;
+* ``"auto"``: the model answers freely; the family's ``parse_tool_calls`` hook, else the
+  generic parser (an answer that is a JSON call, optionally in a code fence), finds calls;
+* ``"none"`` (or no tools): plain chat.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from .errors import InvalidRequest
+from .structured_output import grammar_for
+
+FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ToolPolicy:
+    tools: tuple[Mapping[str, Any], ...]  # the request's tools (type "function")
+    choice: str  # "auto" | "required" | "named"
+    name: str | None = None  # the function tool_choice names
+
+    @property
+    def names(self) -> list[str]:
+        return [t["function"]["name"] for t in self.tools]
+
+
+def tool_policy(body: Mapping[str, Any]) -> ToolPolicy | None:
+    """The request's tool policy, or None when no tool may be called."""
+    tools = tuple(body.get("tools") or ())
+    choice = body.get("tool_choice")
+    if not tools or choice == "none":
+        if isinstance(choice, dict) or choice == "required":
+            raise InvalidRequest("tool_choice names a tool, but the request has no tools.", param="tool_choice")
+        return None
+    if isinstance(choice, dict):
+        name = choice["function"]["name"]
+        if name not in [t["function"]["name"] for t in tools]:
+            raise InvalidRequest(f"tool_choice names '{name}', which is not among the tools.", param="tool_choice")
+        return ToolPolicy(tools, "named", name)
+    return ToolPolicy(tools, choice or "auto")
+
+
+def instruction(policy: ToolPolicy) -> str:
+    """The system text that describes the tools and how to call one."""
+    lines = ["You can call these functions:"]
+    for tool in policy.tools:
+        function = tool["function"]
+        lines.append(json.dumps({"name": function["name"], "description": function.get("description", ""),
+                                 "parameters": function.get("parameters", {})}, ensure_ascii=False))
+    if policy.choice == "named":
+        lines.append(f'Call the function "{policy.name}". Answer only with JSON: {{"name": "{policy.name}", "arguments": {{...}}}}.')
+    elif policy.choice == "required":
+        lines.append('Call one of the functions. Answer only with JSON: {"name": <function name>, "arguments": {...}}.')
+    else:
+        lines.append('To call a function, answer only with JSON: {"name": <function name>, "arguments": {...}}. '
+                     "Otherwise answer normally.")
+    return "\n".join(lines)
+
+
+def with_instruction(messages: Sequence[Mapping[str, Any]], policy: ToolPolicy) -> tuple[dict, ...]:
+    """The messages with the tool instruction added to the (first) system message."""
+    text = instruction(policy)
+    messages = [dict(m) for m in messages]
+    if messages and messages[0]["role"] == "system":
+        messages[0]["content"] = f"{messages[0]['content']}\n\n{text}"
+    else:
+        messages.insert(0, {"role": "system", "content": text})
+    return tuple(messages)
+
+
+def call_schema(policy: ToolPolicy) -> dict:
+    """JSON schema of one call to the allowed tool(s)."""
+    options = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": t["function"]["name"]}, "arguments": t["function"].get("parameters") or {"type": "object"}},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for t in policy.tools
+        if policy.choice != "named" or t["function"]["name"] == policy.name
+    ]
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def grammar(policy: ToolPolicy) -> str | None:
+    """A grammar that forces a call, for "required" and a named function; None for "auto"."""
+    if policy.choice == "auto":
+        return None
+    try:
+        return grammar_for({"type": "json_schema", "json_schema": {"schema": call_schema(policy)}})
+    except InvalidRequest as exc:
+        raise InvalidRequest(exc.message.replace("The JSON schema", "A tool's parameters schema"), param="tools") from None
+
+
+def new_call(name: str, arguments: Any) -> dict:
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def parse_generic(text: str, names: Sequence[str]) -> list[dict] | None:
+    """An answer that is one JSON call (or a list of calls) to known tools, possibly fenced."""
+    text = text.strip()
+    fenced = FENCE.match(text)
+    if fenced:
+        text = fenced.group(1)
+    if not text.startswith(("{", "[")):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    items = data if isinstance(data, list) else [data]
+    calls = []
+    for item in items:
+        if not isinstance(item, dict) or item.get("name") not in names:
+            return None
+        arguments = item.get("arguments", item.get("parameters", {}))
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                return None
+        if not isinstance(arguments, dict):
+            return None
+        calls.append(new_call(item["name"], arguments))
+    return calls or None
+
+
+def find_calls(pm, model, text: str, policy: ToolPolicy) -> list[dict] | None:
+    """The tool calls in an answer: the family's syntax first, then the generic JSON form.
+    Calls to functions that were not offered are not calls."""
+    calls = pm.hook.parse_tool_calls(model=model, text=text)
+    if calls:
+        calls = [c for c in calls if c.get("function", {}).get("name") in policy.names]
+        if calls:
+            return [new_call(c["function"]["name"], c["function"].get("arguments", "{}")) if not c.get("id") else c for c in calls]
+    return parse_generic(text, policy.names)
