@@ -19,6 +19,7 @@ def build_generation(pm, model: ModelInfo, chat: ChatRequest) -> GenerationReque
         sampling=chat.sampling,
         max_tokens=chat.max_tokens,
         stop=tuple(dict.fromkeys(chat.stop + family_stops)),
+        logprobs=chat.logprobs,
     )
 
 

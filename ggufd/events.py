@@ -26,6 +26,16 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log probability (and its most likely alternatives), when asked for."""
+
+    token: str
+    bytes: tuple[int, ...]
+    logprob: float
+    top: tuple[tuple[str, tuple[int, ...], float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Finished:
     reason: str  # "stop" | "length" | "cancelled"
     prompt_tokens: int

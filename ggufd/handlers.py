@@ -18,7 +18,7 @@ from . import __version__
 from .chat import PassThrough, answer_filter, build_generation
 from .tools import find_calls
 from .engine import Overloaded
-from .events import Failed, Finished, Started, TextDelta
+from .events import Failed, Finished, Started, TextDelta, TokenLogprob
 from .errors import ApiError, ServerError
 from .security import check_bearer, cors_origin
 from .openai_format import (
@@ -26,6 +26,8 @@ from .openai_format import (
     TextChunkEncoder,
     apply_server_limits,
     chat_completion,
+    chat_logprobs,
+    completion_logprobs,
     decode_json_body,
     dumps,
     new_completion_id,
@@ -208,7 +210,7 @@ def capabilities(info, settings) -> dict:
         "chat": True,
         "completions": True,
         "embeddings": False,
-        "tools": False,
+        "tools": True,
         "json_schema": True,
         "logit_bias": True,
         "context_length": settings.n_ctx or info.metadata.context_length,
@@ -265,6 +267,7 @@ class GenerationHandler(BaseHandler):
     answer = PassThrough  # the answer filter (chat models may split reasoning from content)
     prefix = ""  # text returned before the generated text (completions with echo)
     hold_content = False  # stream content only at the end (it may turn out to be a tool call)
+    logprobs: list | None = None  # TokenLogprob events, when the request asked for logprobs
 
     async def post(self) -> None:
         self.state.active.add(self)
@@ -343,6 +346,8 @@ class GenerationHandler(BaseHandler):
                 if isinstance(event, TextDelta):
                     self._note_text(event.text)
                     take(self.answer.feed(event.text))
+                elif isinstance(event, TokenLogprob):
+                    self.logprobs.append(event)
                 elif isinstance(event, Finished):
                     take(self.answer.finish())
                     self._note_finish(event)
@@ -371,11 +376,14 @@ class GenerationHandler(BaseHandler):
             await self.flush()
             while True:
                 out = []
+                token_logprobs = [] if self.logprobs is not None else None
                 finished = None
                 for event in events:
                     if isinstance(event, TextDelta):
                         self._note_text(event.text)
                         out.append(event.text)
+                    elif isinstance(event, TokenLogprob):
+                        token_logprobs.append(event)
                     elif isinstance(event, Finished):
                         finished = event
                     elif isinstance(event, Failed):
@@ -391,8 +399,8 @@ class GenerationHandler(BaseHandler):
                     self.write(encoder.reasoning(reasoning))
                 if self.hold_content:
                     held.append(content)
-                elif content:
-                    self.write(encoder.content(content))
+                elif content or token_logprobs:
+                    self.write(encoder.content(content, logprobs=token_logprobs))
                 if finished is not None:
                     self._note_finish(finished)
                     if finished.reason == "cancelled":
@@ -461,6 +469,7 @@ class ChatCompletionsHandler(GenerationHandler):
         self.answer = answer_filter(self.state.plugins, model)
         self.model, self.tool_policy = model, chat.tool_policy
         self.hold_content = chat.tool_policy is not None
+        self.logprobs = [] if chat.logprobs is not None else None
         return model, build_generation(self.state.plugins, model, chat), chat.stream, chat.include_usage
 
     def find_calls(self, text: str) -> list | None:
@@ -482,7 +491,7 @@ class ChatCompletionsHandler(GenerationHandler):
     def result(self, completion_id, model_id, text, reason, prompt_tokens, completion_tokens, reasoning) -> dict:
         calls = self.find_calls(text) if reason != "length" else None
         return chat_completion(completion_id, int(time.time()), model_id, text, reason, prompt_tokens, completion_tokens,
-                               reasoning=reasoning, tool_calls=calls)
+                               reasoning=reasoning, tool_calls=calls, logprobs=chat_logprobs(self.logprobs))
 
 
 class CompletionsHandler(GenerationHandler):
@@ -500,11 +509,13 @@ class CompletionsHandler(GenerationHandler):
         if config.log_content:
             self.log_fields["prompt"] = completion.prompt
         self.prefix = completion.prompt if completion.echo else ""
+        self.logprobs = [] if completion.logprobs is not None else None
         request = GenerationRequest(
             prompt=ChatPrompt(text=completion.prompt, add_bos=True),
             sampling=completion.sampling,
             max_tokens=completion.max_tokens,
             stop=completion.stop,
+            logprobs=completion.logprobs,
         )
         return model, request, completion.stream, completion.include_usage
 
@@ -514,7 +525,8 @@ class CompletionsHandler(GenerationHandler):
         return TextChunkEncoder(completion_id, model_id)
 
     def result(self, completion_id, model_id, text, reason, prompt_tokens, completion_tokens, reasoning) -> dict:
-        return text_completion(completion_id, int(time.time()), model_id, text, reason, prompt_tokens, completion_tokens)
+        return text_completion(completion_id, int(time.time()), model_id, text, reason, prompt_tokens, completion_tokens,
+                               logprobs=completion_logprobs(self.logprobs, len(self.prefix)))
 
 
 class AdminModelHandler(BaseHandler):

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import structlog
 
 from .devices import Placement, heartbeat
-from .events import Finished, Started, TextDelta, deliver_events
+from .events import Finished, Started, TextDelta, TokenLogprob, deliver_events
 from .errors import ApiError, ContextLengthExceeded, InvalidRequest
 from .text_stream import TextAssembler
 from .types import GenerationRequest, SamplingParams
@@ -386,9 +386,35 @@ class BatchRunner:
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
         for index, sequence in wants_logits:
+            logprobs = self._logprobs(index) if sequence.request.logprobs is not None else None
             token = llama_cpp.llama_sampler_sample(sequence.sampler, model.ctx, index)
+            if logprobs is not None and not llama_cpp.llama_vocab_is_eog(model.vocab, token):
+                self._outbox.append((sequence.generation, self._token_logprob(token, logprobs, sequence.request.logprobs)))
             self._accept(sequence, token)
         self._deliver()
+
+    def _logprobs(self, index: int):
+        """log-softmax of the model's logits for batch entry ``index`` (before any sampler)."""
+        import llama_cpp
+        import numpy as np
+
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.model.ctx, index), shape=(self.model.n_vocab,)).astype(np.float64)
+        shifted = logits - logits.max()
+        return shifted - np.log(np.exp(shifted).sum())
+
+    def _token_logprob(self, token: int, logprobs, top_n: int) -> TokenLogprob:
+        import numpy as np
+
+        def entry(t: int) -> tuple[str, tuple[int, ...], float]:
+            data = self.model.token_bytes(int(t))
+            return data.decode("utf-8", errors="replace"), tuple(data), float(logprobs[t])
+
+        top = ()
+        if top_n:
+            best = np.argpartition(-logprobs, top_n)[:top_n]
+            top = tuple(entry(t) for t in best[np.argsort(-logprobs[best])])
+        text, data, logprob = entry(token)
+        return TokenLogprob(text, data, logprob, top)
 
     def _deliver(self) -> None:
         """Hand this step's text to the event loop in one wake-up, not one per sequence: every

@@ -24,8 +24,6 @@ SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "
 #: fields that change the answer's meaning; until they are implemented they are refused, never ignored.
 UNSUPPORTED = {
     "functions": "functions",
-    "logprobs": "logprobs",
-    "top_logprobs": "top_logprobs",
 }
 
 
@@ -41,6 +39,7 @@ class ChatRequest:
     max_tokens_given: bool = False  # max_tokens/max_completion_tokens was sent (even as -1/null)
     stop_given: bool = False
     tool_policy: ToolPolicy | None = None  # tools may be called
+    logprobs: int | None = None  # None: off; N: with N alternatives per token
 
 
 def decode_json_body(raw: bytes) -> dict:
@@ -135,10 +134,13 @@ def parse_chat_request(body: dict, defaults: Mapping[str, Any] | None = None) ->
         if forced and grammar:
             raise InvalidRequest("response_format cannot be combined with a forced tool_choice.", param="response_format")
         grammar = forced or grammar
+    if body.get("top_logprobs") is not None and not body.get("logprobs"):
+        raise InvalidRequest("top_logprobs needs logprobs: true.", param="top_logprobs")
     chat = ChatRequest(
         model=body.get("model"),
         messages=messages,
         tool_policy=policy,
+        logprobs=(body.get("top_logprobs") or 0) if body.get("logprobs") else None,
         sampling=sampling_from(body, grammar=grammar),
         max_tokens=None if max_tokens == -1 else max_tokens,
         stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
@@ -192,6 +194,7 @@ class CompletionRequest:
     echo: bool = False
     max_tokens_given: bool = False
     stop_given: bool = False
+    logprobs: int | None = None
 
 
 #: OpenAI's default for the legacy completions API when max_tokens is not sent.
@@ -206,7 +209,7 @@ def parse_completion_request(body: dict) -> CompletionRequest:
         if len(prompt) != 1 or not isinstance(prompt[0], str):
             raise InvalidRequest("Only one prompt string per request is supported (no batches, no token arrays).", param="prompt")
         prompt = prompt[0]
-    for key in ("suffix", "logprobs"):
+    for key in ("suffix",):
         if body.get(key) not in (None, False, {}):
             raise InvalidRequest(f"'{key}' is not supported by this server yet.", param=key)
     for key in ("n", "best_of"):
@@ -224,6 +227,7 @@ def parse_completion_request(body: dict) -> CompletionRequest:
         stream=bool(body.get("stream")),
         include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
         echo=bool(body.get("echo")),
+        logprobs=body.get("logprobs"),
         max_tokens_given=max_given,
         stop_given=stop is not None,
     )
@@ -233,13 +237,15 @@ def new_text_completion_id() -> str:
     return f"cmpl-{uuid.uuid4().hex}"
 
 
-def text_completion(completion_id: str, created: int, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> dict:
+def text_completion(
+    completion_id: str, created: int, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int, logprobs: dict | None = None
+) -> dict:
     return {
         "id": completion_id,
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}],
         "usage": usage(prompt_tokens, completion_tokens),
     }
 
@@ -252,9 +258,38 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
 
 
+def chat_logprobs(entries) -> dict | None:
+    """TokenLogprob events -> the chat ``logprobs`` object (None when none were asked for)."""
+    if entries is None:
+        return None
+    return {
+        "content": [
+            {"token": e.token, "logprob": e.logprob, "bytes": list(e.bytes),
+             "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(b)} for t, b, lp in e.top]}
+            for e in entries
+        ]
+    }
+
+
+def completion_logprobs(entries, offset: int = 0) -> dict | None:
+    """TokenLogprob events -> the legacy completions ``logprobs`` object."""
+    if entries is None:
+        return None
+    offsets, position = [], offset
+    for e in entries:
+        offsets.append(position)
+        position += len(e.token)
+    return {
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{t: lp for t, _, lp in e.top} for e in entries],
+        "text_offset": offsets,
+    }
+
+
 def chat_completion(
     completion_id: str, created: int, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int,
-    reasoning: str = "", tool_calls: list | None = None,
+    reasoning: str = "", tool_calls: list | None = None, logprobs: dict | None = None,
 ) -> dict:
     message = {"role": "assistant", "content": text}
     if reasoning:
@@ -271,7 +306,7 @@ def chat_completion(
             {
                 "index": 0,
                 "message": message,
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": finish_reason,
             }
         ],
@@ -291,14 +326,18 @@ class ChunkEncoder:
         chunk = {"id": self.completion_id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": choices, **extra}
         return b"data: " + dumps(chunk) + b"\n\n"
 
-    def delta(self, delta: dict, finish_reason: str | None = None) -> bytes:
-        return self._event([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
+    def delta(self, delta: dict, finish_reason: str | None = None, logprobs=None) -> bytes:
+        return self._event([{"index": 0, "delta": delta, "logprobs": self.format_logprobs(logprobs), "finish_reason": finish_reason}])
+
+    @staticmethod
+    def format_logprobs(entries):
+        return chat_logprobs(entries)
 
     def role(self) -> bytes:
         return self.delta({"role": "assistant", "content": ""})
 
-    def content(self, text: str) -> bytes:
-        return self.delta({"content": text})
+    def content(self, text: str, logprobs=None) -> bytes:
+        return self.delta({"content": text}, logprobs=logprobs)
 
     def reasoning(self, text: str) -> bytes:
         return self.delta({"reasoning_content": text})
@@ -332,8 +371,12 @@ class TextChunkEncoder(ChunkEncoder):
         chunk = {"id": self.completion_id, "object": "text_completion", "created": self.created, "model": self.model, "choices": choices, **extra}
         return b"data: " + dumps(chunk) + b"\n\n"
 
-    def delta(self, delta: dict, finish_reason: str | None = None) -> bytes:
-        return self._event([{"index": 0, "text": delta.get("content", ""), "logprobs": None, "finish_reason": finish_reason}])
+    def delta(self, delta: dict, finish_reason: str | None = None, logprobs=None) -> bytes:
+        return self._event([{"index": 0, "text": delta.get("content", ""), "logprobs": self.format_logprobs(logprobs), "finish_reason": finish_reason}])
+
+    @staticmethod
+    def format_logprobs(entries):
+        return completion_logprobs(entries)
 
     def role(self) -> bytes:
         return b""  # text completions have no role chunk

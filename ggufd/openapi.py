@@ -124,9 +124,10 @@ def response_components() -> dict[str, dict]:
                     "role": {"const": "assistant"},
                     "content": _nullable("string"),
                     "reasoning_content": {"type": "string"},
+                    "tool_calls": {"type": "array", "items": {"type": "object"}},
                 },
             },
-            "logprobs": {"type": "null"},
+            "logprobs": _nullable("object"),
             "finish_reason": finish_reason,
         },
     }
@@ -136,7 +137,7 @@ def response_components() -> dict[str, dict]:
         "properties": {
             "index": {"type": "integer"},
             "text": {"type": "string"},
-            "logprobs": {"type": "null"},
+            "logprobs": _nullable("object"),
             "finish_reason": finish_reason,
         },
     }

@@ -89,3 +89,4 @@ class GenerationRequest:
     sampling: SamplingParams
     max_tokens: int | None  # None: until end of sequence or end of context
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: off; N: each token's logprob and its N most likely alternatives

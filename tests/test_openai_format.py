@@ -191,8 +191,6 @@ def test_stream_and_include_usage():
     "field, value",
     [
         ("functions", [{"name": "f"}]),
-        ("logprobs", True),
-        ("top_logprobs", 3),
     ],
 )
 def test_unsupported_fields_are_refused_naming_the_field(field, value):
