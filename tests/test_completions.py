@@ -77,7 +77,7 @@ def test_stop_strings_and_a_list_prompt(client):
         ({"prompt": "x", "suffix": "y"}, "suffix"),
         ({"prompt": "x", "n": 2}, "n"),
         ({"prompt": "x", "best_of": 3}, "best_of"),
-        ({"prompt": "x", "logprobs": 2}, "logprobs"),
+        ({"prompt": "x", "logprobs": 9}, "logprobs"),
         ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
         ({"prompt": "x", "temperature": 9}, "temperature"),
     ],
