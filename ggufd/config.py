@@ -65,6 +65,8 @@ class LlamaSettings:
     n_threads: int = 0  # 0: one per available core
     parallel: int = 4  # sequences decoded together (continuous batching); each gets n_ctx tokens
     flash_attn: bool | str = "auto"  # llama.cpp decides per device; true/false force it
+    embedding: bool = False  # serve /v1/embeddings (and nothing else) from this model
+    gguf_pooling: bool = False  # the GGUF names its own pooling (an embedding model by design)
 
     @property
     def threads(self) -> int:
@@ -124,6 +126,7 @@ class Config:
             n_threads=options.get("n_threads", base.n_threads),
             parallel=options.get("parallel", base.parallel),
             flash_attn=options.get("flash_attn", base.flash_attn),
+            embedding=options.get("embedding", base.embedding),
         )
 
 

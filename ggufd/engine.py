@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 import structlog
@@ -102,6 +102,14 @@ class ModelSlot:
         return data
 
 
+def embedding_aware(settings, info: ModelInfo):
+    """A GGUF that names a pooling type is an embedding model, whatever the config says."""
+    pooling = info.metadata.get(f"{info.metadata.architecture}.pooling_type")
+    if pooling is not None and pooling != 0:
+        return replace(settings, embedding=True, gguf_pooling=True)
+    return settings
+
+
 class Engine:
     def __init__(
         self,
@@ -162,6 +170,19 @@ class Engine:
         try:
             await self._ensure_loaded(slot, None)
             return await asyncio.to_thread(fn, slot.llama)
+        finally:
+            self._release(slot)
+
+    def is_embedding_model(self, info: ModelInfo) -> bool:
+        return embedding_aware(self._settings_for(info), info).embedding
+
+    async def embed(self, info: ModelInfo, inputs: list) -> tuple[list[list[float]], int]:
+        """Embeddings on the model's device thread (the context is not thread-safe)."""
+        slot = self._slot(info)
+        slot.pending += 1
+        try:
+            await self._ensure_loaded(slot, None)
+            return await self._devices.run(slot.placement.device, slot.llama.embed, inputs)
         finally:
             self._release(slot)
 
@@ -237,7 +258,7 @@ class Engine:
     def _apply_settings(self, slot: ModelSlot) -> None:
         """(Re)compute load settings, placement and memory need from the slot's current info.
         Done while the model is not loaded, so changed settings apply on the next load."""
-        settings = self._settings_for(slot.info)
+        settings = embedding_aware(self._settings_for(slot.info), slot.info)
         slot.settings = settings
         slot.placement = placement_for(slot.info.options, settings.n_gpu_layers, self.gpu_available, slot.id)
         slot.need_bytes = estimate_model_bytes(slot.info.metadata, slot.info.path, settings.n_ctx, settings.parallel)

@@ -28,6 +28,8 @@ from .openai_format import (
     chat_completion,
     chat_logprobs,
     completion_logprobs,
+    embedding_inputs,
+    embeddings_response,
     decode_json_body,
     dumps,
     new_completion_id,
@@ -204,15 +206,16 @@ class HealthHandler(BaseHandler):
         )
 
 
-def capabilities(info, settings) -> dict:
+def capabilities(info, settings, embedding: bool) -> dict:
     """What a client can use with this model (GET /v1/models/{id})."""
     return {
-        "chat": True,
-        "completions": True,
-        "embeddings": False,
-        "tools": True,
-        "json_schema": True,
-        "logit_bias": True,
+        "chat": not embedding,
+        "completions": not embedding,
+        "embeddings": embedding,
+        "tools": not embedding,
+        "json_schema": not embedding,
+        "logit_bias": not embedding,
+        "logprobs": not embedding,
         "context_length": settings.n_ctx or info.metadata.context_length,
         "parallel": settings.parallel,
     }
@@ -248,7 +251,7 @@ class ModelsHandler(BaseHandler):
 
         def describe(info) -> dict:
             data = model_object(info, self.state.config.models_dir, info.id in loaded)
-            data["capabilities"] = capabilities(info, self.state.config.model_settings(info.options))
+            data["capabilities"] = capabilities(info, self.state.config.model_settings(info.options), self.state.engine.is_embedding_model(info))
             return data
 
         if model_id is not None:
@@ -297,6 +300,8 @@ class GenerationHandler(BaseHandler):
     async def _post(self) -> None:
         body = self.json_body()
         model, request, stream, include_usage = self.build(body, self.state.config)
+        if self.state.engine.is_embedding_model(model):
+            raise ApiError(400, f"The model '{model.id}' is an embedding model; use POST /v1/embeddings.", param="model", code="wrong_model_type")
         self.generation = self.state.engine.start(model, request)
 
         # Wait for the prompt to be accepted: errors such as context_length_exceeded
@@ -600,3 +605,24 @@ class TokenizeHandler(BaseHandler):
             raise ApiError(400, "Send 'input' (text) or 'messages' (a chat).", param="input")
         tokens = await engine.with_model(model, lambda loaded: loaded.tokenize(text, add_bos))
         self.write_json({"count": len(tokens)} if action == "tokenize/count" else {"tokens": tokens, "count": len(tokens)})
+
+
+class EmbeddingsHandler(BaseHandler):
+    """``POST /v1/embeddings`` for embedding models (``embedding = true``, or a GGUF with pooling)."""
+
+    endpoint = "embeddings"
+
+    async def post(self) -> None:
+        body = self.json_body()
+        validate(body, "embeddings")
+        model = self.state.registry.get(body.get("model"))
+        self.log_fields["model"] = model.id
+        if not self.state.engine.is_embedding_model(model):
+            raise ApiError(400, f"The model '{model.id}' is not an embedding model (set embedding = true in its config to use it for embeddings).",
+                           param="model", code="wrong_model_type")
+        if body.get("dimensions") is not None:
+            raise ApiError(400, "'dimensions' is not supported: the model's own size is returned.", param="dimensions")
+        inputs = embedding_inputs(body["input"])
+        vectors, used = await self.state.engine.embed(model, inputs)
+        self.log_fields["prompt_tokens"] = used
+        self.write_json(embeddings_response(model.id, vectors, used, body.get("encoding_format") or "float"))

@@ -115,7 +115,8 @@ def make_sampler(s: SamplingParams, n_vocab: int, vocab=None):
 class LoadedModel:
     """A llama.cpp model and its context with ``parallel`` sequences (each ``n_ctx`` long)."""
 
-    def __init__(self, path: str, settings, placement: Placement, on_progress: Callable[[float], None] | None = None) -> None:
+    def __init__(self, path: str, settings, placement: Placement, on_progress: Callable[[float], None] | None = None,
+                 embedding: bool = False) -> None:
         import llama_cpp
 
         model_params = llama_cpp.llama_model_default_params()
@@ -135,13 +136,19 @@ class LoadedModel:
         self.model = llama_cpp.llama_model_load_from_file(path.encode("utf-8"), model_params)
         if not self.model:
             raise ValueError("llama.cpp could not load the model file")
-        self.parallel = max(1, settings.parallel)
+        self.embedding = embedding
+        self.parallel = 1 if embedding else max(1, settings.parallel)
         n_ctx = settings.n_ctx or llama_cpp.llama_model_n_ctx_train(self.model)
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_ctx = n_ctx * self.parallel
-        ctx_params.n_batch = settings.n_batch
-        ctx_params.n_ubatch = settings.n_batch
+        # an embedding input is decoded in one batch: the batch holds a whole context
+        ctx_params.n_batch = n_ctx if embedding else settings.n_batch
+        ctx_params.n_ubatch = ctx_params.n_batch
         ctx_params.n_seq_max = self.parallel
+        if embedding:
+            ctx_params.embeddings = True
+            if not settings.gguf_pooling:  # a chat model used for embeddings: average its token states
+                ctx_params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
         ctx_params.n_threads = settings.threads
         ctx_params.n_threads_batch = settings.threads
         ctx_params.flash_attn_type = {"auto": -1, False: 0, True: 1}[settings.flash_attn]
@@ -184,6 +191,36 @@ class LoadedModel:
                 return buffer.raw[:n]
             size = -n
 
+    def embed(self, inputs: list) -> tuple[list[list[float]], int]:
+        """Mean-pooled (or the model's own pooling), L2-normalised embeddings of each input
+        (a string or a list of token ids); returns them and the number of tokens used."""
+        import llama_cpp
+        import numpy as np
+
+        vectors, used = [], 0
+        n_embd = llama_cpp.llama_model_n_embd(self.model)
+        for index, item in enumerate(inputs):
+            tokens = self.tokenize(item, True) if isinstance(item, str) else list(item)
+            if not tokens or len(tokens) > self.n_ctx:
+                raise InvalidRequest(f"Input {index} has {len(tokens)} tokens; this model embeds 1 to {self.n_ctx}.", param="input")
+            if any(not 0 <= t < self.n_vocab for t in tokens):
+                raise InvalidRequest(f"Input {index} has a token outside the vocabulary.", param="input")
+            heartbeat()
+            llama_cpp.llama_memory_clear(self.memory, True)
+            batch = self.batch
+            for i, token in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, i, 1, True
+                batch.seq_id[i][0] = 0
+            batch.n_tokens = len(tokens)
+            if llama_cpp.llama_decode(self.ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed while embedding")
+            pointer = llama_cpp.llama_get_embeddings_seq(self.ctx, 0)
+            vector = np.ctypeslib.as_array(pointer, shape=(n_embd,)).astype(np.float64)
+            norm = np.linalg.norm(vector)
+            vectors.append((vector / norm if norm > 0 else vector).tolist())
+            used += len(tokens)
+        return vectors, used
+
     def detokenize(self, tokens: list[int]) -> str:
         bad = next((token for token in tokens if not 0 <= token < self.n_vocab), None)
         if bad is not None:  # llama.cpp does not check token ids
@@ -210,7 +247,7 @@ class LoadedModel:
 
 
 def load_model(path: str, settings, placement: Placement, on_progress: Callable[[float], None] | None = None) -> LoadedModel:
-    return LoadedModel(path, settings, placement, on_progress)
+    return LoadedModel(path, settings, placement, on_progress, embedding=settings.embedding)
 
 
 def free_model(model: LoadedModel) -> None:

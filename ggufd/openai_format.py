@@ -250,6 +250,32 @@ def text_completion(
     }
 
 
+def embedding_inputs(value) -> list:
+    """``input`` as a list of strings or token-id lists (already schema-validated)."""
+    if isinstance(value, str):
+        return [value]
+    if value and all(isinstance(v, int) for v in value):
+        return [value]  # one input given as token ids
+    return list(value)
+
+
+def embeddings_response(model: str, vectors: list[list[float]], prompt_tokens: int, encoding_format: str) -> dict:
+    import base64
+    import struct
+
+    def encode(vector: list[float]):
+        if encoding_format == "base64":  # little-endian float32, as OpenAI sends it
+            return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+        return vector
+
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
+
+
 def new_completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 

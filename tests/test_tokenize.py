@@ -48,5 +48,5 @@ def test_bad_tokenize_requests_are_400(tiny_daemon, path, body, param):
 
 def test_models_report_their_capabilities(tiny_daemon):
     model = json.loads(request(tiny_daemon.url, path="/v1/models/tiny")[2])
-    assert model["capabilities"] == {"chat": True, "completions": True, "embeddings": False, "tools": False,
-                                     "json_schema": True, "logit_bias": True, "context_length": 512, "parallel": 4}
+    assert model["capabilities"] == {"chat": True, "completions": True, "embeddings": False, "tools": True,
+                                     "json_schema": True, "logit_bias": True, "logprobs": True, "context_length": 512, "parallel": 4}
