@@ -32,6 +32,7 @@ from .handlers import (
     MetricsHandler,
     ModelsHandler,
     NotFoundHandler,
+    OpenAPIHandler,
     PluginsHandler,
     TokenizeHandler,
 )
@@ -89,6 +90,7 @@ def make_app(state: AppState) -> tornado.web.Application:
             (r"/metrics", MetricsHandler, kwargs),
             (r"/extras/(tokenize|tokenize/count|detokenize)", TokenizeHandler, kwargs),
             (r"/-/plugins", PluginsHandler, kwargs),
+            (r"/openapi.json", OpenAPIHandler, kwargs),
         ],
         default_handler_class=NotFoundHandler,
         default_handler_args=kwargs,

@@ -626,3 +626,17 @@ class EmbeddingsHandler(BaseHandler):
         vectors, used = await self.state.engine.embed(model, inputs)
         self.log_fields["prompt_tokens"] = used
         self.write_json(embeddings_response(model.id, vectors, used, body.get("encoding_format") or "float"))
+
+
+class OpenAPIHandler(BaseHandler):
+    """``GET /openapi.json``: the API described from the committed request schemas."""
+
+    endpoint = "openapi"
+
+    def is_public(self) -> bool:
+        return True
+
+    def get(self) -> None:
+        from .openapi import openapi_document
+
+        self.write_json(openapi_document())

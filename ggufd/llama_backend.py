@@ -108,7 +108,7 @@ def make_sampler(s: SamplingParams, n_vocab: int, vocab=None):
         add(llama_cpp.llama_sampler_init_top_p(s.top_p if s.top_p is not None else 0.95, 1))
         add(llama_cpp.llama_sampler_init_min_p(s.min_p if s.min_p is not None else 0.05, 1))
         add(llama_cpp.llama_sampler_init_temp(temperature))
-        add(llama_cpp.llama_sampler_init_dist(s.seed if s.seed is not None else random.getrandbits(32)))
+        add(llama_cpp.llama_sampler_init_dist(s.seed if s.seed is not None and s.seed >= 0 else random.getrandbits(32)))
     return chain
 
 

@@ -23,6 +23,7 @@ REQUEST_SCHEMAS = {
     "chat_completions": "ChatCompletionsRequest",
     "completions": "CompletionsRequest",
     "tokenize": "TokenizeRequest",
+    "embeddings": "EmbeddingsRequest",
 }
 
 JSON = "application/json"
@@ -66,7 +67,10 @@ def request_components() -> dict[str, dict]:
 
     A ``$def`` keeps its name (``message``, ``max_tokens``...) and is shared when two request
     schemas define it identically; a different definition under a taken name gets the
-    request's component name as a prefix.
+    request's component name as a prefix (``CompletionsRequest_x``). (A definition that holds
+    references is compared after rewriting, so it is never taken for another schema's and is
+    prefixed on its second use: sharing it could point its references at the wrong schema's
+    definitions.)
     """
     components: dict[str, dict] = {}
     for schema_name, component in REQUEST_SCHEMAS.items():
@@ -211,6 +215,34 @@ def response_components() -> dict[str, dict]:
             "required": ["count"],
             "properties": {"count": {"type": "integer", "minimum": 0}},
         },
+        "EmbeddingList": {
+            "type": "object",
+            "required": ["object", "data", "model", "usage"],
+            "properties": {
+                "object": {"const": "list"},
+                "data": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["object", "index", "embedding"],
+                        "properties": {
+                            "object": {"const": "embedding"},
+                            "index": {"type": "integer", "minimum": 0},
+                            "embedding": {
+                                "description": "floats, or base64 of little-endian float32 with encoding_format 'base64'",
+                                "anyOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string"}],
+                            },
+                        },
+                    },
+                },
+                "model": {"type": "string"},
+                "usage": {
+                    "type": "object",
+                    "required": ["prompt_tokens", "total_tokens"],
+                    "properties": {"prompt_tokens": {"type": "integer", "minimum": 0}, "total_tokens": {"type": "integer", "minimum": 0}},
+                },
+            },
+        },
         "DetokenizeResponse": {
             "type": "object",
             "required": ["text"],
@@ -270,6 +302,7 @@ def _build() -> dict:
         "paths": {
             "/v1/chat/completions": _post("Chat completion", "createChatCompletion", "ChatCompletionsRequest", _ref("ChatCompletion"), stream=True),
             "/v1/completions": _post("Text completion (legacy)", "createCompletion", "CompletionsRequest", _ref("TextCompletion"), stream=True),
+            "/v1/embeddings": _post("Embeddings (embedding models only)", "createEmbedding", "EmbeddingsRequest", _ref("EmbeddingList")),
             "/extras/tokenize": _post("Tokenize text or a chat", "tokenize", "TokenizeRequest", _ref("TokenizeResponse")),
             "/extras/tokenize/count": _post("Count the tokens of text or a chat", "countTokens", "TokenizeRequest", _ref("TokenCountResponse")),
             "/extras/detokenize": _post("Token ids to text", "detokenize", "TokenizeRequest", _ref("DetokenizeResponse")),

@@ -9,6 +9,7 @@ request cannot make the server build a huge grammar (it gets a 400 at once inste
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from .errors import InvalidRequest
@@ -18,6 +19,8 @@ MAX_DEPTH = 16
 MAX_REPEAT = 256  # minItems/maxItems/minLength/maxLength/minProperties/maxProperties above this are refused
 MAX_GRAMMAR_BYTES = 256 * 1024
 REPEAT_KEYS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties")
+#: escapes in a regex ``pattern`` that name a control character (\x00-\x1f, \u0000-\u001f, \0, \c.)
+CONTROL_ESCAPE = re.compile(r"\\(x[01][0-9a-fA-F]|u00[01][0-9a-fA-F]|0|c[A-Za-z])")
 
 JSON_OBJECT_GRAMMAR = r'''
 root   ::= object
@@ -30,7 +33,18 @@ ws ::= | " " | "\n" [ \t]{0,20}
 '''
 
 
+def _check_text(text: str, path: str) -> None:
+    """llama.cpp's grammar engine cannot match control characters: a grammar that requires one
+    (U+0000 aborts the whole process inside llama.cpp) is refused here."""
+    if any(ord(ch) < 0x20 for ch in text) or CONTROL_ESCAPE.search(text):
+        raise InvalidRequest(f"The JSON schema requires a control character at '{path or '/'}', which constrained output cannot produce.",
+                             param="response_format.json_schema.schema")
+
+
 def _check(node: Any, depth: int, path: str) -> None:
+    if isinstance(node, str):
+        _check_text(node, path)
+        return
     if depth > MAX_DEPTH:
         raise InvalidRequest(f"The JSON schema is nested more than {MAX_DEPTH} levels deep.", param="response_format.json_schema.schema")
     if isinstance(node, dict):
@@ -40,6 +54,7 @@ def _check(node: Any, depth: int, path: str) -> None:
                 raise InvalidRequest(f"'{key}' = {value} at '{path or '/'}' is too large for grammar-constrained output (at most {MAX_REPEAT}).",
                                      param="response_format.json_schema.schema")
         for key, value in node.items():
+            _check_text(key, f"{path}/{key}")
             _check(value, depth + 1, f"{path}/{key}")
     elif isinstance(node, list):
         for index, value in enumerate(node):

@@ -185,7 +185,7 @@ def test_stop_of_wrong_type():
         {"messages": [USER, {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}]},
         {"messages": [{"role": "developer", "content": "be brief"}, USER]},
         {"messages": [{"role": "tool", "content": "42", "tool_call_id": "call_1"}]},
-        {"messages": [USER], "model": None, "stream": None, "stream_options": None, "n": 1, "seed": -5},
+        {"messages": [USER], "model": None, "stream": None, "stream_options": None, "n": 1, "seed": -1},
         body(stream=True, stream_options={"include_usage": True}),
     ],
 )
