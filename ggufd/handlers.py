@@ -135,6 +135,9 @@ class BaseHandler(tornado.web.RequestHandler):
         else:
             error = ServerError()
         self.set_status(error.status)
+        if error.status == 405:  # RFC 9110: say which methods the resource has
+            own = [m for m in ("GET", "POST", "OPTIONS") if getattr(type(self), m.lower()) is not getattr(tornado.web.RequestHandler, m.lower())]
+            self.set_header("Allow", ", ".join(own))
         for name, value in error.headers.items():
             self.set_header(name, value)
         self.set_header("Content-Type", "application/json")

@@ -316,8 +316,9 @@ def test_wrong_content_type_is_415(tiny_daemon):
 def test_unknown_path_and_wrong_method_are_json(tiny_daemon):
     status, _, _ = response = request(tiny_daemon.url, path="/v2/nothing")
     assert status == 404 and error_of(response)["code"] == "not_found"
-    status, _, _ = response = request(tiny_daemon.url, path="/v1/chat/completions")
+    status, headers, _ = response = request(tiny_daemon.url, path="/v1/chat/completions")
     assert status == 405 and error_of(response)["type"] == "invalid_request_error"
+    assert headers["allow"] == "POST, OPTIONS"
 
 
 def test_errors_never_leak_paths_or_tracebacks(tiny_daemon):
