@@ -8,6 +8,7 @@ import pluggy
 
 from .errors import ApiError, InvalidRequest
 from .gguf_metadata import GGUFMetadata
+from .tools import tool_arguments
 from .types import ChatPrompt, ModelInfo, ModelSpec
 
 __version__ = "0.1.0"
@@ -23,4 +24,5 @@ __all__ = [
     "ModelSpec",
     "__version__",
     "hookimpl",
+    "tool_arguments",
 ]

@@ -107,6 +107,18 @@ def grammar(policy: ToolPolicy) -> str | None:
         raise InvalidRequest(exc.message.replace("The JSON schema", "A tool's parameters schema"), param="tools") from None
 
 
+def tool_arguments(value: Any) -> Any:
+    """Tool-call arguments as an object, for chat formats that render them: OpenAI sends a JSON
+    string, templates expect a dict; text that is not JSON stays text, None becomes {}.
+    Part of the public plugin API (``ggufd.tool_arguments``)."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value if value is not None else {}
+
+
 def new_call(name: str, arguments: Any) -> dict:
     if not isinstance(arguments, str):
         arguments = json.dumps(arguments, ensure_ascii=False)

@@ -64,19 +64,10 @@ def detect_family(metadata, spec):
     return None
 
 
-def _arguments(value):
-    """Tool-call arguments as an object: OpenAI sends a JSON string, templates expect a dict."""
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value if value is not None else {}
-
 
 def _tool_call(call) -> str:
     function = call.get("function") or call
-    arguments = json.dumps(_arguments(function.get("arguments")), ensure_ascii=False)
+    arguments = json.dumps(ggufd.tool_arguments(function.get("arguments")), ensure_ascii=False)
     return '<tool_call>\n{"name": "' + str(function.get("name", "")) + '", "arguments": ' + arguments + "}\n</tool_call>"
 
 

@@ -63,19 +63,10 @@ def _turn(role: str, content: str) -> str:
     return f"{START_HEADER}{role}{END_HEADER}\n\n{content}{END_OF_TURN}"
 
 
-def _arguments(value):
-    """Tool-call arguments as an object: OpenAI sends a JSON string, templates expect a dict."""
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value if value is not None else {}
-
 
 def _tool_call(call) -> str:
     function = call.get("function") or call
-    parameters = json.dumps(_arguments(function.get("arguments")), ensure_ascii=False)
+    parameters = json.dumps(ggufd.tool_arguments(function.get("arguments")), ensure_ascii=False)
     return '{"name": ' + json.dumps(function.get("name", ""), ensure_ascii=False) + ', "parameters": ' + parameters + "}"
 
 

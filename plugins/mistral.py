@@ -71,21 +71,12 @@ def style(metadata) -> str:
     return "v3"
 
 
-def _json_content(value):
-    """A JSON text as its value, any other text as a string (mistral-common's rule)."""
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value if value is not None else {}
-
 
 def _tool_calls(message) -> str:
     calls = []
     for call in message["tool_calls"]:
         function = call.get("function") or call
-        entry = {"name": function.get("name", ""), "arguments": _json_content(function.get("arguments"))}
+        entry = {"name": function.get("name", ""), "arguments": ggufd.tool_arguments(function.get("arguments"))}
         if call.get("id"):
             entry["id"] = call["id"]
         calls.append(entry)
@@ -93,7 +84,7 @@ def _tool_calls(message) -> str:
 
 
 def _tool_result(message) -> str:
-    result = {"content": _json_content(message["content"])}
+    result = {"content": ggufd.tool_arguments(message["content"])}
     if message.get("tool_call_id"):
         result["call_id"] = message["tool_call_id"]
     return json.dumps(result, ensure_ascii=False)
