@@ -28,21 +28,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+LOGIT_BIAS: dict[int, float] = {}  # --suppress-eos: the same bias for every system
 PROMPTS = json.loads((REPO / "bench" / "prompts.json").read_text())
-GEMMA_TURN = "<start_of_turn>{role}\n{content}<end_of_turn>\n"
 
 
-def gemma_prompt(messages: list[dict]) -> str:
-    """The same text the gemma plugin renders (used for the in-process baseline)."""
-    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-    turns = [m for m in messages if m["role"] != "system"]
-    out = []
-    for i, m in enumerate(turns):
-        content = m["content"]
-        if i == 0 and system:
-            content = f"{system}\n\n{content}"
-        out.append(GEMMA_TURN.format(role="model" if m["role"] == "assistant" else "user", content=content))
-    return "".join(out) + "<start_of_turn>model\n"
+_formatter = {}
+
+
+def chat_prompt(model: Path, messages: list[dict]):
+    """The prompt ggufd itself renders for ``messages`` (same plugins), so in-process baselines
+    process exactly the tokens the server does."""
+    if model not in _formatter:
+        from ggufd.config import Config
+        from ggufd.gguf_metadata import read_metadata
+        from ggufd.plugins import make_plugin_manager
+        from ggufd.types import ModelInfo, ModelSpec
+
+        pm = make_plugin_manager(Config(models_dir=model.parent))
+        spec = ModelSpec(id=model.stem, path=model)
+        metadata = read_metadata(model)
+        info = ModelInfo(spec=spec, metadata=metadata, family=pm.hook.detect_family(metadata=metadata, spec=spec) or "generic")
+        _formatter[model] = (pm, info)
+    pm, info = _formatter[model]
+    return pm.hook.format_chat(model=info, messages=messages)
 
 
 @dataclass
@@ -143,7 +151,7 @@ def start_ggufd(model: Path, args, workdir: Path) -> Server:
     config = workdir / "ggufd.toml"
     config.write_text(
         f'models_dir = "{models}"\nplugins_dir = "{REPO / "plugins"}"\nlog_level = "warning"\nmax_queue = 64\n'
-        f"[llama]\nn_ctx = {args.n_ctx}\nn_threads = {args.threads}\nparallel = {max(args.concurrency)}\n"
+        f"[llama]\nn_ctx = {args.n_ctx}\nn_threads = {args.threads}\nparallel = {max(args.concurrency)}\nn_gpu_layers = {args.n_gpu_layers}\n"
         f'[models."{model.stem}"]\npath = "{model}"\n'
     )
     return Server("ggufd", [sys.executable, "-m", "ggufd", "--config", str(config), "--port", str(port)], port)
@@ -194,8 +202,9 @@ def stream_one(client, model: str, messages: list[dict], max_tokens: int, counte
     text = []
     usage = None
     try:
+        extra = {"logit_bias": {str(k): v for k, v in LOGIT_BIAS.items()}} if LOGIT_BIAS else {}
         stream = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0,
-                                                stream=True, stream_options={"include_usage": True})
+                                                stream=True, stream_options={"include_usage": True}, **extra)
         for chunk in stream:
             if chunk.usage is not None:
                 usage = chunk.usage.completion_tokens
@@ -251,15 +260,15 @@ def bench_in_process(model: Path, args) -> list[Round]:
     """The ceiling: llama-cpp-python's own streaming create_completion, no HTTP."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(model), n_ctx=args.n_ctx, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    llm = llama_cpp.Llama(str(model), n_ctx=args.n_ctx, n_threads=args.threads, n_threads_batch=args.threads, n_gpu_layers=args.n_gpu_layers, verbose=False)
     rounds = []
     for i in range(args.repeats + 1):
-        prompt = gemma_prompt([{"role": "user", "content": PROMPTS["prompts"][i % len(PROMPTS["prompts"])]}])
+        prompt = chat_prompt(model, [{"role": "user", "content": PROMPTS["prompts"][i % len(PROMPTS["prompts"])]}]).text
         result = StreamResult()
         started = time.perf_counter()
         first = last = None
         tokens = 0
-        for chunk in llm.create_completion(prompt, max_tokens=args.max_tokens if i else 8, temperature=0, stream=True):
+        for chunk in llm.create_completion(prompt, max_tokens=args.max_tokens if i else 8, temperature=0, stream=True, logit_bias=LOGIT_BIAS or None):
             now = time.perf_counter()
             first = first or now
             last = now
@@ -270,6 +279,66 @@ def bench_in_process(model: Path, args) -> list[Round]:
             rounds.append(Round("llama-cpp-python in-process", 1, last - started, [result]))
     llm.close()
     return rounds
+
+
+def bench_in_process_batched(model: Path, args) -> list[Round]:
+    """ggufd's own batch runner without HTTP: the low-level llama_decode loop (one and many
+    sequences per step) that the server's rate is compared against. Text events are only
+    timestamped (no event loop consumes them), so this is the loop's own speed."""
+    import asyncio
+
+    from ggufd import llama_backend
+    from ggufd.config import LlamaSettings
+    from ggufd.devices import Placement
+    from ggufd.events import Generation, TextDelta
+    from ggufd.types import GenerationRequest, SamplingParams
+
+    llama_backend.configure_llama("error")
+    placement = Placement("gpu" if args.n_gpu_layers else "cpu", args.n_gpu_layers)
+    settings = LlamaSettings(n_ctx=args.n_ctx, n_threads=args.threads, parallel=max(args.concurrency), n_gpu_layers=args.n_gpu_layers)
+    loaded = llama_backend.load_model(str(model), settings, placement)
+    sampling = SamplingParams(temperature=0, logit_bias=tuple(LOGIT_BIAS.items()))
+    seen: dict[int, list[float]] = {}
+
+    def record(pairs) -> None:  # stands in for delivery to an event loop
+        now = time.perf_counter()
+        for generation, event in pairs:
+            if isinstance(event, TextDelta):
+                seen.setdefault(id(generation), []).append(now)
+
+    loop = asyncio.new_event_loop()  # never run: Generation needs one, nothing is delivered to it
+
+    def one_round(concurrency: int, max_tokens: int) -> Round:
+        seen.clear()
+        started = time.perf_counter()
+        jobs = []
+        for i in range(concurrency):
+            prompt = chat_prompt(model, [{"role": "user", "content": PROMPTS["prompts"][i % len(PROMPTS["prompts"])]}])
+            generation = Generation(loop)
+            jobs.append((generation, loaded.runner.submit(generation, GenerationRequest(prompt, sampling, max_tokens=max_tokens))[0]))
+        loaded.runner.run()
+        wall = time.perf_counter() - started
+        results = []
+        for generation, future in jobs:
+            times = seen.get(id(generation), [])
+            tokens = future.result().completion_tokens
+            rate = (tokens - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
+            results.append(StreamResult(ttft=(times[0] - started) if times else None, tokens=tokens, decode_rate=rate))
+        return Round("llama_decode loop in-process (batched)", concurrency, wall, results)
+
+    original = llama_backend.deliver_events
+    llama_backend.deliver_events = record
+    try:
+        one_round(1, 8)  # warm-up
+        rounds = []
+        for concurrency in args.concurrency:
+            for _ in range(args.repeats if concurrency == 1 else 1):
+                rounds.append(one_round(concurrency, args.max_tokens))
+        return rounds
+    finally:
+        llama_backend.deliver_events = original
+        loaded.close()
+        loop.close()
 
 
 def prefix_reuse(server: Server, model: Path, args) -> dict:
@@ -390,6 +459,10 @@ def targets(rows: list[dict], idle: dict | None) -> dict:
         ratio(f"ggufd {c} streams / ggufd 1 stream", get("ggufd", c, "aggregate_tok_s"), g1, threshold)
         for peer in ("example server (batched)", "llama-server", "llama_cpp.server"):
             ratio(f"ggufd / {peer}, {c} streams", get("ggufd", c, "aggregate_tok_s"), get(peer, c, "aggregate_tok_s"), 1.0)
+    batched = "llama_decode loop in-process (batched)"
+    ratio("ggufd / in-process llama_decode loop, one stream (decode rate)", get("ggufd", 1, "stream_tok_s_p50"), get(batched, 1, "stream_tok_s_p50"), 0.95)
+    for c in sorted({r["concurrency"] for r in rows if r["system"] == batched and r["concurrency"] > 1}):
+        ratio(f"ggufd / in-process llama_decode loop, {c} streams", get("ggufd", c, "aggregate_tok_s"), get(batched, c, "aggregate_tok_s"), 0.9)
     t8 = get("ggufd", 8, "ttft_ms_p50")
     if t8 is not None:
         result["ggufd TTFT p50 at 8 streams (ms)"] = (t8, "< 100", t8 < 100)
@@ -407,7 +480,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="rounds for single-stream measurements")
     parser.add_argument("--n-ctx", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--systems", default="inprocess,ggufd,llama_cpp.server,example,llama-server")
+    parser.add_argument("--n-gpu-layers", type=int, default=0, help="layers on the GPU for every system (-1 = all)")
+    parser.add_argument("--suppress-eos", default="", help="comma-separated token ids given logit bias -100 (fixed-length generations)")
+    parser.add_argument("--systems", default="inprocess,inprocess-batched,ggufd,llama_cpp.server,example,llama-server")
     parser.add_argument("--example-server", help="examples/server/server.py from llama-cpp-python's source package")
     parser.add_argument("--llama-server", help="llama.cpp's llama-server binary")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -419,6 +494,7 @@ def main(argv=None) -> int:
         args.model = Path(assemble())
     model = args.model.resolve()
     systems = args.systems.split(",")
+    LOGIT_BIAS.update({int(t): -100.0 for t in args.suppress_eos.split(",") if t.strip()})
     workdir = Path(tempfile.mkdtemp(prefix="ggufd-bench-"))
     from llama_cpp import Llama
 
@@ -431,6 +507,9 @@ def main(argv=None) -> int:
     if "inprocess" in systems:
         print("in-process llama-cpp-python ...", flush=True)
         rounds["llama-cpp-python in-process"] = bench_in_process(model, args)
+    if "inprocess-batched" in systems:
+        print("in-process llama_decode loop (batched) ...", flush=True)
+        rounds["llama_decode loop in-process (batched)"] = bench_in_process_batched(model, args)
     starters = {
         "ggufd": lambda: start_ggufd(model, args, workdir),
         "llama_cpp.server": lambda: start_llama_cpp_server(model, args),

@@ -114,8 +114,9 @@ def _word_chain(word: str) -> list[str]:
     return [piece[:i] for i in range(2, len(piece) + 1)]
 
 
-def build_vocab(extra_words: Iterable[str] | None = None) -> tuple[list[str], list[float], list[int]]:
-    """Return ``(tokens, scores, token_types)`` of the synthetic vocabulary."""
+def build_vocab(extra_words: Iterable[str] | None = None, size: int | None = None) -> tuple[list[str], list[float], list[int]]:
+    """Return ``(tokens, scores, token_types)`` of the synthetic vocabulary; ``size`` pads it
+    with filler pieces (``▁t12345``) to a realistic vocabulary size."""
     tokens: list[str] = list(SPECIAL_TOKENS)
     types: list[int] = [
         gguf.TokenType.UNKNOWN,
@@ -150,6 +151,11 @@ def build_vocab(extra_words: Iterable[str] | None = None) -> tuple[list[str], li
         for p in _word_chain(w):
             add(p)
 
+    filler = 0
+    while size is not None and len(tokens) + len(normal) < size:
+        add(f"{SPIECE_UNDERLINE}t{filler}")
+        filler += 1
+
     for rank, piece in enumerate(normal):
         tokens.append(piece)
         types.append(gguf.TokenType.NORMAL)
@@ -176,6 +182,7 @@ def write_tiny_llama(
     eog_logit_bias: float = -12.0,
     logit_scale: float = 0.25,
     dtype: str = "f16",
+    vocab_size: int | None = None,
 ) -> pathlib.Path:
     """Write a tiny random llama GGUF to ``path`` and return it as a Path.
 
@@ -195,7 +202,7 @@ def write_tiny_llama(
 
     head_dim = n_embd // n_head
     n_embd_kv = head_dim * n_head_kv
-    tokens, scores, types = build_vocab(extra_words)
+    tokens, scores, types = build_vocab(extra_words, vocab_size)
     n_vocab = len(tokens)
 
     rng = np.random.default_rng(seed)
@@ -286,6 +293,17 @@ def write_tiny_llama(
     return path
 
 
+#: a llama-style 1.1B model (TinyLlama's shape): speed does not depend on the weights' values
+SYNTHETIC_1B = dict(n_embd=2048, n_layer=16, n_head=32, n_head_kv=8, n_ff=8192, vocab_size=32000, context_length=4096)
+
+
+def write_synthetic_llama(path: str | os.PathLike[str], **shape) -> pathlib.Path:
+    """A random-weight llama GGUF of realistic shape for benchmarks (F16, ~2.2 GB for the default
+    1.1B shape). Generation length is fixed with ``max_tokens`` and the end-of-generation tokens
+    suppressed through ``logit_bias`` (ids EOS_ID and IM_END_ID)."""
+    return write_tiny_llama(path, **{**SYNTHETIC_1B, "name": "synthetic-llama-1.1b", "eog_logit_bias": 0.0, **shape})
+
+
 def write_not_gguf(path: str | os.PathLike[str], n_bytes: int = 4096, *, seed: int = 0) -> pathlib.Path:
     """Write ``n_bytes`` of random bytes (not starting with the GGUF magic)."""
     path = pathlib.Path(path)
@@ -315,10 +333,17 @@ def write_truncated_gguf(
 
 
 def _main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python tests/gguf_factory.py OUT.gguf", file=sys.stderr)
-        return 2
-    out = write_tiny_llama(argv[0])
+    """python tests/gguf_factory.py OUT.gguf [--synthetic-1b] [--n-layer N] [--n-embd N] ..."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="gguf_factory", description="Write a synthetic GGUF model.")
+    parser.add_argument("out")
+    parser.add_argument("--synthetic-1b", action="store_true", help="a llama-style 1.1B model (F16, ~2.2 GB)")
+    for key in ("n_embd", "n_layer", "n_head", "n_head_kv", "n_ff", "vocab_size", "context_length"):
+        parser.add_argument("--" + key.replace("_", "-"), type=int, dest=key)
+    args = parser.parse_args(argv)
+    shape = {k: v for k, v in vars(args).items() if k not in ("out", "synthetic_1b") and v is not None}
+    out = write_synthetic_llama(args.out, **shape) if args.synthetic_1b else write_tiny_llama(args.out, **shape)
     print(f"{out} ({out.stat().st_size} bytes)")
     return 0
 

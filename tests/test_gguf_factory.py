@@ -204,3 +204,17 @@ def test_cli(tmp_path, model_path):
         [sys.executable, gf.__file__, str(out)], check=True, capture_output=True
     )
     assert out.read_bytes() == model_path.read_bytes()
+
+
+def test_synthetic_model_of_realistic_shape_is_loadable(tmp_path):
+    """A scaled-down synthetic model (same code path as the 1.1B benchmark model)."""
+    import llama_cpp
+
+    from gguf_factory import EOS_ID, IM_END_ID, write_synthetic_llama
+
+    path = write_synthetic_llama(tmp_path / "syn.gguf", n_embd=128, n_layer=2, n_head=4, n_head_kv=2, n_ff=256, vocab_size=5000)
+    llm = llama_cpp.Llama(str(path), n_ctx=256, verbose=False, logits_all=False)
+    assert llm.n_vocab() == 5000
+    tokens = llm.tokenize(b"hello", add_bos=True)
+    out = llm.create_completion("hello", max_tokens=40, temperature=0, logit_bias={EOS_ID: -100.0, IM_END_ID: -100.0})
+    assert out["usage"]["completion_tokens"] == 40 and tokens
