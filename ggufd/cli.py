@@ -134,6 +134,7 @@ def _serve(args, config, pm, registry) -> int:
     )
     state.metrics = Metrics(lambda: state.engine)
     state.engine = make_engine(config, state.metrics)
+    state.engine.gpu_available  # import llama_cpp now, not during the first /health
     pm.hook.startup(config=config)
     try:
         asyncio.run(serve(state))
