@@ -8,7 +8,7 @@ import pluggy
 
 from .errors import ApiError, InvalidRequest
 from .gguf_metadata import GGUFMetadata
-from .tools import tool_arguments
+from .tools import tool_arguments, tool_call
 from .types import ChatPrompt, ModelInfo, ModelSpec
 
 __version__ = "0.1.0"
@@ -25,4 +25,5 @@ __all__ = [
     "__version__",
     "hookimpl",
     "tool_arguments",
+    "tool_call",
 ]

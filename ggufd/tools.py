@@ -119,10 +119,12 @@ def tool_arguments(value: Any) -> Any:
     return value if value is not None else {}
 
 
-def new_call(name: str, arguments: Any) -> dict:
+def tool_call(name: str, arguments: Any, call_id: str | None = None) -> dict:
+    """One OpenAI-shaped tool call; ``arguments`` as a JSON string (objects are dumped), a fresh
+    id unless one is given. Part of the public plugin API (``ggufd.tool_call``)."""
     if not isinstance(arguments, str):
         arguments = json.dumps(arguments, ensure_ascii=False)
-    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": name, "arguments": arguments}}
+    return {"id": call_id or f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 def parse_generic(text: str, names: Sequence[str]) -> list[dict] | None:
@@ -150,7 +152,7 @@ def parse_generic(text: str, names: Sequence[str]) -> list[dict] | None:
                 return None
         if not isinstance(arguments, dict):
             return None
-        calls.append(new_call(item["name"], arguments))
+        calls.append(tool_call(item["name"], arguments))
     return calls or None
 
 
@@ -161,5 +163,5 @@ def find_calls(pm, model, text: str, policy: ToolPolicy) -> list[dict] | None:
     if calls:
         calls = [c for c in calls if c.get("function", {}).get("name") in policy.names]
         if calls:
-            return [new_call(c["function"]["name"], c["function"].get("arguments", "{}")) if not c.get("id") else c for c in calls]
+            return [tool_call(c["function"]["name"], c["function"].get("arguments", "{}")) if not c.get("id") else c for c in calls]
     return parse_generic(text, policy.names)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 
 import ggufd
 from ggufd import ChatPrompt, InvalidRequest
@@ -161,11 +160,7 @@ def _parse_call(body: str) -> dict | None:
         return None
     if not name or not isinstance(parsed, dict):
         return None
-    return {
-        "id": f"call_{uuid.uuid4().hex[:24]}",
-        "type": "function",
-        "function": {"name": name, "arguments": arguments.strip()},
-    }
+    return ggufd.tool_call(name, arguments.strip())
 
 
 @ggufd.hookimpl

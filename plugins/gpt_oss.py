@@ -53,7 +53,6 @@ from __future__ import annotations
 import datetime
 import json
 import re
-import uuid
 
 import ggufd
 from ggufd import ChatPrompt, InvalidRequest
@@ -195,7 +194,7 @@ def parse_tool_calls(model, text):
             return None  # a malformed call: the answer is returned as text
         if not name or not isinstance(parsed, dict):
             return None
-        calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": name, "arguments": arguments}})
+        calls.append(ggufd.tool_call(name, arguments))
     return calls or None
 
 

@@ -145,11 +145,5 @@ def parse_tool_calls(model, text):
         arguments = data.get("parameters", data.get("arguments"))
         if not isinstance(arguments, dict):
             return None
-        calls.append(
-            {
-                "id": f"call_{index}",
-                "type": "function",
-                "function": {"name": data["name"], "arguments": json.dumps(arguments, ensure_ascii=False)},
-            }
-        )
+        calls.append(ggufd.tool_call(data["name"], arguments, f"call_{index}"))
     return calls or None

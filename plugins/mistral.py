@@ -153,11 +153,5 @@ def parse_tool_calls(model, text):
         if not isinstance(arguments, dict):
             return None
         call_id = entry.get("id")
-        calls.append(
-            {
-                "id": call_id if isinstance(call_id, str) and call_id else f"call_{index}",
-                "type": "function",
-                "function": {"name": entry["name"], "arguments": json.dumps(arguments, ensure_ascii=False)},
-            }
-        )
+        calls.append(ggufd.tool_call(entry["name"], arguments, call_id if isinstance(call_id, str) and call_id else f"call_{index}"))
     return calls

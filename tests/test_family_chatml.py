@@ -171,12 +171,6 @@ def write_gguf(path: Path, architecture: str, **values) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pm(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    return make_plugin_manager(load_config(None, environ={"GGUF_MODELS_DIR": str(folder)}))
-
-
-@pytest.fixture(scope="module")
 def chatml(pm):
     plugin = pm.get_plugin("chatml")
     assert plugin is not None, "plugins/chatml.py was not loaded"

@@ -12,10 +12,8 @@ import pytest
 
 import gguf_factory
 from ggufd.chat_template import render_chat_template
-from ggufd.config import load_config
 from ggufd.errors import InvalidRequest
 from ggufd.gguf_metadata import GGUFMetadata, read_metadata
-from ggufd.plugins import make_plugin_manager
 from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -141,12 +139,6 @@ def official(template: str, messages, add_generation_prompt: bool = True) -> str
     # The templates test ``content is none`` for tool-calling messages: give them None, as OpenAI clients do.
     plain = [{**m, "content": None} if m.get("tool_calls") and not m["content"] else m for m in messages]
     return render_chat_template(template, plain, metadata(template=template), add_generation_prompt=add_generation_prompt).text
-
-
-@pytest.fixture(scope="module")
-def pm(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    return make_plugin_manager(load_config(None, environ={"GGUF_MODELS_DIR": str(folder)}))
 
 
 @pytest.fixture(scope="module")

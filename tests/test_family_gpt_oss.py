@@ -12,10 +12,8 @@ import pytest
 
 import gguf_factory
 from ggufd.chat_template import render_chat_template
-from ggufd.config import load_config
 from ggufd.errors import InvalidRequest
 from ggufd.gguf_metadata import GGUFMetadata, read_metadata
-from ggufd.plugins import make_plugin_manager
 from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -221,12 +219,6 @@ def model(family: str = "gpt-oss", meta: GGUFMetadata | None = None, file_name: 
 
 def official(messages) -> str:
     return render_chat_template(HARMONY_TEMPLATE, messages, metadata(), strftime_now=lambda fmt: DATE).text
-
-
-@pytest.fixture(scope="module")
-def pm(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    return make_plugin_manager(load_config(None, environ={"GGUF_MODELS_DIR": str(folder)}))
 
 
 @pytest.fixture

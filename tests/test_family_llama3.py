@@ -213,12 +213,6 @@ def official(template: str, messages) -> str:
 
 
 @pytest.fixture(scope="module")
-def pm(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    return make_plugin_manager(load_config(None, environ={"GGUF_MODELS_DIR": str(folder)}))
-
-
-@pytest.fixture(scope="module")
 def llama3(pm):
     plugin = pm.get_plugin("llama3")
     assert plugin is not None, "plugins/llama3.py was not loaded"

@@ -185,12 +185,6 @@ def official(meta: GGUFMetadata, messages) -> str:
 
 
 @pytest.fixture(scope="module")
-def pm(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    return make_plugin_manager(load_config(None, environ={"GGUF_MODELS_DIR": str(folder)}))
-
-
-@pytest.fixture(scope="module")
 def mistral(pm):
     plugin = pm.get_plugin("mistral")
     assert plugin is not None, "plugins/mistral.py was not loaded"

@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 
 from ggufd.chat_template import render_chat_template
-from ggufd.config import load_config
 from ggufd.errors import InvalidRequest
 from ggufd.gguf_metadata import GGUFMetadata, read_metadata
-from ggufd.plugins import make_plugin_manager
 from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,13 +76,6 @@ def model(family: str = "gemma", metadata: GGUFMetadata | None = None, file_name
         metadata=metadata or gemma_metadata(),
         family=family,
     )
-
-
-@pytest.fixture(scope="module")
-def pm(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    config = load_config(None, environ={"GGUF_MODELS_DIR": str(folder)}, overrides={"plugins_dir": str(REPO / "plugins")})
-    return make_plugin_manager(config)
 
 
 @pytest.fixture(scope="module")
