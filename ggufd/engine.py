@@ -103,11 +103,12 @@ class ModelSlot:
 
 
 def embedding_aware(settings, info: ModelInfo):
-    """A GGUF that names a pooling type is an embedding model, whatever the config says."""
+    """A GGUF that names a pooling type is an embedding model, whatever the config says; an
+    embedding model decodes one input at a time (``parallel`` 1)."""
     pooling = info.metadata.get(f"{info.metadata.architecture}.pooling_type")
     if pooling is not None and pooling != 0:
-        return replace(settings, embedding=True, gguf_pooling=True)
-    return settings
+        settings = replace(settings, embedding=True, gguf_pooling=True)
+    return replace(settings, parallel=1) if settings.embedding else settings
 
 
 class Engine:
@@ -173,8 +174,12 @@ class Engine:
         finally:
             self._release(slot)
 
+    def settings_for(self, info: ModelInfo):
+        """The load settings a model gets: its config, adjusted for embedding models."""
+        return embedding_aware(self._settings_for(info), info)
+
     def is_embedding_model(self, info: ModelInfo) -> bool:
-        return embedding_aware(self._settings_for(info), info).embedding
+        return self.settings_for(info).embedding
 
     async def embed(self, info: ModelInfo, inputs: list) -> tuple[list[list[float]], int]:
         """Embeddings on the model's device thread (the context is not thread-safe)."""
@@ -258,7 +263,7 @@ class Engine:
     def _apply_settings(self, slot: ModelSlot) -> None:
         """(Re)compute load settings, placement and memory need from the slot's current info.
         Done while the model is not loaded, so changed settings apply on the next load."""
-        settings = embedding_aware(self._settings_for(slot.info), slot.info)
+        settings = self.settings_for(slot.info)
         slot.settings = settings
         slot.placement = placement_for(slot.info.options, settings.n_gpu_layers, self.gpu_available, slot.id)
         slot.need_bytes = estimate_model_bytes(slot.info.metadata, slot.info.path, settings.n_ctx, settings.parallel)

@@ -209,8 +209,9 @@ class HealthHandler(BaseHandler):
         )
 
 
-def capabilities(info, settings, embedding: bool) -> dict:
+def capabilities(info, settings) -> dict:
     """What a client can use with this model (GET /v1/models/{id})."""
+    embedding = settings.embedding
     return {
         "chat": not embedding,
         "completions": not embedding,
@@ -254,7 +255,7 @@ class ModelsHandler(BaseHandler):
 
         def describe(info) -> dict:
             data = model_object(info, self.state.config.models_dir, info.id in loaded)
-            data["capabilities"] = capabilities(info, self.state.config.model_settings(info.options), self.state.engine.is_embedding_model(info))
+            data["capabilities"] = capabilities(info, self.state.engine.settings_for(info))
             return data
 
         if model_id is not None:

@@ -73,7 +73,7 @@ def test_chat_model_refuses_embeddings_and_embedding_model_refuses_chat(daemon):
     status, _, _ = response = chat(daemon.url, {"model": "embed", "messages": [{"role": "user", "content": "hi"}]})
     assert status == 400 and error_of(response)["code"] == "wrong_model_type"
     capabilities = json.loads(request(daemon.url, path="/v1/models/embed")[2])["capabilities"]
-    assert capabilities["embeddings"] is True and capabilities["chat"] is False
+    assert capabilities["embeddings"] is True and capabilities["chat"] is False and capabilities["parallel"] == 1
 
 
 @pytest.mark.parametrize("body, param", [
