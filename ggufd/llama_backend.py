@@ -112,6 +112,33 @@ def make_sampler(s: SamplingParams, n_vocab: int, vocab=None):
     return chain
 
 
+class GreedyPick:
+    """Temperature 0 without penalties or grammar: the highest (biased) logit, read with numpy.
+
+    The same choice as llama.cpp's logit-bias -> greedy chain (first maximum in token order,
+    float32 biases), without building its array of every vocabulary entry for each token:
+    about 0.19 ms per sequence and step for a 262k vocabulary, which is a sixth of a GPU
+    step and most of the per-token cost of a batch of 32 sequences."""
+
+    def __init__(self, logit_bias: tuple[tuple[int, float], ...]) -> None:
+        import numpy as np
+
+        self.ids = np.array([token for token, _ in logit_bias], dtype=np.int64)
+        self.biases = np.array([bias for _, bias in logit_bias], dtype=np.float32)
+
+    @staticmethod
+    def applies(s: SamplingParams) -> bool:
+        repeat = s.repeat_penalty if s.repeat_penalty is not None else 1.0
+        return s.temperature == 0 and not s.grammar and repeat == 1.0 and not s.frequency_penalty and not s.presence_penalty
+
+    def pick(self, logits) -> int:
+        """``logits``: the float32 array of one batch entry (not modified)."""
+        if len(self.ids):
+            logits = logits.copy()
+            logits[self.ids] += self.biases
+        return int(logits.argmax())
+
+
 class LoadedModel:
     """A llama.cpp model and its context with ``parallel`` sequences (each ``n_ctx`` long)."""
 
@@ -268,6 +295,7 @@ class _Sequence:
     n_generated: int = 0
     max_tokens: int = 0
     sampler: Any = None
+    greedy: GreedyPick | None = None  # set: sampled with numpy instead of ``sampler``
     assembler: TextAssembler | None = None
 
 
@@ -351,6 +379,8 @@ class BatchRunner:
             sequence.seq_id = self._take_slot(tokens)
             sequence.prefilled = len(self._cached[sequence.seq_id])
             sequence.sampler = sampler
+            if GreedyPick.applies(request.sampling):
+                sequence.greedy = GreedyPick(request.sampling.logit_bias)
             sequence.assembler = TextAssembler(request.stop + request.prompt.stop)
             self._active[sequence.seq_id] = sequence
             sequence.generation.emit(Started(len(tokens)))
@@ -424,18 +454,28 @@ class BatchRunner:
             raise RuntimeError(f"llama_decode failed with status {status}")
         for index, sequence in wants_logits:
             logprobs = self._logprobs(index) if sequence.request.logprobs is not None else None
-            token = llama_cpp.llama_sampler_sample(sequence.sampler, model.ctx, index)
+            if sequence.greedy is not None:
+                token = sequence.greedy.pick(self._logits(index))
+            else:
+                token = llama_cpp.llama_sampler_sample(sequence.sampler, model.ctx, index)
             if logprobs is not None and not llama_cpp.llama_vocab_is_eog(model.vocab, token):
                 self._outbox.append((sequence.generation, self._token_logprob(token, logprobs, sequence.request.logprobs)))
             self._accept(sequence, token)
         self._deliver()
 
-    def _logprobs(self, index: int):
-        """log-softmax of the model's logits for batch entry ``index`` (before any sampler)."""
+    def _logits(self, index: int):
+        """The model's logits for batch entry ``index``: a float32 view into llama.cpp's buffer,
+        valid until the next decode."""
         import llama_cpp
         import numpy as np
 
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.model.ctx, index), shape=(self.model.n_vocab,)).astype(np.float64)
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.model.ctx, index), shape=(self.model.n_vocab,))
+
+    def _logprobs(self, index: int):
+        """log-softmax of the model's logits for batch entry ``index`` (before any sampler)."""
+        import numpy as np
+
+        logits = self._logits(index).astype(np.float64)
         shifted = logits - logits.max()
         return shifted - np.log(np.exp(shifted).sum())
 

@@ -7,7 +7,7 @@ from collections import deque
 import pytest
 
 from ggufd.errors import InvalidRequest
-from ggufd.validation import first_error, json_path, validate, validator
+from ggufd.validation import first_error, inline_refs, json_path, validate, validator
 
 USER = {"role": "user", "content": "Hello"}
 
@@ -215,3 +215,25 @@ def test_config_schema_integers_are_strict():
     assert first_error({"port": 8000.0}, "config") == ("port", "8000.0 is not of type 'integer'")
     assert first_error({"port": True}, "config") == ("port", "True is not of type 'integer'")
     assert first_error({"port": 8000}, "config") is None
+
+
+def test_definitions_are_inlined_so_validation_does_not_resolve_refs_per_request():
+    import json
+
+    for name in ("chat_completions", "completions", "config"):
+        schema = dict(validator(name).schema)
+        schema.pop("$defs", None)
+        assert "$ref" not in json.dumps(schema), name
+    assert first_error(body(messages=[USER, {"role": "user", "content": [{"type": "text", "text": 5}]}]), "chat_completions")[0] == "messages.1.content.0.text"
+
+
+def test_a_recursive_definition_keeps_its_ref():
+    from jsonschema import Draft202012Validator
+
+    tree = {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/tree"}}}}
+    schema = {"type": "object", "properties": {"root": {"$ref": "#/$defs/tree"}}, "$defs": {"tree": tree}}
+    inlined = inline_refs(schema, schema["$defs"])
+    assert inlined["properties"]["root"]["properties"]["kids"]["items"] == {"$ref": "#/$defs/tree"}
+    checker = Draft202012Validator(inlined)
+    assert checker.is_valid({"root": {"kids": [{"kids": [{"kids": []}]}]}})
+    assert not checker.is_valid({"root": {"kids": [{"kids": [{"kids": 3}]}]}})
