@@ -58,7 +58,7 @@ PY
 
 echo "== benchmark (1, 8, 32 streams)"
 "$VPY" bench/run.py --model "$WORK/synthetic-1b.gguf" --systems inprocess,inprocess-batched,ggufd --concurrency 1,8,32 \
-    --repeats 3 --max-tokens 128 --n-ctx 1024 --n-gpu-layers -1 --suppress-eos 2,4 --out "$OUT" | tail -40
+    --repeats 3 --repeats-concurrent 2 --max-tokens 128 --n-ctx 1024 --n-gpu-layers -1 --no-prefix-reuse --out "$OUT" | tail -40
 
 echo "== GPU-only tests"
 "$VPY" -m pytest -q tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -5 | tee "$OUT/gpu-tests.txt"

@@ -3,8 +3,11 @@
     python bench/run.py [--model PATH] [--max-tokens 128] [--concurrency 1,2,4,8]
                         [--example-server PATH/server.py] [--llama-server PATH] [--out bench/results]
 
-Every system gets the same model, prompts (bench/prompts.json), sampling (temperature 0) and
-token budget, one system at a time. Token counts come from ``usage`` (a peer that does not
+Every system gets the same model, prompts (bench/prompts.json, made new for every round so that
+no round reuses the previous one's cached prefix), sampling (temperature 0, end-of-generation
+tokens suppressed unless --suppress-eos none) and token budget. All systems are started first
+and then measured in turns, one system at a time, round by round; ratios between systems are
+medians of the ratios of rounds that ran back to back. Token counts come from ``usage`` (a peer that does not
 report usage while streaming is re-counted with the model's tokenizer, and the table says so).
 Results: a Markdown table and a JSON file in --out, and BENCHMARKS.md (the latest run) when
 --write-benchmarks is given. Ratios matter more than absolute numbers: these machines are noisy.
@@ -44,7 +47,7 @@ def chat_prompt(model: Path, messages: list[dict]):
         from ggufd.plugins import make_plugin_manager
         from ggufd.types import ModelInfo, ModelSpec
 
-        pm = make_plugin_manager(Config(models_dir=model.parent))
+        pm = make_plugin_manager(Config(models_dir=model.parent, plugins_dir=REPO / "plugins"))  # as start_ggufd
         spec = ModelSpec(id=model.stem, path=model)
         metadata = read_metadata(model)
         info = ModelInfo(spec=spec, metadata=metadata, family=pm.hook.detect_family(metadata=metadata, spec=spec) or "generic")
@@ -228,13 +231,18 @@ def stream_one(client, model: str, messages: list[dict], max_tokens: int, counte
         result.decode_rate = (usage - 1) / (last - first)
 
 
-def run_round(system: str, client, model: str, concurrency: int, max_tokens: int, counter, conversation: bool = False) -> Round:
+def messages_for(i: int, tag: str) -> list[dict]:
+    """Stream ``i``'s prompt; ``tag`` makes every round's prompts new to the server, so no round
+    profits from a prefix cached by the one before (the multi-turn case measures that on purpose)."""
+    return [{"role": "user", "content": f"Request {tag}. " + PROMPTS["prompts"][i % len(PROMPTS["prompts"])]}]
+
+
+def run_round(system: str, client, model: str, concurrency: int, max_tokens: int, counter, tag: str) -> Round:
     results = [StreamResult() for _ in range(concurrency)]
     gate = threading.Barrier(concurrency + 1)
     threads = []
     for i in range(concurrency):
-        messages = PROMPTS["conversation"] if conversation else [{"role": "user", "content": PROMPTS["prompts"][i % len(PROMPTS["prompts"])]}]
-        t = threading.Thread(target=stream_one, args=(client, model, messages, max_tokens, counter, results[i], gate))
+        t = threading.Thread(target=stream_one, args=(client, model, messages_for(i, tag), max_tokens, counter, results[i], gate))
         t.start()
         threads.append(t)
     gate.wait()
@@ -244,101 +252,129 @@ def run_round(system: str, client, model: str, concurrency: int, max_tokens: int
     return Round(system, concurrency, time.perf_counter() - started, results)
 
 
-def bench_server(server: Server, model: Path, args, counter) -> list[Round]:
-    import openai
+class ServerSystem:
+    """A server process under load from the openai client."""
 
-    client = openai.OpenAI(base_url=server.url, api_key="bench", max_retries=0, timeout=600)
-    run_round(server.name, client, model.stem, 1, 8, counter)  # warm-up: load the model
-    rounds = []
-    for concurrency in args.concurrency:
-        for _ in range(args.repeats if concurrency == 1 else 1):
-            rounds.append(run_round(server.name, client, model.stem, concurrency, args.max_tokens, counter))
-    return rounds
+    max_concurrency = 1 << 30
+
+    def __init__(self, server: Server, model: Path, counter) -> None:
+        import openai
+
+        self.server, self.name, self.model, self.counter = server, server.name, model, counter
+        self.client = openai.OpenAI(base_url=server.url, api_key="bench", max_retries=0, timeout=600)
+
+    def round(self, concurrency: int, max_tokens: int, tag: str) -> Round:
+        return run_round(self.name, self.client, self.model.stem, concurrency, max_tokens, self.counter, tag=tag)
+
+    def close(self) -> None:
+        self.server.stop()
 
 
-def bench_in_process(model: Path, args) -> list[Round]:
-    """The ceiling: llama-cpp-python's own streaming create_completion, no HTTP."""
-    import llama_cpp
+class InProcess:
+    """The ceiling: llama-cpp-python's own streaming create_completion, no HTTP, one stream."""
 
-    llm = llama_cpp.Llama(str(model), n_ctx=args.n_ctx, n_threads=args.threads, n_threads_batch=args.threads, n_gpu_layers=args.n_gpu_layers, verbose=False)
-    rounds = []
-    for i in range(args.repeats + 1):
-        prompt = chat_prompt(model, [{"role": "user", "content": PROMPTS["prompts"][i % len(PROMPTS["prompts"])]}]).text
+    name = "llama-cpp-python in-process"
+    max_concurrency = 1
+
+    def __init__(self, model: Path, args, counter) -> None:
+        import llama_cpp
+
+        self.model, self.counter = model, counter
+        self.llm = llama_cpp.Llama(str(model), n_ctx=args.n_ctx, n_threads=args.threads, n_threads_batch=args.threads,
+                                   n_gpu_layers=args.n_gpu_layers, verbose=False)
+
+    def round(self, concurrency: int, max_tokens: int, tag: str) -> Round:
+        prompt = chat_prompt(self.model, messages_for(0, tag))
         result = StreamResult()
         started = time.perf_counter()
-        first = last = None
-        tokens = 0
-        for chunk in llm.create_completion(prompt, max_tokens=args.max_tokens if i else 8, temperature=0, stream=True, logit_bias=LOGIT_BIAS or None):
-            now = time.perf_counter()
-            first = first or now
-            last = now
-            tokens += 1
+        first = last = finish = None
+        text = []
+        for chunk in self.llm.create_completion(prompt.text, max_tokens=max_tokens, temperature=0, stream=True,
+                                                stop=list(prompt.stop) or None, logit_bias=LOGIT_BIAS or None):
+            choice = chunk["choices"][0]
+            finish = choice["finish_reason"] or finish
+            if choice["text"]:
+                now = time.perf_counter()
+                first = first or now
+                last = now
+                text.append(choice["text"])
+        # a chunk is not always one token (split UTF-8 characters come out together)
+        tokens = max_tokens if finish == "length" else self.counter("".join(text))
+        if first is None:
+            return Round(self.name, 1, time.perf_counter() - started, [StreamResult(error="no content")])
         result.ttft, result.tokens = first - started, tokens
         result.decode_rate = (tokens - 1) / (last - first) if tokens > 1 and last > first else None
-        if i:  # the first round warms caches
-            rounds.append(Round("llama-cpp-python in-process", 1, last - started, [result]))
-    llm.close()
-    return rounds
+        return Round(self.name, 1, last - started, [result])
+
+    def close(self) -> None:
+        self.llm.close()
 
 
-def bench_in_process_batched(model: Path, args) -> list[Round]:
+class InProcessBatched:
     """ggufd's own batch runner without HTTP: the low-level llama_decode loop (one and many
     sequences per step) that the server's rate is compared against. Text events are only
     timestamped (no event loop consumes them), so this is the loop's own speed."""
-    import asyncio
 
-    from ggufd import llama_backend
-    from ggufd.config import LlamaSettings
-    from ggufd.devices import Placement
-    from ggufd.events import Generation, TextDelta
-    from ggufd.types import GenerationRequest, SamplingParams
+    name = "llama_decode loop in-process (batched)"
+    max_concurrency = 1 << 30
 
-    llama_backend.configure_llama("error")
-    placement = Placement("gpu" if args.n_gpu_layers else "cpu", args.n_gpu_layers)
-    settings = LlamaSettings(n_ctx=args.n_ctx, n_threads=args.threads, parallel=max(args.concurrency), n_gpu_layers=args.n_gpu_layers)
-    loaded = llama_backend.load_model(str(model), settings, placement)
-    sampling = SamplingParams(temperature=0, logit_bias=tuple(LOGIT_BIAS.items()))
-    seen: dict[int, list[float]] = {}
+    def __init__(self, model: Path, args) -> None:
+        import asyncio
 
-    def record(pairs) -> None:  # stands in for delivery to an event loop
+        from ggufd import llama_backend
+        from ggufd.config import LlamaSettings
+        from ggufd.devices import Placement
+        from ggufd.types import SamplingParams
+
+        llama_backend.configure_llama("error")
+        placement = Placement("gpu" if args.n_gpu_layers else "cpu", args.n_gpu_layers)
+        settings = LlamaSettings(n_ctx=args.n_ctx, n_threads=args.threads, parallel=max(args.concurrency), n_gpu_layers=args.n_gpu_layers)
+        self.model = model
+        self.loaded = llama_backend.load_model(str(model), settings, placement)
+        self.sampling = SamplingParams(temperature=0, logit_bias=tuple(LOGIT_BIAS.items()))
+        self.first_text: dict[int, float] = {}
+        self.loop = asyncio.new_event_loop()  # never run: Generation needs one, nothing is delivered to it
+        self._original = llama_backend.deliver_events
+        llama_backend.deliver_events = self._record
+
+    def _record(self, pairs) -> None:  # stands in for delivery to an event loop
+        from ggufd.events import TextDelta
+
         now = time.perf_counter()
         for generation, event in pairs:
             if isinstance(event, TextDelta):
-                seen.setdefault(id(generation), []).append(now)
+                self.first_text.setdefault(id(generation), now)
 
-    loop = asyncio.new_event_loop()  # never run: Generation needs one, nothing is delivered to it
+    def round(self, concurrency: int, max_tokens: int, tag: str) -> Round:
+        from ggufd.events import Generation
+        from ggufd.types import GenerationRequest
 
-    def one_round(concurrency: int, max_tokens: int) -> Round:
-        seen.clear()
+        self.first_text.clear()
+        finished: dict[int, float] = {}
         started = time.perf_counter()
         jobs = []
         for i in range(concurrency):
-            prompt = chat_prompt(model, [{"role": "user", "content": PROMPTS["prompts"][i % len(PROMPTS["prompts"])]}])
-            generation = Generation(loop)
-            jobs.append((generation, loaded.runner.submit(generation, GenerationRequest(prompt, sampling, max_tokens=max_tokens))[0]))
-        loaded.runner.run()
+            generation = Generation(self.loop)
+            request = GenerationRequest(chat_prompt(self.model, messages_for(i, tag)), self.sampling, max_tokens=max_tokens)
+            future = self.loaded.runner.submit(generation, request)[0]
+            future.add_done_callback(lambda _, key=id(generation): finished.setdefault(key, time.perf_counter()))
+            jobs.append((generation, future))
+        self.loaded.runner.run()
         wall = time.perf_counter() - started
         results = []
         for generation, future in jobs:
-            times = seen.get(id(generation), [])
+            first, end = self.first_text.get(id(generation)), finished[id(generation)]
             tokens = future.result().completion_tokens
-            rate = (tokens - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
-            results.append(StreamResult(ttft=(times[0] - started) if times else None, tokens=tokens, decode_rate=rate))
-        return Round("llama_decode loop in-process (batched)", concurrency, wall, results)
+            rate = (tokens - 1) / (end - first) if first is not None and tokens > 1 and end > first else None
+            results.append(StreamResult(ttft=(first - started) if first is not None else None, tokens=tokens, decode_rate=rate))
+        return Round(self.name, concurrency, wall, results)
 
-    original = llama_backend.deliver_events
-    llama_backend.deliver_events = record
-    try:
-        one_round(1, 8)  # warm-up
-        rounds = []
-        for concurrency in args.concurrency:
-            for _ in range(args.repeats if concurrency == 1 else 1):
-                rounds.append(one_round(concurrency, args.max_tokens))
-        return rounds
-    finally:
-        llama_backend.deliver_events = original
-        loaded.close()
-        loop.close()
+    def close(self) -> None:
+        from ggufd import llama_backend
+
+        llama_backend.deliver_events = self._original
+        self.loaded.close()
+        self.loop.close()
 
 
 def prefix_reuse(server: Server, model: Path, args) -> dict:
@@ -411,8 +447,9 @@ def report(results: dict, args) -> str:
         f"Model: `{results['model']}`, {args.max_tokens} generated tokens per stream, temperature 0, n_ctx {args.n_ctx} per stream, "
         f"{args.threads} threads. Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
         f"{results['machine']['memory_gib']} GiB, Python {results['machine']['python']}, llama-cpp-python "
-        f"{results['machine']['llama_cpp_python']} (GPU offload: {results['machine']['gpu_offload']}). Medians; single-stream rows over "
-        f"{args.repeats} rounds.",
+        f"{results['machine']['llama_cpp_python']} (GPU offload: {results['machine']['gpu_offload']}). "
+        f"{'End-of-generation tokens suppressed (every stream generates the full budget). ' if results['settings']['suppressed_tokens'] else ''}"
+        f"Medians over {args.repeats} rounds for one stream, {args.repeats_concurrent} for several.",
         "",
         "| system | streams | aggregate tok/s | per-stream tok/s (p50) | TTFT p50 ms | TTFT p95 ms | errors | peak RSS MB |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -426,8 +463,9 @@ def report(results: dict, args) -> str:
     if any(r.get("recounted") for r in rows):
         lines += ["", "¹ streamed usage not reported by this server; tokens re-counted with the model's tokenizer."]
     lines += ["", "Ratios and targets (issue 7):", ""]
-    for name, (value, target, passed) in results["targets"].items():
-        lines.append(f"- {name}: {fmt(value, 2)} (target {target}) — {'met' if passed else 'NOT met'}")
+    for name, (value, spread, target, passed) in results["targets"].items():
+        over = f", {fmt(spread[0], 2)}–{fmt(spread[1], 2)} over {spread[2]} paired rounds" if spread else ""
+        lines.append(f"- {name}: {fmt(value, 2)}{over} (target {target}) — {'met' if passed else 'NOT met'}")
     extra = results.get("prefix_reuse")
     if extra:
         lines += ["", f"Multi-turn prefix reuse (ggufd): time to first token {fmt(extra['cold_ttft_ms'])} ms with a new conversation prefix, "
@@ -438,38 +476,70 @@ def report(results: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def targets(rows: list[dict], idle: dict | None) -> dict:
+def paired_ratios(rounds: dict[str, list[Round]], a: str, b: str, concurrency: int, key: str) -> list[float]:
+    """``a``'s value over ``b``'s for each repeat: rounds of the same repeat ran back to back,
+    so a drift of the machine's speed cancels out of each ratio."""
+    def values(system):
+        return [r.summary()[key] for r in rounds.get(system, []) if r.concurrency == concurrency]
+
+    return [x / y for x, y in zip(values(a), values(b)) if x and y]
+
+
+def targets(rows: list[dict], rounds: dict[str, list[Round]], idle: dict | None) -> dict:
+    """name -> (value, spread or None, target text, met)."""
     def get(system, c, key):
         return next((r[key] for r in rows if r["system"] == system and r["concurrency"] == c), None)
 
-    g1 = get("ggufd", 1, "aggregate_tok_s")
-    inproc = get("llama-cpp-python in-process", 1, "aggregate_tok_s")
     result = {}
 
-    def ratio(name, a, b, threshold):
-        if a and b:
-            result[name] = (a / b, f">= {threshold}", a / b >= threshold)
+    def paired(name, a, b, c, threshold, key="aggregate_tok_s"):
+        ratios = paired_ratios(rounds, a, b, c, key)
+        if ratios:
+            value = statistics.median(ratios)
+            result[name] = (value, (min(ratios), max(ratios), len(ratios)), f">= {threshold}", value >= threshold)
 
-    ratio("ggufd / in-process, one stream (aggregate incl. TTFT)", g1, inproc, 0.97)
-    ratio("ggufd / in-process, one stream (decode rate)", get("ggufd", 1, "stream_tok_s_p50"), get("llama-cpp-python in-process", 1, "stream_tok_s_p50"), 0.97)
-    ttft_g, ttft_i = get("ggufd", 1, "ttft_ms_p50"), get("llama-cpp-python in-process", 1, "ttft_ms_p50")
+    def ratio(name, x, y, threshold):
+        if x and y:
+            result[name] = (x / y, None, f">= {threshold}", x / y >= threshold)
+
+    inproc, batched = "llama-cpp-python in-process", "llama_decode loop in-process (batched)"
+    paired("ggufd / in-process, one stream (aggregate incl. TTFT)", "ggufd", inproc, 1, 0.97)
+    paired("ggufd / in-process, one stream (decode rate)", "ggufd", inproc, 1, 0.97, "stream_tok_s_p50")
+    ttft_g, ttft_i = get("ggufd", 1, "ttft_ms_p50"), get(inproc, 1, "ttft_ms_p50")
     if ttft_g is not None and ttft_i is not None:
-        result["TTFT ggufd − in-process, one stream (ms)"] = (ttft_g - ttft_i, "<= 15", ttft_g - ttft_i <= 15)
+        result["TTFT ggufd − in-process, one stream (ms)"] = (ttft_g - ttft_i, None, "<= 15", ttft_g - ttft_i <= 15)
+    g1 = get("ggufd", 1, "aggregate_tok_s")
     for c, threshold in ((4, 1.5), (8, 2.0)):
         ratio(f"ggufd {c} streams / ggufd 1 stream", get("ggufd", c, "aggregate_tok_s"), g1, threshold)
+        ratio(f"in-process llama_decode loop {c} / 1 streams (the machine's batching gain)", get(batched, c, "aggregate_tok_s"), get(batched, 1, "aggregate_tok_s"), threshold)
         for peer in ("example server (batched)", "llama-server", "llama_cpp.server"):
-            ratio(f"ggufd / {peer}, {c} streams", get("ggufd", c, "aggregate_tok_s"), get(peer, c, "aggregate_tok_s"), 1.0)
-    batched = "llama_decode loop in-process (batched)"
-    ratio("ggufd / in-process llama_decode loop, one stream (decode rate)", get("ggufd", 1, "stream_tok_s_p50"), get(batched, 1, "stream_tok_s_p50"), 0.95)
+            paired(f"ggufd / {peer}, {c} streams", "ggufd", peer, c, 1.0)
+    paired("ggufd / in-process llama_decode loop, one stream (decode rate)", "ggufd", batched, 1, 0.95, "stream_tok_s_p50")
     for c in sorted({r["concurrency"] for r in rows if r["system"] == batched and r["concurrency"] > 1}):
-        ratio(f"ggufd / in-process llama_decode loop, {c} streams", get("ggufd", c, "aggregate_tok_s"), get(batched, c, "aggregate_tok_s"), 0.9)
-    t8 = get("ggufd", 8, "ttft_ms_p50")
-    if t8 is not None:
-        result["ggufd TTFT p50 at 8 streams (ms)"] = (t8, "< 100", t8 < 100)
+        paired(f"ggufd / in-process llama_decode loop, {c} streams", "ggufd", batched, c, 0.9)
+    for c in sorted({r["concurrency"] for r in rows if r["system"] == "ggufd" and r["concurrency"] >= 8}):
+        ttft = get("ggufd", c, "ttft_ms_p50")
+        if ttft is not None and c == 8:
+            result["ggufd TTFT p50 at 8 streams (ms)"] = (ttft, None, "< 100", ttft < 100)
     if idle:
-        result["idle RSS (MB)"] = (idle["idle_rss_mb"], "< 80", idle["idle_rss_mb"] < 80)
-        result["start to listening (s)"] = (idle["startup_s"], "< 1", idle["startup_s"] < 1)
+        result["idle RSS (MB)"] = (idle["idle_rss_mb"], None, "< 80", idle["idle_rss_mb"] < 80)
+        result["start to listening (s)"] = (idle["startup_s"], None, "< 1", idle["startup_s"] < 1)
     return result
+
+
+def eog_tokens(model: Path) -> list[int]:
+    """The model's end-of-generation token ids (for --suppress-eos auto)."""
+    import llama_cpp
+
+    llama_cpp.llama_backend_init()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    handle = llama_cpp.llama_model_load_from_file(str(model).encode(), params)
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(handle)
+        return [t for t in range(llama_cpp.llama_vocab_n_tokens(vocab)) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+    finally:
+        llama_cpp.llama_model_free(handle)
 
 
 def main(argv=None) -> int:
@@ -477,14 +547,18 @@ def main(argv=None) -> int:
     parser.add_argument("--model", type=Path, help="GGUF file (default: the demo gemma-3-270m)")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
-    parser.add_argument("--repeats", type=int, default=3, help="rounds for single-stream measurements")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds per system for one stream")
+    parser.add_argument("--repeats-concurrent", type=int, default=3, help="rounds per system for several streams")
     parser.add_argument("--n-ctx", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--n-gpu-layers", type=int, default=0, help="layers on the GPU for every system (-1 = all)")
-    parser.add_argument("--suppress-eos", default="", help="comma-separated token ids given logit bias -100 (fixed-length generations)")
+    parser.add_argument("--suppress-eos", default="auto",
+                        help="token ids given logit bias -100 so that every generation is --max-tokens long: "
+                             "'auto' (the model's end-of-generation tokens), 'none', or comma-separated ids")
     parser.add_argument("--systems", default="inprocess,inprocess-batched,ggufd,llama_cpp.server,example,llama-server")
     parser.add_argument("--example-server", help="examples/server/server.py from llama-cpp-python's source package")
     parser.add_argument("--llama-server", help="llama.cpp's llama-server binary")
+    parser.add_argument("--no-prefix-reuse", action="store_true", help="skip the multi-turn measurement")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--write-benchmarks", action="store_true", help="also write BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -493,46 +567,56 @@ def main(argv=None) -> int:
 
         args.model = Path(assemble())
     model = args.model.resolve()
-    systems = args.systems.split(",")
-    LOGIT_BIAS.update({int(t): -100.0 for t in args.suppress_eos.split(",") if t.strip()})
+    wanted = args.systems.split(",")
+    if args.suppress_eos == "auto":
+        LOGIT_BIAS.update({t: -100.0 for t in eog_tokens(model)})
+    elif args.suppress_eos != "none":
+        LOGIT_BIAS.update({int(t): -100.0 for t in args.suppress_eos.split(",") if t.strip()})
     workdir = Path(tempfile.mkdtemp(prefix="ggufd-bench-"))
     from llama_cpp import Llama
 
     vocab = Llama(str(model), vocab_only=True, verbose=False)
     counter = lambda text: len(vocab.tokenize(text.encode(), add_bos=False, special=False))  # noqa: E731
 
-    rounds: dict[str, list[Round]] = {}
-    rss: dict[str, float | None] = {}
-    prefix = idle = None
-    if "inprocess" in systems:
-        print("in-process llama-cpp-python ...", flush=True)
-        rounds["llama-cpp-python in-process"] = bench_in_process(model, args)
-    if "inprocess-batched" in systems:
-        print("in-process llama_decode loop (batched) ...", flush=True)
-        rounds["llama_decode loop in-process (batched)"] = bench_in_process_batched(model, args)
+    # Every system is started first and then measured in turns, round by round, so that the
+    # machine's drift (these machines are noisy) spreads over all of them alike.
     starters = {
-        "ggufd": lambda: start_ggufd(model, args, workdir),
-        "llama_cpp.server": lambda: start_llama_cpp_server(model, args),
-        "example": (lambda: start_example_server(model, args, workdir)) if args.example_server else None,
-        "llama-server": (lambda: start_llama_server(model, args)) if args.llama_server else None,
+        "inprocess": lambda: InProcess(model, args, counter),
+        "inprocess-batched": lambda: InProcessBatched(model, args),
+        "ggufd": lambda: ServerSystem(start_ggufd(model, args, workdir), model, counter),
+        "llama_cpp.server": lambda: ServerSystem(start_llama_cpp_server(model, args), model, counter),
+        "example": (lambda: ServerSystem(start_example_server(model, args, workdir), model, counter)) if args.example_server else None,
+        "llama-server": (lambda: ServerSystem(start_llama_server(model, args), model, counter)) if args.llama_server else None,
     }
+    systems = []
     for key, start in starters.items():
-        if key not in systems or start is None:
-            continue
-        print(f"{key} ...", flush=True)
-        try:
-            server = start()
-        except Exception as exc:
-            print(f"  skipped: {exc}", flush=True)
-            continue
-        try:
-            rounds[server.name] = bench_server(server, model, args, counter)
-            if key == "ggufd":
-                prefix = prefix_reuse(server, model, args)
-            rss[server.name] = server.rss_mb()
-        finally:
-            server.stop()
-    if "ggufd" in systems:
+        if key in wanted and start is not None:
+            print(f"starting {key} ...", flush=True)
+            try:
+                systems.append(start())
+            except Exception as exc:
+                print(f"  skipped: {exc}", flush=True)
+    rounds: dict[str, list[Round]] = {system.name: [] for system in systems}
+    prefix = idle = None
+    try:
+        for system in systems:
+            system.round(1, 8, "warm-up")  # loads the model, fills caches
+        for concurrency in args.concurrency:
+            repeats = args.repeats if concurrency == 1 else args.repeats_concurrent
+            for repeat in range(repeats):
+                turn = systems[repeat % len(systems):] + systems[:repeat % len(systems)]  # who goes first rotates
+                for system in turn:
+                    if concurrency <= system.max_concurrency:
+                        print(f"  {system.name}: {concurrency} stream(s), round {repeat + 1}/{repeats}", flush=True)
+                        rounds[system.name].append(system.round(concurrency, args.max_tokens, f"{concurrency}-{repeat}"))
+        ggufd = next((s for s in systems if s.name == "ggufd"), None)
+        if ggufd is not None and not args.no_prefix_reuse:
+            prefix = prefix_reuse(ggufd.server, model, args)
+        rss = {s.name: s.server.rss_mb() for s in systems if isinstance(s, ServerSystem)}
+    finally:
+        for system in systems:
+            system.close()
+    if "ggufd" in wanted:
         idle = idle_footprint(model, args, workdir)
 
     rows = []
@@ -542,8 +626,10 @@ def main(argv=None) -> int:
             row["peak_rss_mb"] = rss.get(system)
             rows.append(row)
     results = {"model": model.name, "machine": machine(), "rows": rows, "prefix_reuse": prefix, "idle": idle,
-               "settings": {"max_tokens": args.max_tokens, "n_ctx": args.n_ctx, "threads": args.threads, "concurrency": args.concurrency}}
-    results["targets"] = targets(rows, idle)
+               "settings": {"max_tokens": args.max_tokens, "n_ctx": args.n_ctx, "threads": args.threads, "concurrency": args.concurrency,
+                            "repeats": args.repeats, "repeats_concurrent": args.repeats_concurrent, "suppressed_tokens": sorted(LOGIT_BIAS)},
+               "rounds": {name: [r.summary() for r in rs] for name, rs in rounds.items()}}
+    results["targets"] = targets(rows, rounds, idle)
     table = report(results, args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(results, indent=2, default=str))
@@ -551,7 +637,8 @@ def main(argv=None) -> int:
     if args.write_benchmarks:
         (REPO / "BENCHMARKS.md").write_text(
             "# Benchmarks\n\nWritten by `make bench` (`bench/run.py`); the latest run on this project's machine. "
-            "All systems ran one after another in the same run, with the same model, prompts and settings.\n\n" + table
+            "All systems were started together and measured in turns, round by round, with the same model, prompts and "
+            "settings; ratios are medians of the ratios of rounds that ran back to back.\n\n" + table
         )
     print(table)
     return 0
