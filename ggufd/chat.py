@@ -20,6 +20,7 @@ def build_generation(pm, model: ModelInfo, chat: ChatRequest) -> GenerationReque
         max_tokens=chat.max_tokens,
         stop=tuple(dict.fromkeys(chat.stop + family_stops)),
         logprobs=chat.logprobs,
+        stream=chat.stream,
     )
 
 

@@ -525,6 +525,7 @@ class CompletionsHandler(GenerationHandler):
             max_tokens=completion.max_tokens,
             stop=completion.stop,
             logprobs=completion.logprobs,
+            stream=completion.stream,
         )
         return model, request, completion.stream, completion.include_usage
 

@@ -296,6 +296,8 @@ class _Sequence:
     max_tokens: int = 0
     sampler: Any = None
     greedy: GreedyPick | None = None  # set: sampled with numpy instead of ``sampler``
+    text_sent: bool = False
+    held: list = field(default_factory=list)  # events of a request that does not stream, kept for its end
     assembler: TextAssembler | None = None
 
 
@@ -459,7 +461,7 @@ class BatchRunner:
             else:
                 token = llama_cpp.llama_sampler_sample(sequence.sampler, model.ctx, index)
             if logprobs is not None and not llama_cpp.llama_vocab_is_eog(model.vocab, token):
-                self._outbox.append((sequence.generation, self._token_logprob(token, logprobs, sequence.request.logprobs)))
+                self._emit(sequence, self._token_logprob(token, logprobs, sequence.request.logprobs))
             self._accept(sequence, token)
         self._deliver()
 
@@ -493,6 +495,16 @@ class BatchRunner:
         text, data, logprob = entry(token)
         return TokenLogprob(text, data, logprob, top)
 
+    def _emit(self, sequence: _Sequence, event) -> None:
+        """Queue an event for this step's delivery. A request that does not stream gets its first
+        text at once (time to first token) and the rest with its end: its handler would only
+        collect the pieces, and each delivery wakes the event loop."""
+        if sequence.request.stream or not sequence.text_sent:
+            sequence.text_sent = sequence.text_sent or isinstance(event, TextDelta)
+            self._outbox.append((sequence.generation, event))
+        else:
+            sequence.held.append((sequence.generation, event))
+
     def _deliver(self) -> None:
         """Hand this step's text to the event loop in one wake-up, not one per sequence: every
         wake-up is a thread the CPU must schedule while llama.cpp's threads compute."""
@@ -509,7 +521,7 @@ class BatchRunner:
         sequence.n_generated += 1
         text = sequence.assembler.feed(self.model.token_bytes(token))
         if text:
-            self._outbox.append((sequence.generation, TextDelta(text)))
+            self._emit(sequence, TextDelta(text))
         if sequence.assembler.stopped:
             return self._end(sequence, "stop")
         if sequence.n_generated >= sequence.max_tokens or n_prompt + sequence.n_generated >= self.model.n_ctx:
@@ -519,10 +531,11 @@ class BatchRunner:
     def _end(self, sequence: _Sequence, reason: str) -> None:
         tail = sequence.assembler.finish()
         if tail:
-            self._outbox.append((sequence.generation, TextDelta(tail)))
+            self._emit(sequence, TextDelta(tail))
         self._finish(sequence, Finished(reason, len(sequence.prompt), sequence.n_generated))
 
     def _finish(self, sequence: _Sequence, final) -> None:
+        self._outbox.extend(sequence.held)
         self._deliver()  # its text before its end
         self._free_sampler(sequence)
         del self._active[sequence.seq_id]

@@ -90,3 +90,4 @@ class GenerationRequest:
     max_tokens: int | None  # None: until end of sequence or end of context
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # None: off; N: each token's logprob and its N most likely alternatives
+    stream: bool = True  # False: the text is read only at the end (the engine may hand it over in one piece)

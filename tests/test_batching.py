@@ -150,3 +150,38 @@ def test_a_continuing_conversation_reuses_its_cached_prefix(tiny_model, monkeypa
     assert first_prefill == first[0].prompt_tokens
     assert second[0].prompt_tokens > first_prefill + 10
     assert second_prefill < 25, second_prefill  # only the new turn (and the re-tokenized answer) was decoded
+
+
+def test_a_request_that_does_not_stream_gets_its_text_after_the_first_in_one_delivery(tiny_model, monkeypatch):
+    """Streaming: one delivery per token. Not streaming: the first text at once (time to first
+    token), everything else with the end — same events, same order, far fewer event-loop wake-ups."""
+    from ggufd import llama_backend
+    from ggufd.events import TokenLogprob
+
+    deliveries: list[list] = []
+    original = llama_backend.deliver_events
+
+    def counting(pairs):
+        pairs = list(pairs)
+        deliveries.append([type(event).__name__ for _, event in pairs])
+        original(pairs)
+
+    monkeypatch.setattr(llama_backend, "deliver_events", counting)
+
+    async def main(stream: bool):
+        deliveries.clear()
+        engine = make_engine(n_ctx=256, parallel=2)
+        request = GenerationRequest(PROMPT, SamplingParams(temperature=0), max_tokens=30, logprobs=2, stream=stream)
+        events = await collect(engine.start(model_info(tiny_model), request))
+        await engine.close()
+        return events, list(deliveries)
+
+    streamed, streamed_deliveries = asyncio.run(main(True))
+    plain, plain_deliveries = asyncio.run(main(False))
+    assert [type(e) for e in plain] == [type(e) for e in streamed] and plain[-1] == streamed[-1]
+    assert text_of(plain) == text_of(streamed) and [e for e in plain if isinstance(e, TokenLogprob)] == [e for e in streamed if isinstance(e, TokenLogprob)]
+    assert plain[-1].completion_tokens == 30
+    assert len(streamed_deliveries) >= 25
+    first_text = next(i for i, names in enumerate(plain_deliveries) if "TextDelta" in names)  # a token may have no text of its own
+    assert plain_deliveries[:first_text + 1] == streamed_deliveries[:first_text + 1]
+    assert len(plain_deliveries) == first_text + 2, plain_deliveries  # then one more: the rest, with the end
