@@ -531,7 +531,9 @@ def eog_tokens(model: Path) -> list[int]:
     """The model's end-of-generation token ids (for --suppress-eos auto)."""
     import llama_cpp
 
-    llama_cpp.llama_backend_init()
+    from ggufd.llama_backend import configure_llama
+
+    configure_llama("error")  # initialises llama.cpp, and keeps its loading chatter out of the output
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = True
     handle = llama_cpp.llama_model_load_from_file(str(model).encode(), params)
