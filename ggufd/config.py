@@ -65,6 +65,9 @@ class LlamaSettings:
     n_threads: int = 0  # 0: one per available core
     parallel: int = 4  # sequences decoded together (continuous batching); each gets n_ctx tokens
     flash_attn: bool | str = "auto"  # llama.cpp decides per device; true/false force it
+    # Sliding-window layers (gemma 2/3, gpt-oss, ...) keep only their window of KV cache: for
+    # gemma-3 about a fifth of the full size. true keeps every position (llama.cpp's C default).
+    swa_full: bool = False
     embedding: bool = False  # serve /v1/embeddings (and nothing else) from this model
     gguf_pooling: bool = False  # the GGUF names its own pooling (an embedding model by design)
 
@@ -126,6 +129,7 @@ class Config:
             n_threads=options.get("n_threads", base.n_threads),
             parallel=options.get("parallel", base.parallel),
             flash_attn=options.get("flash_attn", base.flash_attn),
+            swa_full=options.get("swa_full", base.swa_full),
             embedding=options.get("embedding", base.embedding),
         )
 

@@ -179,6 +179,7 @@ class LoadedModel:
         ctx_params.n_threads = settings.threads
         ctx_params.n_threads_batch = settings.threads
         ctx_params.flash_attn_type = {"auto": -1, False: 0, True: 1}[settings.flash_attn]
+        ctx_params.swa_full = settings.swa_full
         # One KV buffer for all sequences (masked per sequence). Separate streams (kv_unified = False)
         # decoded about half as fast here once KV cells had been reused by partial prefix removal.
         ctx_params.kv_unified = True
@@ -189,6 +190,7 @@ class LoadedModel:
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.n_swa = llama_cpp.llama_model_n_swa(self.model)  # 0: no sliding-window layers
         self.n_ctx = min(n_ctx, llama_cpp.llama_n_ctx_seq(self.ctx))
         self.n_batch = llama_cpp.llama_n_batch(self.ctx)
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
@@ -402,11 +404,23 @@ class BatchRunner:
         seq_id = max(self._free, key=common)
         self._free.remove(seq_id)
         keep = min(common(seq_id), len(tokens) - 1)  # the last prompt token is decoded again for its logits
+        if keep and not self._window_intact(seq_id, keep):
+            keep = 0
         if not llama_cpp.llama_memory_seq_rm(self.model.memory, seq_id, keep, -1):
             llama_cpp.llama_memory_seq_rm(self.model.memory, seq_id, -1, -1)
             keep = 0
         self._cached[seq_id] = self._cached[seq_id][:keep]
         return seq_id
+
+    def _window_intact(self, seq_id: int, keep: int) -> bool:
+        """Whether the cache still holds what decoding from position ``keep`` needs. A sliding-window
+        layer's cache (``swa_full = false``) drops positions that left the window of the sequence's
+        last token; continuing from ``keep`` needs the window before ``keep`` (llama-server's test)."""
+        import llama_cpp
+
+        if not self.model.n_swa:
+            return True
+        return llama_cpp.llama_memory_seq_pos_min(self.model.memory, seq_id) <= max(0, keep - self.model.n_swa)
 
     # --- one step
 

@@ -476,7 +476,7 @@ def _schema_keys() -> dict[str, set[str]]:
 def test_schema_sections_are_not_empty():
     keys = _schema_keys()
     assert {"host", "port", "models_dir", "llama", "models"} <= keys["top level"]
-    assert keys["[llama]"] == {"n_ctx", "n_gpu_layers", "n_batch", "n_threads", "parallel", "flash_attn"}
+    assert keys["[llama]"] == {"n_ctx", "n_gpu_layers", "n_batch", "n_threads", "parallel", "flash_attn", "swa_full"}
     assert {"path", "chat_template_file", "sampling"} <= keys['[models."<id>"]']
     assert {"temperature", "stop", "max_tokens"} <= keys["sampling"]
 

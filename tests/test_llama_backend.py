@@ -1,5 +1,6 @@
 """ggufd.llama_backend below the engine: the numpy greedy pick agrees with llama.cpp's own
-logit-bias -> greedy sampler chain, token for token."""
+logit-bias -> greedy sampler chain, token for token; sliding-window caches (swa_full = false)
+take a fraction of the memory and reuse a cached prefix only while its window is intact."""
 
 from __future__ import annotations
 
@@ -84,3 +85,101 @@ def test_the_numpy_pick_chooses_what_llama_cpps_greedy_chain_chooses(loaded, bia
         assert len(set(chosen)) > 3  # a real walk through the vocabulary, not one token repeated
     else:
         assert set(chosen) == {17}
+
+
+# --- sliding-window caches (gemma-3: a 512-token window in 15 of its 18 layers)
+
+
+def gemma_engine_run(loaded, prompts: list[str], max_tokens: int) -> list[tuple[str, int]]:
+    """Run prompts one after another through the model's batch runner -> (text, prompt tokens decoded)."""
+    import asyncio
+
+    import llama_cpp
+
+    from ggufd.events import Generation, TextDelta
+    from ggufd.types import ChatPrompt, GenerationRequest
+
+    texts: dict[int, str] = {}
+    decoded: list[int] = []
+    original_deliver, original_decode = llama_backend.deliver_events, llama_cpp.llama_decode
+
+    def deliver(pairs):
+        for generation, event in pairs:
+            if isinstance(event, TextDelta):
+                texts[id(generation)] = texts.get(id(generation), "") + event.text
+
+    def decode(ctx, batch):
+        decoded.append(batch.n_tokens)
+        return original_decode(ctx, batch)
+
+    loop = asyncio.new_event_loop()
+    llama_backend.deliver_events, llama_cpp.llama_decode = deliver, decode
+    results = []
+    try:
+        for prompt in prompts:
+            decoded.clear()
+            generation = Generation(loop)
+            request = GenerationRequest(ChatPrompt(prompt), SamplingParams(temperature=0, logit_bias=((1, -100.0), (106, -100.0))), max_tokens=max_tokens)
+            future, _ = loaded.runner.submit(generation, request)
+            loaded.runner.run()
+            generated = future.result().completion_tokens
+            results.append((texts.get(id(generation), ""), sum(decoded) - (generated - 1)))  # the last token is never decoded
+    finally:
+        llama_backend.deliver_events, llama_cpp.llama_decode = original_deliver, original_decode
+        loop.close()
+    return results
+
+
+def load_gemma(gemma_model, swa_full: bool, parallel: int = 1, n_ctx: int = 1024):
+    llama_backend.configure_llama("error")
+    settings = LlamaSettings(n_ctx=n_ctx, n_threads=2, parallel=parallel, swa_full=swa_full)
+    return llama_backend.load_model(str(gemma_model), settings, Placement("cpu", 0))
+
+
+def turn(text: str) -> str:
+    return f"<start_of_turn>user\n{text}<end_of_turn>\n<start_of_turn>model\n"
+
+
+@pytest.mark.gemma
+def test_sliding_window_caches_reuse_a_prefix_only_while_its_window_is_intact(gemma_model):
+    # ~1,350 tokens: the window cache (512 + a 512-token batch = 1,024 cells) overwrites the oldest positions
+    history = turn("Count: " + " ".join(f"item{i}" for i in range(450)))
+    loaded = load_gemma(gemma_model, swa_full=False, n_ctx=2048)
+    try:
+        assert loaded.n_swa == 512
+        (answer, first_prefill), = gemma_engine_run(loaded, [history], 40)
+        continued = history + answer + "<end_of_turn>\n" + turn("And then?")
+        other = turn("Count: " + " ".join(f"item{i}" for i in range(100)) + " STOP")  # shares only ~300 tokens
+        (cont_text, cont_prefill), (other_text, other_prefill) = gemma_engine_run(loaded, [continued, other], 16)
+    finally:
+        loaded.close()
+    fresh = load_gemma(gemma_model, swa_full=False, n_ctx=2048)
+    try:
+        (cold_cont, _), = gemma_engine_run(fresh, [continued], 16)
+        (cold_other, _), = gemma_engine_run(fresh, [other], 16)
+    finally:
+        fresh.close()
+    assert cont_text == cold_cont and other_text == cold_other  # reused or not, the answers are right
+    assert first_prefill > 1200
+    assert cont_prefill < 30  # the window before the new turn is still cached: only the new turn was decoded
+    # the shared start (~300 tokens) was overwritten while the rest of the history was processed: decoded again
+    assert other_prefill > 300
+
+
+@pytest.mark.gemma
+def test_a_sliding_window_cache_takes_a_fraction_of_the_full_cache(gemma_model):
+    def rss_growth(swa_full: bool) -> int:
+        before = rss()
+        loaded = load_gemma(gemma_model, swa_full=swa_full, parallel=4, n_ctx=4096)
+        try:
+            return rss() - before
+        finally:
+            loaded.close()
+
+    def rss() -> int:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+    windowed, full = rss_growth(False), rss_growth(True)
+    # KV cache of 4 x 4096 positions: 18 layers in full (~300 MB) vs 3 full layers + 15 windows (~90 MB)
+    assert full - windowed > 150 * 1024**2, (windowed, full)
