@@ -132,11 +132,16 @@ class GreedyPick:
         return s.temperature == 0 and not s.grammar and repeat == 1.0 and not s.frequency_penalty and not s.presence_penalty
 
     def pick(self, logits) -> int:
-        """``logits``: the float32 array of one batch entry (not modified)."""
-        if len(self.ids):
-            logits = logits.copy()
-            logits[self.ids] += self.biases
-        return int(logits.argmax())
+        """``logits``: the float32 row of one batch entry in llama.cpp's buffer. Biased entries are
+        changed for the argmax and put back exactly (a copy of a 262k row cost more than the argmax)."""
+        if not len(self.ids):
+            return int(logits.argmax())
+        saved = logits[self.ids]  # fancy indexing: a copy
+        logits[self.ids] += self.biases
+        try:
+            return int(logits.argmax())
+        finally:
+            logits[self.ids] = saved
 
 
 class LoadedModel:
@@ -189,6 +194,8 @@ class LoadedModel:
             raise ValueError("llama.cpp could not create a context (out of memory?)")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.n_swa = llama_cpp.llama_model_n_swa(self.model)  # 0: no sliding-window layers
         self.n_ctx = min(n_ctx, llama_cpp.llama_n_ctx_seq(self.ctx))
@@ -209,7 +216,22 @@ class LoadedModel:
             size = -n
 
     def token_bytes(self, token: int) -> bytes:
-        """The bytes of one generated token (special tokens render as nothing)."""
+        """The bytes of one generated token (special tokens render as nothing); remembered."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._piece(token)
+        return piece
+
+    def is_eog(self, token: int) -> bool:
+        """Whether ``token`` ends a generation (end of sequence / of turn); remembered."""
+        eog = self._eog.get(token)
+        if eog is None:
+            import llama_cpp
+
+            eog = self._eog[token] = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+        return eog
+
+    def _piece(self, token: int) -> bytes:
         import llama_cpp
 
         size = 64
@@ -468,16 +490,25 @@ class BatchRunner:
         status = llama_cpp.llama_decode(model.ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
-        for index, sequence in wants_logits:
+        outputs = self._outputs(len(wants_logits))
+        for row, (index, sequence) in enumerate(wants_logits):
             logprobs = self._logprobs(index) if sequence.request.logprobs is not None else None
             if sequence.greedy is not None:
-                token = sequence.greedy.pick(self._logits(index))
+                token = sequence.greedy.pick(outputs[row])
             else:
                 token = llama_cpp.llama_sampler_sample(sequence.sampler, model.ctx, index)
-            if logprobs is not None and not llama_cpp.llama_vocab_is_eog(model.vocab, token):
+            if logprobs is not None and not model.is_eog(token):
                 self._emit(sequence, self._token_logprob(token, logprobs, sequence.request.logprobs))
             self._accept(sequence, token)
         self._deliver()
+
+    def _outputs(self, n: int):
+        """This step's logits, one row per entry that asked for them, in batch order (llama.cpp
+        keeps them so): one numpy view per step instead of one per sequence."""
+        import llama_cpp
+        import numpy as np
+
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.model.ctx), shape=(n, self.model.n_vocab))
 
     def _logits(self, index: int):
         """The model's logits for batch entry ``index``: a float32 view into llama.cpp's buffer,
@@ -527,10 +558,8 @@ class BatchRunner:
             deliver_events(outbox)
 
     def _accept(self, sequence: _Sequence, token: int) -> None:
-        import llama_cpp
-
         n_prompt = len(sequence.prompt)
-        if llama_cpp.llama_vocab_is_eog(self.model.vocab, token):
+        if self.model.is_eog(token):
             return self._end(sequence, "stop")
         sequence.n_generated += 1
         text = sequence.assembler.feed(self.model.token_bytes(token))
