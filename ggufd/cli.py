@@ -48,12 +48,15 @@ def _setup(args):
     return config, pm, registry
 
 
-def _print_models(registry, as_json: bool) -> None:
+def _print_models(registry, as_json: bool, gpu=None) -> None:
     rows = [{"id": m.id, "family": m.family, "path": str(m.path), "aliases": list(m.spec.aliases)} for m in registry]
     skipped = [{"id": s.id, "path": s.path, "reason": s.reason} for s in registry.skipped]
     if as_json:
-        print(json.dumps({"default_model": registry.default_id, "models": rows, "skipped": skipped}, indent=2))
+        extra = {"gpu": gpu.to_dict()} if gpu is not None else {}
+        print(json.dumps({"default_model": registry.default_id, "models": rows, "skipped": skipped, **extra}, indent=2))
         return
+    if gpu is not None:
+        print(gpu.summary(), file=sys.stderr)  # a status line, like "config OK": stdout lists the models
     for row in rows:
         marker = "*" if row["id"] == registry.default_id else " "
         aliases = f" (aliases: {', '.join(row['aliases'])})" if row["aliases"] else ""
@@ -62,6 +65,14 @@ def _print_models(registry, as_json: bool) -> None:
         print("no models found")
     for row in skipped:
         print(f"! skipped {row['path']}: {row['reason']}")
+
+
+def _gpu_report(config):
+    from . import llama_backend
+    from .gpu import gpu_report
+
+    llama_backend.configure_llama(config.llama_log_level)
+    return gpu_report(llama_backend.gpu_startup_problems())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.check_config or args.command == "models":
-        _print_models(registry, args.json)
+        _print_models(registry, args.json, _gpu_report(config) if args.check_config else None)
         if args.check_config:
             for failure in pm.ggufd_failures:
                 print(f"! plugin {failure['name']} not loaded: {failure['error']}")
@@ -134,7 +145,9 @@ def _serve(args, config, pm, registry) -> int:
     )
     state.metrics = Metrics(lambda: state.engine)
     state.engine = make_engine(config, state.metrics)
-    state.engine.gpu_available  # import llama_cpp now, not during the first /health
+    gpu = state.engine.gpu_report()  # llama.cpp starts now, not during the first /health
+    log_gpu = structlog.get_logger("ggufd").info if gpu.offload or not gpu.backends else structlog.get_logger("ggufd").warning
+    log_gpu(gpu.summary(), gpu_offload=gpu.offload, gpus=[d.description for d in gpu.devices])
     pm.hook.startup(config=config)
     try:
         asyncio.run(serve(state))

@@ -45,8 +45,8 @@ def placement_for(options: Mapping[str, Any], n_gpu_layers: int, gpu_available: 
         if model_id not in _warned_cpu_only:
             _warned_cpu_only.add(model_id)
             log.warning(
-                "this llama-cpp-python build has no GPU offload; running on CPU "
-                '(reinstall it with CMAKE_ARGS="-DGGML_CUDA=on" for CUDA)',
+                "GPU layers requested but no GPU can be used; running on CPU "
+                "(the start-up line 'GPU offload: no — ...' and ggufd --check-config say why)",
                 model=model_id,
                 n_gpu_layers=n_gpu_layers,
             )

@@ -128,6 +128,7 @@ class Engine:
         self._loader = loader
         self._llama_log_level = llama_log_level
         self._gpu_available = gpu_available
+        self._gpu_report = None
         self._configured = False
         self._slots: dict[str, ModelSlot] = {}
         self._devices = DeviceExecutors()
@@ -139,8 +140,23 @@ class Engine:
     @property
     def gpu_available(self) -> bool:
         if self._gpu_available is None:
+            self._configure_llama()  # first: llama.cpp's GPU start-up errors go to the log and the report
             self._gpu_available = llama_backend.gpu_offload_available()
         return self._gpu_available
+
+    def gpu_report(self):
+        """What GPUs llama.cpp can use, and if none, why (:class:`ggufd.gpu.GpuReport`); asked once."""
+        if self._gpu_report is None:
+            from .gpu import gpu_report
+
+            self._configure_llama()
+            self._gpu_report = gpu_report(llama_backend.gpu_startup_problems())
+        return self._gpu_report
+
+    def _configure_llama(self) -> None:
+        if not self._configured:
+            llama_backend.configure_llama(self._llama_log_level)
+            self._configured = True
 
     def start(self, info: ModelInfo, request: GenerationRequest, generation: Generation | None = None) -> Generation:
         """Queue a generation; raises :class:`Overloaded` when the model's queue is full."""
@@ -271,9 +287,7 @@ class Engine:
     def _slot(self, info: ModelInfo) -> ModelSlot:
         slot = self._slots.get(info.id)
         if slot is None:
-            if not self._configured:
-                llama_backend.configure_llama(self._llama_log_level)
-                self._configured = True
+            self._configure_llama()
             slot = self._slots[info.id] = self._new_slot(info)
         return slot
 
@@ -389,10 +403,12 @@ class Engine:
 
         try:
             slot.llama = await self._devices.run(slot.placement.device, self._loader, str(slot.info.path), slot.settings, slot.placement, on_progress)
-        except Exception as exc:  # llama.cpp raises ValueError for files it cannot load
+        except Exception as exc:  # llama_backend.LoadError: llama.cpp's reason, when it gave one
             log.error("model failed to load", model=slot.id, error=str(exc))
             slot.state = "failed"
-            slot.load_error = ServerError(f"The model '{slot.id}' failed to load; see the server log.")
+            reason = getattr(exc, "reason", None)
+            slot.load_error = ServerError(f"The model '{slot.id}' failed to load: {reason}." if reason else
+                                          f"The model '{slot.id}' failed to load; see the server log.")
             raise slot.load_error from None
         else:
             slot.state = "loaded"

@@ -202,6 +202,8 @@ class HealthHandler(BaseHandler):
                 "loaded_models": engine.loaded_models(),
                 "model_states": engine.status(),
                 "gpu_offload": engine.gpu_available,
+                "gpus": [{"name": d.name, "description": d.description, "total_bytes": d.total_bytes} for d in engine.gpu_report().devices],
+                "gpu_problems": list(engine.gpu_report().problems),
                 "pending_requests": engine.pending(),
                 "skipped_files": [{"id": s.id, "reason": s.reason} for s in state.registry.skipped],
             },

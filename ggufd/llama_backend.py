@@ -20,6 +20,7 @@ import random
 import threading
 from collections import deque
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -39,6 +40,8 @@ _LLAMA_VERBOSITY = {"none": 0, "error": 1, "warn": 2, "warning": 2, "info": 3, "
 _GGML_RANK = {4: 1, 3: 2, 2: 3, 1: 4}
 _keep_alive: list = []  # ctypes callbacks must outlive their registration
 _configured = threading.Lock()
+_errors: deque[str] = deque(maxlen=32)  # llama.cpp's latest error lines, whatever the log level
+_capture = threading.local()  # .lines: a list collecting this thread's llama.cpp errors (see llama_errors)
 PENALTY_LAST_N = 64  # tokens the repeat/frequency/presence penalties look back on
 
 
@@ -67,13 +70,58 @@ def configure_llama(level: str) -> None:
                 ggml_level = state["last"]
             state["last"] = ggml_level
             rank = _GGML_RANK.get(ggml_level, 4)
-            if rank <= allowed:
+            if rank <= allowed or rank == 1:
                 message = text.decode("utf-8", errors="replace").rstrip()
-                if message:
+                if message and rank == 1:
+                    _errors.append(message)
+                    lines = getattr(_capture, "lines", None)
+                    if lines is not None:
+                        lines.append(message)
+                if message and rank <= allowed:
                     methods[rank](message, source="llama.cpp")
 
         llama_cpp.llama_log_set(log_callback, ctypes.c_void_p(0))
         _keep_alive.append(log_callback)
+
+
+def gpu_startup_problems() -> tuple[str, ...]:
+    """llama.cpp's errors while starting a GPU backend (e.g. "failed to initialize CUDA: CUDA
+    driver version is insufficient for CUDA runtime version"); empty when there were none."""
+    return tuple(line for line in _errors if "failed to initialize" in line or "driver" in line.lower())
+
+
+@contextmanager
+def llama_errors():
+    """Collect the error lines llama.cpp logs on this thread inside the ``with`` block."""
+    lines: list[str] = []
+    _capture.lines = lines
+    try:
+        yield lines
+    finally:
+        _capture.lines = None
+
+
+def load_failure_reason(lines: list[str]) -> str | None:
+    """llama.cpp's error lines of a failed load -> a reason a client may see (no paths), or None."""
+    text = "\n".join(lines).lower()
+    if any(sign in text for sign in ("out of memory", "failed to allocate", "unable to allocate", "cudamalloc failed")):
+        return "not enough memory on its device; lower n_gpu_layers, n_ctx or parallel for this model"
+    if "driver version is insufficient" in text or "failed to initialize cuda" in text:
+        return "the GPU cannot be used: the NVIDIA driver is older than this CUDA build needs"
+    if "not within the file bounds" in text or "corrupted or incomplete" in text:
+        return "the model file is corrupted or incomplete"
+    if "unknown model architecture" in text:
+        return "this llama.cpp version does not know the model's architecture"
+    return None
+
+
+class LoadError(ValueError):
+    """A model or its context could not be created; ``reason`` is safe to show to clients."""
+
+    def __init__(self, what: str, lines: list[str]) -> None:
+        self.reason = load_failure_reason(lines)
+        self.details = list(lines)
+        super().__init__(f"{what}: " + (" | ".join(lines[-4:]) if lines else "llama.cpp gave no reason"))
 
 
 def make_sampler(s: SamplingParams, n_vocab: int, vocab=None):
@@ -165,9 +213,10 @@ class LoadedModel:
 
             model_params.progress_callback = progress
             self._progress = progress  # keep alive while loading
-        self.model = llama_cpp.llama_model_load_from_file(path.encode("utf-8"), model_params)
+        with llama_errors() as errors:
+            self.model = llama_cpp.llama_model_load_from_file(path.encode("utf-8"), model_params)
         if not self.model:
-            raise ValueError("llama.cpp could not load the model file")
+            raise LoadError("llama.cpp could not load the model file", errors)
         self.embedding = embedding
         self.parallel = 1 if embedding else max(1, settings.parallel)
         n_ctx = settings.n_ctx or llama_cpp.llama_model_n_ctx_train(self.model)
@@ -188,10 +237,11 @@ class LoadedModel:
         # One KV buffer for all sequences (masked per sequence). Separate streams (kv_unified = False)
         # decoded about half as fast here once KV cells had been reused by partial prefix removal.
         ctx_params.kv_unified = True
-        self.ctx = llama_cpp.llama_init_from_model(self.model, ctx_params)
+        with llama_errors() as errors:
+            self.ctx = llama_cpp.llama_init_from_model(self.model, ctx_params)
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
-            raise ValueError("llama.cpp could not create a context (out of memory?)")
+            raise LoadError("llama.cpp could not create a context for the model", errors)
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self._pieces: dict[int, bytes] = {}

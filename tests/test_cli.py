@@ -58,6 +58,8 @@ def test_check_config_lists_each_model_with_family_and_path(good_config, served)
     result = ggufd("--check-config", "--config", str(good_config))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [f"* tiny  family=gguf-template  {served / 'tiny.gguf'}"]
+    gpu = next(line for line in result.stderr.splitlines() if line.startswith("GPU offload: "))
+    assert gpu.startswith("GPU offload: no — this llama-cpp-python build is CPU-only") and 'CMAKE_ARGS="-DGGML_CUDA=on"' in gpu
     assert f"config OK: {good_config}" in result.stderr
 
 
@@ -104,6 +106,7 @@ def test_check_config_json(served, good_config):
     assert doc["models"] == [{"id": "tiny", "family": "gguf-template", "path": str(served / "tiny.gguf"), "aliases": []}]
     assert [(s["id"], s["path"]) for s in doc["skipped"]] == [("junk", str(served / "junk.gguf"))]
     assert "not a GGUF file" in doc["skipped"][0]["reason"]
+    assert doc["gpu"] == {"offload": False, "backends": [], "devices": [], "problems": []}
 
 
 def test_check_config_with_an_empty_models_folder(tmp_path):

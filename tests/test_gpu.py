@@ -1,85 +1,34 @@
-"""GPU-only checks (run by bench/gpu-check.sh on a machine with an NVIDIA GPU); skipped elsewhere."""
+"""ggufd.gpu: what GPUs llama.cpp can use and, if none, a line that says why and what to do.
+(The GPU side runs in tests/test_gpu_hardware.py on a machine with a GPU.)"""
 
 from __future__ import annotations
 
-import asyncio
+from ggufd.gpu import GpuDevice, GpuReport, _ggml, gpu_report
 
-import pytest
-
-llama_cpp = pytest.importorskip("llama_cpp")
-pytestmark = pytest.mark.skipif(not llama_cpp.llama_supports_gpu_offload(), reason="needs a CUDA build of llama-cpp-python and a GPU")
+H200 = GpuDevice("CUDA0", "NVIDIA H200", 150 * 1024**3, 140 * 1024**3)
 
 
-def model_info(path, model_id, **options):
-    from ggufd.gguf_metadata import read_metadata
-    from ggufd.types import ModelInfo, ModelSpec
-
-    return ModelInfo(spec=ModelSpec(id=model_id, path=path, options=options), metadata=read_metadata(path), family="gguf-template")
-
-
-@pytest.fixture(scope="module")
-def gpu_model(tmp_path_factory):
-    import gguf_factory
-
-    folder = tmp_path_factory.mktemp("gpu")
-    return gguf_factory.write_synthetic_llama(folder / "gpu.gguf", n_embd=1024, n_layer=8, n_head=16, n_head_kv=4, n_ff=4096, vocab_size=32000)
+def test_a_cpu_only_build_reports_no_gpu_and_how_to_get_one():
+    report = gpu_report()
+    assert report == GpuReport(offload=False)
+    assert report.summary().startswith("GPU offload: no — this llama-cpp-python build is CPU-only")
+    assert 'CMAKE_ARGS="-DGGML_CUDA=on"' in report.summary()
+    assert report.to_dict() == {"offload": False, "backends": [], "devices": [], "problems": []}
 
 
-def engine():
-    from ggufd.config import LlamaSettings
-    from ggufd.engine import Engine
-
-    return Engine(settings_for=lambda info: LlamaSettings(n_ctx=1024, n_gpu_layers=0 if info.options.get("device") == "cpu" else -1, parallel=2))
-
-
-async def run(eng, info, max_tokens=64):
-    from gguf_factory import EOS_ID, IM_END_ID
-
-    from ggufd.types import ChatPrompt, GenerationRequest, SamplingParams
-
-    generation = eng.start(info, GenerationRequest(ChatPrompt("hello"), SamplingParams(temperature=0, logit_bias=((EOS_ID, -100.0), (IM_END_ID, -100.0))), max_tokens))
-    events = []
-    while not generation.done:
-        events.extend(await generation.next_events())
-    return events
+def test_the_device_registry_is_read_through_ggml():
+    lib = _ggml()
+    assert lib is not None and lib.ggml_backend_dev_count() >= 1  # the CPU device
+    assert "CPU" in [lib.ggml_backend_reg_name(lib.ggml_backend_reg_get(i)).decode() for i in range(lib.ggml_backend_reg_count())]
+    assert lib.ggml_backend_dev_type(lib.ggml_backend_dev_get(0)) == 0  # GGML_BACKEND_DEVICE_TYPE_CPU
 
 
-def test_two_models_on_device_0_share_its_thread(gpu_model):
-    import threading
-
-    async def main():
-        eng = engine()
-        a, b = model_info(gpu_model, "a", device=0), model_info(gpu_model, "b", device=0)
-        await asyncio.gather(run(eng, a), run(eng, b))
-        status = eng.status()
-        threads = {t.name for t in threading.enumerate() if t.name.startswith("ggufd-cuda:0")}
-        await eng.close()
-        return status, threads
-
-    status, threads = asyncio.run(main())
-    assert status["a"]["device"] == status["b"]["device"] == "cuda:0"
-    assert status["a"]["offloaded_layers"] == status["a"]["total_layers"]
-    assert len(threads) == 1
-
-
-def test_a_cpu_model_runs_while_a_gpu_model_generates(gpu_model):
-    import time
-
-    async def main():
-        eng = engine()
-        gpu, cpu = model_info(gpu_model, "gpu", device=0), model_info(gpu_model, "cpu", device="cpu")
-        await asyncio.gather(run(eng, gpu, 4), run(eng, cpu, 4))  # load both
-        started = time.perf_counter()
-        gpu_task = asyncio.ensure_future(run(eng, gpu, 400))
-        cpu_events = await run(eng, cpu, 8)
-        cpu_done = time.perf_counter() - started
-        gpu_events = await gpu_task
-        gpu_done = time.perf_counter() - started
-        status = eng.status()
-        await eng.close()
-        return cpu_events, gpu_events, cpu_done, gpu_done, status
-
-    cpu_events, gpu_events, cpu_done, gpu_done, status = asyncio.run(main())
-    assert status["cpu"]["device"] == "cpu" and status["gpu"]["device"] == "cuda:0"
-    assert cpu_events[-1].completion_tokens == 8 and gpu_events[-1].completion_tokens == 400
-    assert cpu_done < gpu_done  # the CPU model did not wait for the GPU model's thread
+def test_summaries_name_the_gpus_or_the_reason_there_are_none():
+    assert GpuReport(True, ("CUDA",), (H200,)).summary() == "GPU offload: yes — CUDA0: NVIDIA H200 (150.0 GiB, 140.0 GiB free)"
+    driver = "ggml_cuda_init: failed to initialize CUDA: CUDA driver version is insufficient for CUDA runtime version"
+    old_driver = GpuReport(False, ("CUDA",), (), (driver,)).summary()
+    assert old_driver.startswith("GPU offload: no — this llama-cpp-python build has CUDA but cannot use it: " + driver)
+    assert "nvidia-smi" in old_driver
+    assert "no usable device found" in GpuReport(False, ("CUDA",)).summary()
+    assert GpuReport(True, ("CUDA",), (H200,)).to_dict()["devices"] == [
+        {"name": "CUDA0", "description": "NVIDIA H200", "total_bytes": 150 * 1024**3, "free_bytes": 140 * 1024**3}]

@@ -183,3 +183,67 @@ def test_a_sliding_window_cache_takes_a_fraction_of_the_full_cache(gemma_model):
     windowed, full = rss_growth(False), rss_growth(True)
     # KV cache of 4 x 4096 positions: 18 layers in full (~300 MB) vs 3 full layers + 15 windows (~90 MB)
     assert full - windowed > 150 * 1024**2, (windowed, full)
+
+
+# --- load failures: llama.cpp's own reason reaches the log, a path-free one the client
+
+
+@pytest.mark.parametrize(
+    "lines, reason",
+    [
+        (["ggml_backend_cuda_buffer_type_alloc_buffer: allocating 14336.00 MiB on device 0: cudaMalloc failed: out of memory",
+          "alloc_tensor_range: failed to allocate CUDA0 buffer of size 15032385536",
+          "llama_model_load: error loading model: unable to allocate CUDA0 buffer"], "not enough memory on its device"),
+        (["llama_kv_cache: failed to allocate buffer for kv cache"], "not enough memory on its device"),
+        (["ggml_cuda_init: failed to initialize CUDA: CUDA driver version is insufficient for CUDA runtime version"], "NVIDIA driver is older"),
+        (["llama_model_load: error loading model: tensor 'output.weight' data is not within the file bounds, model is corrupted or incomplete"],
+         "corrupted or incomplete"),
+        (["llama_model_load: error loading model: error loading model architecture: unknown model architecture: 'mamba9'"], "does not know the model's architecture"),
+        (["llama_model_load_from_file_impl: failed to load model"], None),
+        ([], None),
+    ],
+)
+def test_load_failure_reasons(lines, reason):
+    found = llama_backend.load_failure_reason(lines)
+    assert (found is None) if reason is None else (reason in found and "/" not in found)
+
+
+def test_a_model_file_llama_cpp_cannot_load_fails_with_its_reason(tiny_model, tmp_path):
+    import gguf_factory
+
+    broken = gguf_factory.write_truncated_gguf(tiny_model, tmp_path / "broken.gguf", tiny_model.stat().st_size - 4096)
+    llama_backend.configure_llama("error")
+    with pytest.raises(llama_backend.LoadError) as failure:
+        llama_backend.load_model(str(broken), LlamaSettings(n_ctx=256, n_threads=1, parallel=1), Placement("cpu", 0))
+    assert failure.value.reason == "the model file is corrupted or incomplete"
+    assert any("not within the file bounds" in line for line in failure.value.details)
+    assert "llama.cpp could not load the model file: " in str(failure.value)
+
+
+def test_the_client_sees_the_reason_of_a_failed_load(tiny_model, tmp_path):
+    import asyncio
+
+    import gguf_factory
+    from test_engine import make_engine, model_info, request
+
+    from ggufd.errors import ServerError
+
+    broken = gguf_factory.write_truncated_gguf(tiny_model, tmp_path / "broken.gguf", tiny_model.stat().st_size - 4096)
+
+    import dataclasses
+
+    info = model_info(tiny_model, "broken")  # discovered intact; cut short on disk afterwards
+    info = dataclasses.replace(info, spec=dataclasses.replace(info.spec, path=broken))
+
+    async def main():
+        engine = make_engine()
+        try:
+            generation = engine.start(info, request(5))
+            return await generation.next_events()
+        finally:
+            await engine.close()
+
+    events = asyncio.run(main())
+    error = events[-1].error
+    assert isinstance(error, ServerError) and error.status == 500
+    assert error.message == "The model 'broken' failed to load: the model file is corrupted or incomplete."
