@@ -22,9 +22,10 @@ cp "$SHARED_WHEELS"/*.whl "$DEST/wheels/"
     -d "$DEST/wheels" "tornado>=6.3,<7" "jsonschema>=4.18,<5" "structlog>=23.1,<27" "openai>=1.40,<4" ${EXTRA:-}
 # sdnotify is published as a source package only (pure Python): build its wheel here.
 "$PY" -m pip wheel --quiet --no-deps -w "$DEST/wheels" "sdnotify>=0.3.2,<0.4"
-# Packages the GPU image already has are left out (one version of each: two stop the install).
+# numpy (16 MB) is left to the GPU image's own; the small ones stay, since pydantic and httpx2 want newer
+# typing_extensions/anyio/idna than an image may have (the wheels install into a venv over the image's).
 if [ -z "${EXTRA:-}" ]; then
-    rm -f "$DEST"/wheels/{numpy,typing_extensions,anyio,idna,certifi,h11,httpcore,attrs,sniffio}-*.whl
+    rm -f "$DEST"/wheels/numpy-*.whl
 fi
 du -sh "$DEST"
 ls "$DEST/wheels"

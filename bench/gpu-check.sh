@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
-# GPU check for a machine with an NVIDIA GPU and no internet (issue #8). Run from the repository root:
+# GPU check for a machine with an NVIDIA GPU and no internet (issue #8). Here, once: `bash bench/device-bundle.sh`
+# (fills the git-ignored .device/: the CUDA build of llama_cpp and wheels for Python 3.12, ~49 MB). Then, on the
+# GPU machine, from the repository root (with this project's device tool: carry [".device"], timeout_s 420):
 #
-#   WHEELS=.device/wheels CUDA_LLAMA=.device/llama_cpp-0.3.36-cuda13-sm90.tar.gz \
-#   NVIDIA_LIBS=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib OUT=/tmp/out bash bench/gpu-check.sh
+#   OUT=/tmp/out bash bench/gpu-check.sh
 #
-# WHEELS: a folder of wheels for ggufd's dependencies (pip download --only-binary=:all: --python-version 3.12
-#   --platform manylinux2014_x86_64 -d .device/wheels tornado pluggy jsonschema structlog jinja2 prometheus-client
-#   sdnotify openai gguf diskcache numpy ...); CUDA_LLAMA: the CUDA build of llama_cpp (a tarball of the package
-#   folder); NVIDIA_LIBS: where libcudart/libcublas live; OUT: where the table, JSON and logs go.
-# Steps: a venv with the sent packages; the synthetic 1.1B model generated here; ggufd on device 0 with every
+# WHEELS (.device/wheels), CUDA_LLAMA (.device/llama_cpp-*-cuda*.tar.gz), NVIDIA_LIBS (where libcudart and
+# libcublas live) and PYTHON (python3) have defaults for that machine; OUT is where the results go, as at most
+# 8 files: summary.txt, health.json, check-config.json, ggufd-health.log, latest.md and latest.json.
+# Steps: the sent packages on PYTHONPATH; the synthetic 1.1B model generated here; ggufd on device 0 with every
 # layer offloaded (checked through /health); the benchmark at 1, 8 and 32 streams against ggufd, in-process
 # llama-cpp-python and the in-process llama_decode loop; the GPU-only tests. Budget: under 5 minutes.
 set -euo pipefail
 OUT=${OUT:?set OUT to a folder for the results}
 WHEELS=${WHEELS:-.device/wheels}
-CUDA_LLAMA=${CUDA_LLAMA:-.device/llama_cpp-0.3.36-cuda13-sm90.tar.gz}
+CUDA_LLAMA=${CUDA_LLAMA:-$(ls .device/llama_cpp-*-cuda*.tar.gz 2>/dev/null | head -1)}
 NVIDIA_LIBS=${NVIDIA_LIBS:-/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib}
 PY=${PYTHON:-python3}
 N_GPU_LAYERS=${N_GPU_LAYERS:--1}
@@ -23,21 +23,24 @@ CONCURRENCY=${CONCURRENCY:-1,8,32}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 export LD_LIBRARY_PATH="$NVIDIA_LIBS:${LD_LIBRARY_PATH:-}"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1 || true
+# $OUT comes back from the device tool as at most 8 files: short texts go to summary.txt.
+SUMMARY="$OUT/summary.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$SUMMARY" || true
 
 echo "== packages"
-$PY -m venv --system-site-packages "$WORK/venv"
-"$WORK/venv/bin/pip" install --quiet --no-index --no-deps "$WHEELS"/*.whl 2>&1 | tail -3 || true
+# Into a folder on PYTHONPATH, not a venv: the machine's python3 is itself a venv (PyTorch, numpy,
+# jinja2, pluggy, pytest), and a venv made from it would not see those packages.
+$PY -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "$WHEELS"/*.whl
 mkdir -p "$WORK/cuda" && tar -xzf "$CUDA_LLAMA" -C "$WORK/cuda"
-export PYTHONPATH="$WORK/cuda:$PWD:$PWD/tests:${PYTHONPATH:-}"
-VPY="$WORK/venv/bin/python"
-"$VPY" -c "import llama_cpp; assert llama_cpp.llama_supports_gpu_offload() or $N_GPU_LAYERS == 0, 'this llama_cpp has no GPU offload'; print('llama_cpp', llama_cpp.__version__, 'GPU offload', llama_cpp.llama_supports_gpu_offload())" | tee "$OUT/llama.txt"
+export PYTHONPATH="$WORK/cuda:$WORK/site:$PWD:$PWD/tests:${PYTHONPATH:-}"
+VPY="$PY"
+"$VPY" -c "import llama_cpp; assert llama_cpp.llama_supports_gpu_offload() or $N_GPU_LAYERS == 0, 'this llama_cpp has no GPU offload'; print('llama_cpp', llama_cpp.__version__, 'GPU offload', llama_cpp.llama_supports_gpu_offload())" | tee -a "$SUMMARY"
 
 echo "== synthetic model"
-"$VPY" tests/gguf_factory.py "$WORK/synthetic-1b.gguf" $MODEL_ARGS | tee "$OUT/model.txt"
+"$VPY" tests/gguf_factory.py "$WORK/synthetic-1b.gguf" $MODEL_ARGS | tee -a "$SUMMARY"
 
 echo "== offload check through /health"
-"$VPY" - "$WORK" "$OUT" "$N_GPU_LAYERS" <<'PY'
+"$VPY" - "$WORK" "$OUT" "$N_GPU_LAYERS" <<'PY' | tee -a "$SUMMARY"
 import json, subprocess, sys, time, urllib.request
 work, out, layers = sys.argv[1], sys.argv[2], int(sys.argv[3])
 device = "0" if layers else '"cpu"'
@@ -60,11 +63,13 @@ try:
 finally:
     proc.terminate(); proc.wait(30)
 PY
+"$VPY" -m ggufd --check-config --json --config "$WORK/ggufd.toml" > "$OUT/check-config.json" || true
+"$VPY" -m ggufd --check-config --config "$WORK/ggufd.toml" 2>&1 | grep "GPU offload" | tee -a "$SUMMARY" || true
 
 echo "== benchmark (1, 8, 32 streams)"
 "$VPY" bench/run.py --model "$WORK/synthetic-1b.gguf" --systems inprocess,inprocess-batched,ggufd --concurrency "$CONCURRENCY" \
     --repeats 3 --repeats-concurrent 2 --max-tokens 128 --n-ctx 1024 --n-gpu-layers "$N_GPU_LAYERS" --no-prefix-reuse --out "$OUT" | tail -40
 
 echo "== GPU-only tests"
-"$VPY" -m pytest -q tests/test_gpu_hardware.py -p no:cacheprovider 2>&1 | tail -5 | tee "$OUT/gpu-tests.txt"
+"$VPY" -m pytest -q tests/test_gpu_hardware.py -p no:cacheprovider 2>&1 | tail -5 | tee -a "$SUMMARY"
 rm -rf "$WORK"
