@@ -6,7 +6,7 @@ CONFIG ?= etc/ggufd.toml
 DEMO_MODEL := models/gemma-3-270m-q4_k_m.gguf
 PYTEST_ARGS ?=
 
-.PHONY: serve test bench install install-test demo-model check-config clean
+.PHONY: serve test bench llama-server install install-test demo-model check-config clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python >= 3.11); set PYTHON=..."; exit 1; }
@@ -44,7 +44,7 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 # Benchmarks: ggufd against llama-cpp-python in-process, its packaged server and (from its source
-# package, fetched from PyPI) its batched example server; writes BENCHMARKS.md. Optional: LLAMA_SERVER=/path/to/llama-server
+# package, fetched from PyPI) its batched example server; writes BENCHMARKS.md. LLAMA_SERVER=/path/to/llama-server adds that peer.
 BENCH_ARGS ?=
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[bench,demo]"
@@ -55,6 +55,18 @@ bench/.cache/examples/server/server.py: | $(VENV)/.installed-bench
 	$(BIN)/pip download --quiet --no-deps --no-binary :all: -d bench/.cache "llama-cpp-python==$$($(BIN)/python -c 'import llama_cpp; print(llama_cpp.__version__)')"
 	tar -xzf bench/.cache/llama_cpp_python-*.tar.gz -C bench/.cache --strip-components=1 --wildcards '*/examples/server/*'
 
+# llama.cpp's own C++ server, built from the llama.cpp inside that same source package (the version
+# llama-cpp-python wraps): `make llama-server` once (about 5 minutes on 2 cores), then `make bench` includes it.
+LLAMA_SERVER_BUILD := bench/.cache/llama.cpp-build
+$(LLAMA_SERVER_BUILD)/bin/llama-server: | bench/.cache/examples/server/server.py
+	mkdir -p bench/.cache/llama.cpp
+	tar -xzf bench/.cache/llama_cpp_python-*.tar.gz -C bench/.cache/llama.cpp --strip-components=3 --wildcards '*/vendor/llama.cpp/*'
+	cmake -S bench/.cache/llama.cpp -B $(LLAMA_SERVER_BUILD) $(if $(shell command -v ninja),-G Ninja) -DCMAKE_BUILD_TYPE=Release \
+		-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF
+	cmake --build $(LLAMA_SERVER_BUILD) --target llama-server -j $$(nproc)
+llama-server: $(LLAMA_SERVER_BUILD)/bin/llama-server
+
+LLAMA_SERVER ?= $(wildcard $(LLAMA_SERVER_BUILD)/bin/llama-server)
 bench: $(VENV)/.installed-bench bench/.cache/examples/server/server.py
 	$(BIN)/python bench/run.py --write-benchmarks --example-server bench/.cache/examples/server/server.py \
 		$(if $(LLAMA_SERVER),--llama-server $(LLAMA_SERVER)) $(BENCH_ARGS)

@@ -168,13 +168,17 @@ def start_llama_cpp_server(model: Path, args) -> Server:
     return Server("llama_cpp.server", cmd, port)
 
 
+#: the gemma turn format for the peers (the demo model's GGUF has no chat template; ggufd's plugin supplies it)
+PEER_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m.role == 'system' %}{% set sys = m.content %}{% else %}"
+    "<start_of_turn>{{ 'model' if m.role == 'assistant' else 'user' }}\n{{ m.content }}<end_of_turn>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
 def start_example_server(model: Path, args, workdir: Path) -> Server:
     port = free_port()
-    template = (
-        "{{ bos_token }}{% for m in messages %}{% if m.role == 'system' %}{% set sys = m.content %}{% else %}"
-        "<start_of_turn>{{ 'model' if m.role == 'assistant' else 'user' }}\n{{ m.content }}<end_of_turn>\n{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-    )
+    template = PEER_TEMPLATE
     config = {
         "server": {"host": "127.0.0.1", "port": port},
         "model": {"alias": model.stem, "path": str(model), "chat_template": template, "n_ctx": args.n_ctx * max(args.concurrency),
@@ -187,10 +191,13 @@ def start_example_server(model: Path, args, workdir: Path) -> Server:
     return Server("example server (batched)", [sys.executable, str(script), "-C", str(path)], port, cwd=script.parent)
 
 
-def start_llama_server(model: Path, args) -> Server:
+def start_llama_server(model: Path, args, workdir: Path) -> Server:
     port = free_port()
     n = max(args.concurrency)
-    cmd = [args.llama_server, "-m", str(model), "-c", str(args.n_ctx * n), "--parallel", str(n), "-t", str(args.threads),
+    template = workdir / "peer-template.jinja"
+    template.write_text(PEER_TEMPLATE)
+    cmd = [args.llama_server, "-m", str(model), "-a", model.stem, "-c", str(args.n_ctx * n), "--parallel", str(n),
+           "-t", str(args.threads), "-ngl", str(args.n_gpu_layers), "--jinja", "--chat-template-file", str(template),
            "--host", "127.0.0.1", "--port", str(port)]
     return Server("llama-server", cmd, port)
 
@@ -588,7 +595,7 @@ def main(argv=None) -> int:
         "ggufd": lambda: ServerSystem(start_ggufd(model, args, workdir), model, counter),
         "llama_cpp.server": lambda: ServerSystem(start_llama_cpp_server(model, args), model, counter),
         "example": (lambda: ServerSystem(start_example_server(model, args, workdir), model, counter)) if args.example_server else None,
-        "llama-server": (lambda: ServerSystem(start_llama_server(model, args), model, counter)) if args.llama_server else None,
+        "llama-server": (lambda: ServerSystem(start_llama_server(model, args, workdir), model, counter)) if args.llama_server else None,
     }
     systems = []
     for key, start in starters.items():

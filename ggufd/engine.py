@@ -140,8 +140,7 @@ class Engine:
     @property
     def gpu_available(self) -> bool:
         if self._gpu_available is None:
-            self._configure_llama()  # first: llama.cpp's GPU start-up errors go to the log and the report
-            self._gpu_available = llama_backend.gpu_offload_available()
+            self._gpu_available = self.gpu_report().offload
         return self._gpu_available
 
     def gpu_report(self):
@@ -149,7 +148,7 @@ class Engine:
         if self._gpu_report is None:
             from .gpu import gpu_report
 
-            self._configure_llama()
+            self._configure_llama()  # first: llama.cpp's GPU start-up errors go to the log and the report
             self._gpu_report = gpu_report(llama_backend.gpu_startup_problems())
         return self._gpu_report
 

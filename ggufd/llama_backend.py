@@ -45,12 +45,6 @@ _capture = threading.local()  # .lines: a list collecting this thread's llama.cp
 PENALTY_LAST_N = 64  # tokens the repeat/frequency/presence penalties look back on
 
 
-def gpu_offload_available() -> bool:
-    import llama_cpp
-
-    return bool(llama_cpp.llama_supports_gpu_offload())
-
-
 def configure_llama(level: str) -> None:
     """Once per process: initialise llama.cpp and route its log lines into structlog."""
     import llama_cpp
@@ -165,8 +159,8 @@ class GreedyPick:
 
     The same choice as llama.cpp's logit-bias -> greedy chain (first maximum in token order,
     float32 biases), without building its array of every vocabulary entry for each token:
-    about 0.19 ms per sequence and step for a 262k vocabulary, which is a sixth of a GPU
-    step and most of the per-token cost of a batch of 32 sequences."""
+    that took 0.19 ms per sequence and step for gemma's 262k vocabulary (numpy: 0.02 ms),
+    little beside a 10 ms CPU step but a large share of a GPU step of about 1 ms."""
 
     def __init__(self, logit_bias: tuple[tuple[int, float], ...]) -> None:
         import numpy as np
