@@ -281,7 +281,8 @@ class Engine:
         settings = self.settings_for(slot.info)
         slot.settings = settings
         slot.placement = placement_for(slot.info.options, settings.n_gpu_layers, self.gpu_available, slot.id)
-        slot.need_bytes = estimate_model_bytes(slot.info.metadata, slot.info.path, settings.n_ctx, settings.parallel)
+        slot.need_bytes = estimate_model_bytes(slot.info.metadata, slot.info.path, settings.n_ctx, settings.parallel,
+                                               swa_full=settings.swa_full, n_ubatch=settings.n_batch)
 
     def _slot(self, info: ModelInfo) -> ModelSlot:
         slot = self._slots.get(info.id)

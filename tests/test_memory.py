@@ -34,6 +34,22 @@ def test_gemma_estimate_uses_its_head_sizes(gemma_model):
     metadata = read_metadata(gemma_model)
     # 18 layers x 1 KV head x (256 + 256) x 2 bytes per cell
     assert kv_cache_bytes(metadata, 4096) == 18 * 4096 * 1 * 512 * 2
+    assert kv_cache_bytes(metadata, 4096, 4) == 4 * kv_cache_bytes(metadata, 4096) == 288 * 1024**2
+
+
+def test_gemma_sliding_window_layers_count_only_their_window(gemma_model):
+    metadata = read_metadata(gemma_model)
+    # what llama.cpp 0.3.36 allocates at 4 x 4096 (its log): a 16384-cell cache for 3 layers (48 MiB) and a
+    # 2560-cell one (512 x 4 + 512) for the 15 sliding-window layers (37.5 MiB)
+    assert kv_cache_bytes(metadata, 4096, 4, swa_full=False, n_ubatch=512) == int(85.5 * 1024**2)
+    assert kv_cache_bytes(metadata, 512, 1, swa_full=False) == kv_cache_bytes(metadata, 512, 1)  # the window spans it all
+    weights = gemma_model.stat().st_size
+    assert estimate_model_bytes(metadata, gemma_model, 4096, 4, swa_full=False) == weights + int(85.5 * 1024**2) + OVERHEAD_BYTES
+
+
+def test_models_without_sliding_windows_are_unaffected(tiny_model):
+    metadata = read_metadata(tiny_model)
+    assert kv_cache_bytes(metadata, 1000, 4, swa_full=False) == kv_cache_bytes(metadata, 1000, 4) == 4 * kv_cache_bytes(metadata, 1000)
 
 
 def test_split_models_count_every_shard(tmp_path):
