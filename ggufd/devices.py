@@ -46,7 +46,7 @@ def placement_for(options: Mapping[str, Any], n_gpu_layers: int, gpu_available: 
             _warned_cpu_only.add(model_id)
             log.warning(
                 "GPU layers requested but no GPU can be used; running on CPU "
-                "(the start-up line 'GPU offload: no — ...' and ggufd --check-config say why)",
+                "(the start-up line 'GPU offload: no - ...' and ggufd --check-config say why)",
                 model=model_id,
                 n_gpu_layers=n_gpu_layers,
             )

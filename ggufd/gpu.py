@@ -37,12 +37,12 @@ class GpuReport:
         if self.devices and self.offload:
             gpus = "; ".join(f"{d.name}: {d.description} ({d.total_bytes / 1024**3:.1f} GiB, {d.free_bytes / 1024**3:.1f} GiB free)"
                              for d in self.devices)
-            return f"GPU offload: yes — {gpus}"
+            return f"GPU offload: yes - {gpus}"
         if self.backends:
             reason = self.problems[-1] if self.problems else "no usable device found"
-            return (f"GPU offload: no — this llama-cpp-python build has {', '.join(self.backends)} but cannot use it: {reason} "
+            return (f"GPU offload: no - this llama-cpp-python build has {', '.join(self.backends)} but cannot use it: {reason} "
                     "(check the NVIDIA driver with nvidia-smi; a driver older than the build's CUDA cannot run it)")
-        return ('GPU offload: no — this llama-cpp-python build is CPU-only; for CUDA reinstall it with '
+        return ('GPU offload: no - this llama-cpp-python build is CPU-only; for CUDA reinstall it with '
                 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python')
 
     def to_dict(self) -> dict:

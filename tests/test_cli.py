@@ -59,7 +59,7 @@ def test_check_config_lists_each_model_with_family_and_path(good_config, served)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [f"* tiny  family=gguf-template  {served / 'tiny.gguf'}"]
     gpu = next(line for line in result.stderr.splitlines() if line.startswith("GPU offload: "))
-    assert gpu.startswith("GPU offload: no — this llama-cpp-python build is CPU-only") and 'CMAKE_ARGS="-DGGML_CUDA=on"' in gpu
+    assert gpu.startswith("GPU offload: no - this llama-cpp-python build is CPU-only") and 'CMAKE_ARGS="-DGGML_CUDA=on"' in gpu
     assert f"config OK: {good_config}" in result.stderr
 
 

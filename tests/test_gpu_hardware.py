@@ -24,7 +24,7 @@ def test_the_report_lists_the_gpu_with_its_memory():
     assert report.offload and "CUDA" in report.backends and report.devices
     device = report.devices[0]
     assert device.name == "CUDA0" and device.total_bytes > 1024**3 and 0 < device.free_bytes <= device.total_bytes
-    assert report.summary().startswith("GPU offload: yes — CUDA0: ")
+    assert report.summary().startswith("GPU offload: yes - CUDA0: ")
 
 
 @pytest.fixture(scope="module")
