@@ -486,7 +486,8 @@ class BatchRunner:
 
         if not self.model.n_swa:
             return True
-        return llama_cpp.llama_memory_seq_pos_min(self.model.memory, seq_id) <= max(0, keep - self.model.n_swa)
+        pos_min = llama_cpp.llama_memory_seq_pos_min(self.model.memory, seq_id)  # -1: nothing cached
+        return 0 <= pos_min <= max(0, keep - self.model.n_swa)
 
     # --- one step
 

@@ -73,7 +73,7 @@ def kv_cache_bytes(metadata: GGUFMetadata, n_ctx: int, parallel: int = 1, *, swa
     if swa_full or not window or not pattern or not isinstance(window, int):
         return int(layers * cells * per_cell)
     full_layers = layers // pattern
-    window_cells = min(cells, -(-(window * max(1, parallel) + n_ubatch) // 256) * 256)  # padded to 256 cells
+    window_cells = -(-min(cells, window * max(1, parallel) + n_ubatch) // 256) * 256  # llama.cpp pads to 256 cells
     return int((full_layers * cells + (layers - full_layers) * window_cells) * per_cell)
 
 
