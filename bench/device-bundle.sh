@@ -23,7 +23,7 @@ cp "$SHARED_WHEELS"/*.whl "$DEST/wheels/"
 # sdnotify is published as a source package only (pure Python): build its wheel here.
 "$PY" -m pip wheel --quiet --no-deps -w "$DEST/wheels" "sdnotify>=0.3.2,<0.4"
 # numpy (16 MB) is left to the GPU image's own; the small ones stay, since pydantic and httpx2 want newer
-# typing_extensions/anyio/idna than an image may have (the wheels install into a venv over the image's).
+# typing_extensions/anyio/idna than an image may have (gpu-check.sh puts the wheels' folder first on PYTHONPATH).
 if [ -z "${EXTRA:-}" ]; then
     rm -f "$DEST"/wheels/numpy-*.whl
 fi

@@ -7,7 +7,7 @@ Every system gets the same model, prompts (bench/prompts.json, made new for ever
 no round reuses the previous one's cached prefix), sampling (temperature 0, end-of-generation
 tokens suppressed unless --suppress-eos none) and token budget. All systems are started first
 and then measured in turns, one system at a time, round by round; ratios between systems are
-medians of the ratios of rounds that ran back to back. Token counts come from ``usage`` (a peer that does not
+medians of the ratios of rounds of the same repeat (the same minute or so). Token counts come from ``usage`` (a peer that does not
 report usage while streaming is re-counted with the model's tokenizer, and the table says so).
 Results: a Markdown table and a JSON file in --out, and BENCHMARKS.md (the latest run) when
 --write-benchmarks is given. Ratios matter more than absolute numbers: these machines are noisy.
@@ -484,7 +484,7 @@ def report(results: dict, args) -> str:
 
 
 def paired_ratios(rounds: dict[str, list[Round]], a: str, b: str, concurrency: int, key: str) -> list[float]:
-    """``a``'s value over ``b``'s for each repeat: rounds of the same repeat ran back to back,
+    """``a``'s value over ``b``'s for each repeat: rounds of the same repeat ran within moments of each other,
     so a drift of the machine's speed cancels out of each ratio."""
     def values(system):
         return [r.summary()[key] for r in rounds.get(system, []) if r.concurrency == concurrency]
@@ -647,7 +647,7 @@ def main(argv=None) -> int:
         (REPO / "BENCHMARKS.md").write_text(
             "# Benchmarks\n\nWritten by `make bench` (`bench/run.py`); the latest run on this project's machine. "
             "All systems were started together and measured in turns, round by round, with the same model, prompts and "
-            "settings; ratios are medians of the ratios of rounds that ran back to back.\n\n" + table
+            "settings; ratios are medians of the ratios of rounds of the same repeat.\n\n" + table
         )
     print(table)
     return 0

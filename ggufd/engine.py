@@ -406,7 +406,7 @@ class Engine:
         except Exception as exc:  # llama_backend.LoadError: llama.cpp's reason, when it gave one
             log.error("model failed to load", model=slot.id, error=str(exc))
             slot.state = "failed"
-            reason = getattr(exc, "reason", None)
+            reason = exc.reason if isinstance(exc, llama_backend.LoadError) else None
             slot.load_error = ServerError(f"The model '{slot.id}' failed to load: {reason}." if reason else
                                           f"The model '{slot.id}' failed to load; see the server log.")
             raise slot.load_error from None

@@ -52,17 +52,16 @@ def configure_llama(level: str) -> None:
     with _configured:
         if _keep_alive:
             return
-        llama_cpp.llama_backend_init()
         allowed = _LLAMA_VERBOSITY[level]
         llog = structlog.get_logger("llama.cpp")
         methods = {1: llog.error, 2: llog.warning, 3: llog.info, 4: llog.debug}
-        state = {"last": 2}
+        state = threading.local()  # the level a continuation line (5) continues, per logging thread
 
         @llama_cpp.llama_log_callback
         def log_callback(ggml_level: int, text: bytes, user_data) -> None:
             if ggml_level == 5:
-                ggml_level = state["last"]
-            state["last"] = ggml_level
+                ggml_level = getattr(state, "last", 2)
+            state.last = ggml_level
             rank = _GGML_RANK.get(ggml_level, 4)
             if rank <= allowed or rank == 1:
                 message = text.decode("utf-8", errors="replace").rstrip()
@@ -76,6 +75,8 @@ def configure_llama(level: str) -> None:
 
         llama_cpp.llama_log_set(log_callback, ctypes.c_void_p(0))
         _keep_alive.append(log_callback)
+        # after the callback: starting the backends (CUDA's device query) logs why a GPU cannot be used
+        llama_cpp.llama_backend_init()
 
 
 def gpu_startup_problems() -> tuple[str, ...]:
@@ -176,10 +177,12 @@ class GreedyPick:
     def pick(self, logits) -> int:
         """``logits``: the float32 row of one batch entry in llama.cpp's buffer. Biased entries are
         changed for the argmax and put back exactly (a copy of a 262k row cost more than the argmax)."""
+        import numpy as np
+
         if not len(self.ids):
             return int(logits.argmax())
         saved = logits[self.ids]  # fancy indexing: a copy
-        logits[self.ids] += self.biases
+        np.add.at(logits, self.ids, self.biases)  # a repeated id adds up, as in llama.cpp's logit-bias sampler
         try:
             return int(logits.argmax())
         finally:
@@ -379,6 +382,8 @@ class BatchRunner:
         self._running = False
         self._active: dict[int, _Sequence] = {}
         self._free = list(range(model.parallel))
+        self._finished_at = [0] * model.parallel  # step count when each KV stream's last request ended
+        self._steps = 0
         self._cached: dict[int, list[int]] = {seq_id: [] for seq_id in range(model.parallel)}  # tokens in each KV stream
         self._outbox: list = []  # (generation, event) of this step, delivered together
 
@@ -412,7 +417,9 @@ class BatchRunner:
                 self._active.clear()
                 self._free = list(range(self.model.parallel))
                 self._running = False
+            self._outbox.clear()  # half a step's events: their generations end with the error below
             for sequence in pending:
+                self._free_sampler(sequence)
                 if not sequence.future.done():
                     sequence.future.set_exception(exc)
             self._forget_all()
@@ -456,7 +463,8 @@ class BatchRunner:
             sequence.generation.emit(Started(len(tokens)))
 
     def _take_slot(self, tokens: list[int]) -> int:
-        """The free KV stream sharing the longest prefix with ``tokens``; the rest of it is cleared."""
+        """The free KV stream with the longest reusable prefix of ``tokens`` (at least half of it),
+        else an empty or the least recently used one; the rest of its cache is cleared."""
         import llama_cpp
 
         def common(seq_id: int) -> int:
@@ -467,11 +475,18 @@ class BatchRunner:
                 n += 1
             return n
 
-        seq_id = max(self._free, key=common)
+        def reusable(seq_id: int) -> int:
+            keep = min(common(seq_id), len(tokens) - 1)  # the last prompt token is decoded again for its logits
+            return keep if keep and self._window_intact(seq_id, keep) else 0
+
+        seq_id = max(self._free, key=reusable)
+        if 2 * reusable(seq_id) < len(tokens):
+            # Less than half of the prompt is cached anywhere: another conversation (sharing a chat
+            # header or a short system prompt). Keep the other conversations' caches for them: take
+            # an empty stream, else the one whose request ended longest ago (llama-server: LRU).
+            seq_id = min(self._free, key=lambda s: (bool(self._cached[s]), self._finished_at[s]))
         self._free.remove(seq_id)
-        keep = min(common(seq_id), len(tokens) - 1)  # the last prompt token is decoded again for its logits
-        if keep and not self._window_intact(seq_id, keep):
-            keep = 0
+        keep = reusable(seq_id)
         if not llama_cpp.llama_memory_seq_rm(self.model.memory, seq_id, keep, -1):
             llama_cpp.llama_memory_seq_rm(self.model.memory, seq_id, -1, -1)
             keep = 0
@@ -481,13 +496,14 @@ class BatchRunner:
     def _window_intact(self, seq_id: int, keep: int) -> bool:
         """Whether the cache still holds what decoding from position ``keep`` needs. A sliding-window
         layer's cache (``swa_full = false``) drops positions that left the window of the sequence's
-        last token; continuing from ``keep`` needs the window before ``keep`` (llama-server's test)."""
+        last token. A token at ``keep`` attends to positions after ``keep - n_swa`` (llama.cpp masks
+        ``p1 - p0 >= n_swa``), so those must still be there."""
         import llama_cpp
 
         if not self.model.n_swa:
             return True
         pos_min = llama_cpp.llama_memory_seq_pos_min(self.model.memory, seq_id)  # -1: nothing cached
-        return 0 <= pos_min <= max(0, keep - self.model.n_swa)
+        return 0 <= pos_min <= max(0, keep - self.model.n_swa + 1)
 
     # --- one step
 
@@ -503,6 +519,7 @@ class BatchRunner:
         import llama_cpp
 
         heartbeat()
+        self._steps += 1
         model = self.model
         batch = model.batch
         n = 0
@@ -628,6 +645,7 @@ class BatchRunner:
         self._free_sampler(sequence)
         del self._active[sequence.seq_id]
         self._free.append(sequence.seq_id)
+        self._finished_at[sequence.seq_id] = self._steps
         sequence.future.set_result(final)
 
     @staticmethod

@@ -65,11 +65,13 @@ def kv_cache_bytes(metadata: GGUFMetadata, n_ctx: int, parallel: int = 1, *, swa
     value = get(f"{arch}.attention.value_length") or key
     if n_ctx <= 0:
         n_ctx = metadata.context_length or 4096
-    cells = n_ctx * max(1, parallel)
+    cells = -(-n_ctx * max(1, parallel) // 256) * 256  # llama.cpp pads the context to 256 cells
     per_cell = kv_heads * (key + value) * F16_BYTES
     window = get(f"{arch}.attention.sliding_window") or 0
-    pattern = get(f"{arch}.attention.sliding_window_pattern")
-    pattern = pattern if isinstance(pattern, int) and not isinstance(pattern, bool) else SWA_PATTERNS.get(arch)
+    pattern = SWA_PATTERNS.get(arch)  # only architectures whose pattern counts as below
+    named = get(f"{arch}.attention.sliding_window_pattern")
+    if pattern and isinstance(named, int) and not isinstance(named, bool) and named > 0:
+        pattern = named
     if swa_full or not window or not pattern or not isinstance(window, int):
         return int(layers * cells * per_cell)
     full_layers = layers // pattern

@@ -27,9 +27,14 @@ REQUESTS = [
 
 
 async def run_alone_then_together(tiny_model, parallel: int):
-    engine = make_engine(n_ctx=256, parallel=parallel)
     info = model_info(tiny_model)
+    engine = make_engine(n_ctx=256, parallel=parallel)
     alone = [await collect(engine.start(info, r)) for r in REQUESTS]
+    await engine.close()
+    # A fresh engine: no prompt comes from the cache. (A cached prefix changes the last bits of the
+    # logits — its KV was computed in a batch of another shape — which a seeded draw can notice;
+    # llama-server documents the same for cache_prompt.)
+    engine = make_engine(n_ctx=256, parallel=parallel)
     together = await asyncio.gather(*(collect(engine.start(info, r)) for r in REQUESTS))
     await engine.close()
     return alone, together
@@ -185,3 +190,34 @@ def test_a_request_that_does_not_stream_gets_its_text_after_the_first_in_one_del
     first_text = next(i for i, names in enumerate(plain_deliveries) if "TextDelta" in names)  # a token may have no text of its own
     assert plain_deliveries[:first_text + 1] == streamed_deliveries[:first_text + 1]
     assert len(plain_deliveries) == first_text + 2, plain_deliveries  # then one more: the rest, with the end
+
+
+def test_a_new_conversation_leaves_a_cached_one_alone(tiny_model, monkeypatch):
+    """A prompt that shares only the chat header with a cached conversation takes an empty KV
+    stream; the cached conversation still continues from its prefix afterwards."""
+    import llama_cpp
+
+    decoded = []
+    original = llama_cpp.llama_decode
+
+    def counting_decode(ctx, batch):
+        decoded.append(batch.n_tokens)
+        return original(ctx, batch)
+
+    history = "<|im_start|>user\n" + "hello world " * 60 + "<|im_end|>\n<|im_start|>assistant\n"
+    stranger = ChatPrompt("<|im_start|>user\nsomething else entirely<|im_end|>\n<|im_start|>assistant\n")
+
+    async def main():
+        engine = make_engine(n_ctx=1024, parallel=2)
+        info = model_info(tiny_model)
+        await engine.load(info)
+        monkeypatch.setattr(llama_cpp, "llama_decode", counting_decode)
+        first = await collect(engine.start(info, GenerationRequest(ChatPrompt(history), SamplingParams(temperature=0), max_tokens=10)))
+        await collect(engine.start(info, GenerationRequest(stranger, SamplingParams(temperature=0), max_tokens=10)))
+        decoded.clear()
+        follow_up = history + text_of(first) + "<|im_end|>\n<|im_start|>user\nmore<|im_end|>\n<|im_start|>assistant\n"
+        await collect(engine.start(info, GenerationRequest(ChatPrompt(follow_up), SamplingParams(temperature=0), max_tokens=3)))
+        await engine.close()
+        return decoded[0]
+
+    assert asyncio.run(main()) < 25  # the conversation's prefix survived the stranger

@@ -27,6 +27,21 @@ def test_the_report_lists_the_gpu_with_its_memory():
     assert report.summary().startswith("GPU offload: yes - CUDA0: ")
 
 
+def test_a_cuda_build_that_sees_no_gpu_says_why():
+    """With no visible device, llama.cpp's own reason ("failed to initialize CUDA: no CUDA-capable
+    device is detected") reaches the report, as it would for a driver that is too old."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from ggufd import llama_backend; from ggufd.gpu import gpu_report; llama_backend.configure_llama('error'); "
+            "r = gpu_report(llama_backend.gpu_startup_problems()); print(r.offload, r.backends, r.problems); print(r.summary())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 0, done.stderr
+    assert "has CUDA but cannot use it: " in done.stdout and "failed to initialize CUDA" in done.stdout, done.stdout + done.stderr
+
+
 @pytest.fixture(scope="module")
 def gpu_model(tmp_path_factory):
     import gguf_factory

@@ -38,7 +38,21 @@ def test_ties_go_to_the_first_token_and_biases_are_float32():
     assert GreedyPick(((1, -100.0),)).pick(logits) == 3
     assert GreedyPick(((0, 3.0),)).pick(logits) == 0  # 0 + 3 ties with token 1 and comes first
     assert GreedyPick(((2, 2.0000001),)).pick(logits) == 1  # rounds to 2.0 in float32: 3.0 ties, token 1 first
+    assert GreedyPick(((2, 1.5), (2, 1.5))).pick(logits) == 2  # a repeated id adds up, as in llama.cpp's sampler
     assert logits.tolist() == [0.0, 3.0, 1.0, 3.0]  # llama.cpp's buffer is left alone
+
+
+def test_the_log_callback_is_in_place_before_llama_cpp_starts_its_backends(monkeypatch):
+    """llama_backend_init starts the GPU backends, and that is where llama.cpp says why CUDA cannot
+    be used: the callback that records it must already be installed."""
+    import llama_cpp
+
+    calls = []
+    monkeypatch.setattr(llama_backend, "_keep_alive", [])
+    monkeypatch.setattr(llama_cpp, "llama_log_set", lambda callback, data: calls.append("log_set"))
+    monkeypatch.setattr(llama_cpp, "llama_backend_init", lambda: calls.append("backend_init"))
+    llama_backend.configure_llama("warn")
+    assert calls == ["log_set", "backend_init"]
 
 
 @pytest.fixture(scope="module")
@@ -247,3 +261,25 @@ def test_the_client_sees_the_reason_of_a_failed_load(tiny_model, tmp_path):
     error = events[-1].error
     assert isinstance(error, ServerError) and error.status == 500
     assert error.message == "The model 'broken' failed to load: the model file is corrupted or incomplete."
+
+
+@pytest.mark.gemma
+def test_a_conversation_continues_from_the_exact_window_a_squeezed_cache_kept(gemma_model):
+    """Another long request squeezes the shared window cache down to what each sequence still needs
+    (positions after pos_max + 1 - 512); continuing the conversation at pos_max + 1 needs exactly those."""
+    import llama_cpp
+
+    history = turn("Count: " + " ".join(f"item{i}" for i in range(450)))  # ~1,350 tokens
+    other = turn("List: " + " ".join(f"thing{i}" for i in range(700)))  # ~2,100 tokens, another conversation
+    loaded = load_gemma(gemma_model, swa_full=False, parallel=2, n_ctx=4096)
+    try:
+        (answer, _), _ = gemma_engine_run(loaded, [history, other], 8)
+        seq = next(s for s, cached in loaded.runner._cached.items() if cached and cached[5] == loaded.tokenize(history, True)[5])
+        pos_min = llama_cpp.llama_memory_seq_pos_min(loaded.memory, seq)
+        pos_max = llama_cpp.llama_memory_seq_pos_max(loaded.memory, seq)
+        continued = history + answer + "<end_of_turn>\n" + turn("And then?")
+        (_, prefill), = gemma_engine_run(loaded, [continued], 4)
+    finally:
+        loaded.close()
+    assert pos_min == pos_max + 2 - 512  # squeezed to the window: nothing to spare
+    assert prefill < 30  # and still enough: only the new turn was decoded

@@ -25,9 +25,10 @@ def test_kv_cache_follows_the_metadata(tiny_model):
     layers = metadata.get(f"{arch}.block_count")
     kv_heads = metadata.get(f"{arch}.attention.head_count_kv")
     head = metadata.get(f"{arch}.embedding_length") // metadata.get(f"{arch}.attention.head_count")
-    assert kv_cache_bytes(metadata, 1000) == layers * 1000 * kv_heads * 2 * head * 2
-    assert kv_cache_bytes(metadata, 2000) == 2 * kv_cache_bytes(metadata, 1000)
-    assert estimate_model_bytes(metadata, tiny_model, 1000) == tiny_model.stat().st_size + kv_cache_bytes(metadata, 1000) + OVERHEAD_BYTES
+    assert kv_cache_bytes(metadata, 1024) == layers * 1024 * kv_heads * 2 * head * 2
+    assert kv_cache_bytes(metadata, 1000) == kv_cache_bytes(metadata, 1024)  # llama.cpp pads the context to 256 cells
+    assert kv_cache_bytes(metadata, 2048) == 2 * kv_cache_bytes(metadata, 1024)
+    assert estimate_model_bytes(metadata, tiny_model, 1024) == tiny_model.stat().st_size + kv_cache_bytes(metadata, 1024) + OVERHEAD_BYTES
 
 
 def test_gemma_estimate_uses_its_head_sizes(gemma_model):
@@ -49,7 +50,7 @@ def test_gemma_sliding_window_layers_count_only_their_window(gemma_model):
 
 def test_models_without_sliding_windows_are_unaffected(tiny_model):
     metadata = read_metadata(tiny_model)
-    assert kv_cache_bytes(metadata, 1000, 4, swa_full=False) == kv_cache_bytes(metadata, 1000, 4) == 4 * kv_cache_bytes(metadata, 1000)
+    assert kv_cache_bytes(metadata, 1024, 4, swa_full=False) == kv_cache_bytes(metadata, 1024, 4) == 4 * kv_cache_bytes(metadata, 1024)
 
 
 def test_split_models_count_every_shard(tmp_path):
