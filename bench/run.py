@@ -524,10 +524,12 @@ def targets(rows: list[dict], rounds: dict[str, list[Round]], idle: dict | None)
     paired("ggufd / in-process llama_decode loop, one stream (decode rate)", "ggufd", batched, 1, 0.95, "stream_tok_s_p50")
     for c in sorted({r["concurrency"] for r in rows if r["system"] == batched and r["concurrency"] > 1}):
         paired(f"ggufd / in-process llama_decode loop, {c} streams", "ggufd", batched, c, 0.9)
-    for c in sorted({r["concurrency"] for r in rows if r["system"] == "ggufd" and r["concurrency"] >= 8}):
-        ttft = get("ggufd", c, "ttft_ms_p50")
-        if ttft is not None and c == 8:
-            result["ggufd TTFT p50 at 8 streams (ms)"] = (ttft, None, "< 100", ttft < 100)
+    ttft8 = get("ggufd", 8, "ttft_ms_p50")
+    if ttft8 is not None:
+        result["ggufd TTFT p50 at 8 streams (ms)"] = (ttft8, None, "< 100", ttft8 < 100)
+    floor = get(batched, 8, "ttft_ms_p50")
+    if floor is not None:  # all 8 prompts submitted in the same instant and prefilled in one step
+        result["in-process llama_decode loop TTFT p50 at 8 streams (ms; the machine's prefill floor)"] = (floor, None, "< 100", floor < 100)
     if idle:
         result["idle RSS (MB)"] = (idle["idle_rss_mb"], None, "< 80", idle["idle_rss_mb"] < 80)
         result["start to listening (s)"] = (idle["startup_s"], None, "< 1", idle["startup_s"] < 1)
