@@ -126,28 +126,38 @@ def test_parallel_1_runs_one_request_at_a_time(tiny_model):
     assert order.index(("a", "Finished")) < order.index(("b", "Started"))
 
 
-def test_a_continuing_conversation_reuses_its_cached_prefix(tiny_model, monkeypatch):
+HISTORY = "<|im_start|>user\n" + "hello world " * 60 + "<|im_end|>\n<|im_start|>assistant\n"
+
+
+def follow_up(history: str, answer: str) -> ChatPrompt:
+    return ChatPrompt(history + answer + "<|im_end|>\n<|im_start|>user\nmore<|im_end|>\n<|im_start|>assistant\n")
+
+
+def count_decodes(monkeypatch) -> list[int]:
+    """From now on: the number of tokens of every llama_decode call."""
     import llama_cpp
 
-    decoded = []
+    decoded: list[int] = []
     original = llama_cpp.llama_decode
 
     def counting_decode(ctx, batch):
         decoded.append(batch.n_tokens)
         return original(ctx, batch)
 
-    history = "<|im_start|>user\n" + "hello world " * 60 + "<|im_end|>\n<|im_start|>assistant\n"
+    monkeypatch.setattr(llama_cpp, "llama_decode", counting_decode)
+    return decoded
 
+
+def test_a_continuing_conversation_reuses_its_cached_prefix(tiny_model, monkeypatch):
     async def main():
         engine = make_engine(n_ctx=1024, parallel=2)
         info = model_info(tiny_model)
         await engine.load(info)
-        monkeypatch.setattr(llama_cpp, "llama_decode", counting_decode)
-        first = await collect(engine.start(info, GenerationRequest(ChatPrompt(history), SamplingParams(temperature=0), max_tokens=10)))
+        decoded = count_decodes(monkeypatch)
+        first = await collect(engine.start(info, GenerationRequest(ChatPrompt(HISTORY), SamplingParams(temperature=0), max_tokens=10)))
         first_prefill = decoded[0]
         decoded.clear()
-        follow_up = history + text_of(first) + "<|im_end|>\n<|im_start|>user\nmore<|im_end|>\n<|im_start|>assistant\n"
-        second = await collect(engine.start(info, GenerationRequest(ChatPrompt(follow_up), SamplingParams(temperature=0), max_tokens=3)))
+        second = await collect(engine.start(info, GenerationRequest(follow_up(HISTORY, text_of(first)), SamplingParams(temperature=0), max_tokens=3)))
         await engine.close()
         return first, first_prefill, second, decoded[0]
 
@@ -195,28 +205,16 @@ def test_a_request_that_does_not_stream_gets_its_text_after_the_first_in_one_del
 def test_a_new_conversation_leaves_a_cached_one_alone(tiny_model, monkeypatch):
     """A prompt that shares only the chat header with a cached conversation takes an empty KV
     stream; the cached conversation still continues from its prefix afterwards."""
-    import llama_cpp
-
-    decoded = []
-    original = llama_cpp.llama_decode
-
-    def counting_decode(ctx, batch):
-        decoded.append(batch.n_tokens)
-        return original(ctx, batch)
-
-    history = "<|im_start|>user\n" + "hello world " * 60 + "<|im_end|>\n<|im_start|>assistant\n"
     stranger = ChatPrompt("<|im_start|>user\nsomething else entirely<|im_end|>\n<|im_start|>assistant\n")
 
     async def main():
         engine = make_engine(n_ctx=1024, parallel=2)
         info = model_info(tiny_model)
         await engine.load(info)
-        monkeypatch.setattr(llama_cpp, "llama_decode", counting_decode)
-        first = await collect(engine.start(info, GenerationRequest(ChatPrompt(history), SamplingParams(temperature=0), max_tokens=10)))
+        first = await collect(engine.start(info, GenerationRequest(ChatPrompt(HISTORY), SamplingParams(temperature=0), max_tokens=10)))
         await collect(engine.start(info, GenerationRequest(stranger, SamplingParams(temperature=0), max_tokens=10)))
-        decoded.clear()
-        follow_up = history + text_of(first) + "<|im_end|>\n<|im_start|>user\nmore<|im_end|>\n<|im_start|>assistant\n"
-        await collect(engine.start(info, GenerationRequest(ChatPrompt(follow_up), SamplingParams(temperature=0), max_tokens=3)))
+        decoded = count_decodes(monkeypatch)
+        await collect(engine.start(info, GenerationRequest(follow_up(HISTORY, text_of(first)), SamplingParams(temperature=0), max_tokens=3)))
         await engine.close()
         return decoded[0]
 
