@@ -552,7 +552,7 @@ class BatchRunner:
         status = llama_cpp.llama_decode(model.ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
-        outputs = self._outputs(len(wants_logits))
+        outputs = self._outputs(len(wants_logits)) if wants_logits else None  # a mid-prompt chunk asks for none
         for row, (index, sequence) in enumerate(wants_logits):
             logprobs = self._logprobs(index) if sequence.request.logprobs is not None else None
             if sequence.greedy is not None:
