@@ -9,7 +9,8 @@
 # libcublas live) and PYTHON (python3) have defaults for that machine; OUT is where the results go, as at most
 # 8 files: summary.txt, health.json, check-config.json, ggufd-health.log, latest.md and latest.json.
 # Steps: the sent packages on PYTHONPATH; the synthetic 1.1B model generated here; ggufd on device 0 with every
-# layer offloaded (checked through /health); the benchmark at 1, 8 and 32 streams against ggufd, in-process
+# layer offloaded (checked through /health); the benchmark at 1, 4, 8 and 32 streams (4 and 8 settle issue 7's
+# batching ratios on a GPU) against ggufd, in-process
 # llama-cpp-python and the in-process llama_decode loop; the GPU-only tests. Budget: under 5 minutes.
 set -euo pipefail
 OUT=${OUT:?set OUT to a folder for the results}
@@ -19,7 +20,7 @@ NVIDIA_LIBS=${NVIDIA_LIBS:-/opt/torch/.venv/lib/python3.12/site-packages/nvidia/
 PY=${PYTHON:-python3}
 N_GPU_LAYERS=${N_GPU_LAYERS:--1}
 MODEL_ARGS=${MODEL_ARGS:---synthetic-1b}
-CONCURRENCY=${CONCURRENCY:-1,8,32}
+CONCURRENCY=${CONCURRENCY:-1,4,8,32}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 export LD_LIBRARY_PATH="$NVIDIA_LIBS:${LD_LIBRARY_PATH:-}"
@@ -66,7 +67,7 @@ PY
 "$VPY" -m ggufd --check-config --json --config "$WORK/ggufd.toml" > "$OUT/check-config.json" || true
 "$VPY" -m ggufd --check-config --config "$WORK/ggufd.toml" 2>&1 | grep "GPU offload" | tee -a "$SUMMARY" || true
 
-echo "== benchmark (1, 8, 32 streams)"
+echo "== benchmark ($CONCURRENCY streams)"
 "$VPY" bench/run.py --model "$WORK/synthetic-1b.gguf" --systems inprocess,inprocess-batched,ggufd --concurrency "$CONCURRENCY" \
     --repeats 3 --repeats-concurrent 2 --max-tokens 128 --n-ctx 1024 --n-gpu-layers "$N_GPU_LAYERS" --no-prefix-reuse --out "$OUT" | tail -40
 
