@@ -293,6 +293,15 @@ class GenerationHandler(BaseHandler):
         """-> (model, GenerationRequest, stream, include_usage)."""
         raise NotImplementedError
 
+    def resolve(self, parsed, **limits):
+        """The parsed request's model, and the request with that model's sampling defaults and then
+        the server's limits applied -> (model, request)."""
+        model = self.state.registry.get(parsed.model)
+        if model.options.get("sampling"):
+            parsed = with_model_defaults(parsed, model.options["sampling"])
+        self.log_fields["model"] = model.id
+        return model, apply_server_limits(parsed, **limits)
+
     def encoder(self, completion_id: str, model_id: str):
         raise NotImplementedError
 
@@ -469,12 +478,7 @@ class ChatCompletionsHandler(GenerationHandler):
     endpoint = "chat.completions"
 
     def build(self, body: dict, config) -> tuple:
-        chat = parse_chat_request(body)
-        model = self.state.registry.get(chat.model)
-        if model.options.get("sampling"):
-            chat = with_model_defaults(chat, model.options["sampling"])
-        chat = apply_server_limits(chat, max_tokens_cap=config.max_tokens_cap, max_messages=config.max_messages)
-        self.log_fields["model"] = model.id
+        model, chat = self.resolve(parse_chat_request(body), max_tokens_cap=config.max_tokens_cap, max_messages=config.max_messages)
         if config.log_content:  # off by default: prompts and answers stay out of the logs
             self.log_fields["messages"] = list(chat.messages)
         self.answer = answer_filter(self.state.plugins, model)
@@ -511,12 +515,7 @@ class CompletionsHandler(GenerationHandler):
     endpoint = "completions"
 
     def build(self, body: dict, config) -> tuple:
-        completion = parse_completion_request(body)
-        model = self.state.registry.get(completion.model)
-        if model.options.get("sampling"):
-            completion = with_model_defaults(completion, model.options["sampling"])
-        completion = apply_server_limits(completion, max_tokens_cap=config.max_tokens_cap)
-        self.log_fields["model"] = model.id
+        model, completion = self.resolve(parse_completion_request(body), max_tokens_cap=config.max_tokens_cap)
         if config.log_content:
             self.log_fields["prompt"] = completion.prompt
         self.prefix = completion.prompt if completion.echo else ""
