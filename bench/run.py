@@ -328,9 +328,9 @@ class InProcessBatched:
     def __init__(self, model: Path, args) -> None:
         import asyncio
 
-        from ggufd import llama_backend
+        from ggufd.engine import llama_backend
         from ggufd.config import LlamaSettings
-        from ggufd.devices import Placement
+        from ggufd.engine.devices import Placement
         from ggufd.types import SamplingParams
 
         llama_backend.configure_llama("error")
@@ -345,7 +345,7 @@ class InProcessBatched:
         llama_backend.deliver_events = self._record
 
     def _record(self, pairs) -> None:  # stands in for delivery to an event loop
-        from ggufd.events import TextDelta
+        from ggufd.engine.events import TextDelta
 
         now = time.perf_counter()
         for generation, event in pairs:
@@ -353,7 +353,7 @@ class InProcessBatched:
                 self.first_text.setdefault(id(generation), now)
 
     def round(self, concurrency: int, max_tokens: int, tag: str) -> Round:
-        from ggufd.events import Generation
+        from ggufd.engine.events import Generation
         from ggufd.types import GenerationRequest
 
         self.first_text.clear()
@@ -377,7 +377,7 @@ class InProcessBatched:
         return Round(self.name, concurrency, wall, results)
 
     def close(self) -> None:
-        from ggufd import llama_backend
+        from ggufd.engine import llama_backend
 
         llama_backend.deliver_events = self._original
         self.loaded.close()
@@ -540,7 +540,7 @@ def eog_tokens(model: Path) -> list[int]:
     """The model's end-of-generation token ids (for --suppress-eos auto)."""
     import llama_cpp
 
-    from ggufd.llama_backend import configure_llama
+    from ggufd.engine.llama_backend import configure_llama
 
     configure_llama("error")  # initialises llama.cpp, and keeps its loading chatter out of the output
     params = llama_cpp.llama_model_default_params()

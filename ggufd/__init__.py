@@ -6,10 +6,10 @@ the types that cross the hook boundary, and the errors a plugin may raise.
 
 import pluggy
 
-from .errors import ApiError, InvalidRequest
-from .gguf_metadata import GGUFMetadata
-from .tools import tool_arguments, tool_call
-from .types import ChatPrompt, ModelInfo, ModelSpec
+from ggufd.errors import ApiError, InvalidRequest
+from ggufd.gguf_metadata import GGUFMetadata
+from ggufd.protocol.tools import tool_arguments, tool_call
+from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
 
 __version__ = "0.1.0"
 

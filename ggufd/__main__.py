@@ -1,5 +1,5 @@
 """``python -m ggufd`` is the ``ggufd`` command."""
 
-from .cli import main
+from ggufd.cli import main
 
 raise SystemExit(main())

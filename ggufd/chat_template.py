@@ -15,9 +15,9 @@ from typing import Any, Mapping, Sequence
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import InvalidRequest
-from .gguf_metadata import GGUFMetadata
-from .types import ChatPrompt
+from ggufd.errors import InvalidRequest
+from ggufd.gguf_metadata import GGUFMetadata
+from ggufd.types import ChatPrompt
 
 
 class TemplateRaised(Exception):

@@ -13,8 +13,8 @@ import asyncio
 import json
 import sys
 
-from . import __version__
-from .errors import ConfigError
+from ggufd import __version__
+from ggufd.errors import ConfigError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,10 +35,10 @@ def _overrides(args) -> dict:
 
 
 def _setup(args):
-    from .config import load_config
-    from .logs import configure_logging
-    from .plugins import make_plugin_manager
-    from .registry import build_registry
+    from ggufd.config import load_config
+    from ggufd.logs import configure_logging
+    from ggufd.plugins import make_plugin_manager
+    from ggufd.registry import build_registry
 
     config = load_config(args.config, overrides=_overrides(args))
     quiet = args.check_config or args.command != "serve"
@@ -68,15 +68,15 @@ def _print_models(registry, as_json: bool, gpu=None) -> None:
 
 
 def _gpu_report(config):
-    from . import llama_backend
-    from .gpu import gpu_report
+    from ggufd.engine import llama_backend
+    from ggufd.engine.gpu import gpu_report
 
     llama_backend.configure_llama(config.llama_log_level)
     return gpu_report(llama_backend.gpu_startup_problems())
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .plugins import PluginError, describe_plugins
+    from ggufd.plugins import PluginError, describe_plugins
 
     args = parse_args(argv)
     try:
@@ -88,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config or args.command == "models":
         _print_models(registry, args.json, _gpu_report(config) if args.check_config else None)
         if args.check_config:
-            for failure in pm.ggufd_failures:
+            for failure in pm.failures:
                 print(f"! plugin {failure['name']} not loaded: {failure['error']}")
-            if registry.skipped or pm.ggufd_failures:
-                print(f"ggufd: {len(registry.skipped)} model file(s) cannot be served, {len(pm.ggufd_failures)} plugin(s) "
+            if registry.skipped or pm.failures:
+                print(f"ggufd: {len(registry.skipped)} model file(s) cannot be served, {len(pm.failures)} plugin(s) "
                       "failed to load (see above)", file=sys.stderr)
                 return 1
             print(f"config OK: {config.source or 'built-in defaults'}", file=sys.stderr)
@@ -99,13 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "plugins":
         plugins = describe_plugins(pm)
         if args.json:
-            print(json.dumps({"plugins": plugins, "failed": pm.ggufd_failures}, indent=2))
+            print(json.dumps({"plugins": plugins, "failed": pm.failures}, indent=2))
         else:
             for plugin in plugins:
                 print(f"{plugin['name']}  ({plugin['origin']})\n    hooks: {', '.join(plugin['hooks']) or '-'}")
-            for failure in pm.ggufd_failures:
+            for failure in pm.failures:
                 print(f"! {failure['name']}  ({failure['source']}) NOT LOADED: {failure['error']}")
-        return 1 if pm.ggufd_failures else 0
+        return 1 if pm.failures else 0
     return _serve(args, config, pm, registry)
 
 
@@ -114,11 +114,11 @@ def _serve(args, config, pm, registry) -> int:
 
     import structlog
 
-    from .app import AppState, make_engine, serve
-    from .config import apply_process_environment, load_config
-    from .metrics import Metrics
-    from .security import is_loopback
-    from .systemd import Notifier
+    from ggufd.api.app import AppState, make_engine, serve
+    from ggufd.config import apply_process_environment, load_config
+    from ggufd.api.metrics import Metrics
+    from ggufd.api.security import is_loopback
+    from ggufd.systemd import Notifier
 
     def inherited_sockets_expected() -> bool:  # socket activation: systemd decides where we listen
         return os.environ.get("LISTEN_PID") == str(os.getpid())
@@ -148,7 +148,7 @@ def _serve(args, config, pm, registry) -> int:
     gpu = state.engine.gpu_report()  # llama.cpp starts now, not during the first /health
     log_gpu = structlog.get_logger("ggufd").info if gpu.offload or not gpu.backends else structlog.get_logger("ggufd").warning
     log_gpu(gpu.summary(), gpu_offload=gpu.offload, gpus=[d.description for d in gpu.devices])
-    pm.hook.startup(config=config)
+    pm.startup(config)
     try:
         asyncio.run(serve(state))
     except OSError as exc:  # e.g. the port is taken

@@ -22,9 +22,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .errors import ConfigError
-from .memory import parse_size
-from .validation import first_error
+from ggufd.errors import ConfigError
+from ggufd.sizes import parse_size
+from ggufd.validation import first_error
 
 ENV_CONFIG = "GGUFD_CONFIG"
 

@@ -7,6 +7,8 @@ Messages never contain filesystem paths or tracebacks.
 
 from __future__ import annotations
 
+from ggufd.sizes import format_bytes
+
 
 class ApiError(Exception):
     """An error that is shown to the client as the OpenAI error object."""
@@ -85,6 +87,26 @@ class ServerError(ApiError):
 
     def __init__(self, message: str = "The server had an error while processing your request.") -> None:
         super().__init__(500, message, type="server_error")
+
+
+class Overloaded(ApiError):
+    """503 + Retry-After: the model's queue is full, or the server is draining."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(503, message, type="server_error", code="server_is_overloaded", headers={"Retry-After": str(retry_after)})
+
+
+class ModelTooLarge(ApiError):
+    """400: the model cannot fit its device's memory budget even with every other model evicted."""
+
+    def __init__(self, model_id: str, need: int, budget: int, device: str) -> None:
+        super().__init__(
+            400,
+            f"The model '{model_id}' needs about {format_bytes(need)}, more than the memory budget of "
+            f"{format_bytes(budget)} for device {device}; it cannot be loaded.",
+            code="model_too_large",
+            param="model",
+        )
 
 
 class ConfigError(Exception):

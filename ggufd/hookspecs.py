@@ -12,8 +12,8 @@ from typing import Any, Mapping, Sequence
 
 import pluggy
 
-from .gguf_metadata import GGUFMetadata
-from .types import ChatPrompt, ModelInfo, ModelSpec
+from ggufd.gguf_metadata import GGUFMetadata
+from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
 
 hookspec = pluggy.HookspecMarker("ggufd")
 

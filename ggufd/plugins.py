@@ -16,11 +16,17 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import pluggy
 import structlog
 
-from . import __version__, hookspecs
+from ggufd import __version__, hookspecs
+from ggufd.types import AnswerFilter, ChatPrompt, ModelInfo, ModelSpec, PassThrough
+
+if TYPE_CHECKING:
+    from ggufd.config import Config
+    from ggufd.gguf_metadata import GGUFMetadata
 
 log = structlog.get_logger("ggufd.plugins")
 
@@ -39,6 +45,57 @@ DEFAULT_PLUGINS = (
 
 class PluginError(Exception):
     """A plugin could not be loaded or implements an unknown hook."""
+
+
+class Plugins:
+    """The loaded plugins, with one typed method per hook: the one place that shows when and how
+    ggufd consults plugins (tox's ``Plugin`` facade is the model).
+
+    Each method applies the hook's merging rule: list answers are flattened, firstresult answers
+    get their documented default. ``manager`` is the pluggy manager itself, ``hook`` its hook
+    relay (for tests and introspection); ``failures`` lists the third-party plugins that did not
+    load, ``origins`` where each loaded plugin came from.
+    """
+
+    def __init__(self, manager: pluggy.PluginManager) -> None:
+        self.manager = manager
+        self.failures: list[dict[str, str]] = []  # {"name", "source", "error"}
+        self.origins: dict[str, str] = {}  # plugin name -> "distribution version" or file
+
+    @property
+    def hook(self) -> Any:
+        return self.manager.hook
+
+    def discover_models(self, config: Config) -> list[ModelSpec]:
+        """Every discovery plugin's models, in call order."""
+        return [spec for answer in self.manager.hook.discover_models(config=config) for spec in (answer or ())]
+
+    def detect_family(self, metadata: GGUFMetadata, spec: ModelSpec) -> str:
+        return self.manager.hook.detect_family(metadata=metadata, spec=spec) or "generic"
+
+    def format_chat(self, model: ModelInfo, messages: Sequence[Mapping[str, Any]]) -> ChatPrompt | None:
+        """``None`` only when the built-in formatter is disabled and no plugin answers."""
+        return self.manager.hook.format_chat(model=model, messages=messages)
+
+    def stop_sequences(self, model: ModelInfo) -> tuple[str, ...]:
+        return tuple(stop for answer in self.manager.hook.stop_sequences(model=model) for stop in (answer or ()))
+
+    def parse_tool_calls(self, model: ModelInfo, text: str) -> list[dict] | None:
+        return self.manager.hook.parse_tool_calls(model=model, text=text)
+
+    def answer_filter(self, model: ModelInfo) -> AnswerFilter:
+        """A fresh filter for one request; :class:`~ggufd.types.PassThrough` when no family has one."""
+        return self.manager.hook.answer_filter(model=model) or PassThrough()
+
+    def startup(self, config: Config) -> None:
+        self.manager.hook.startup(config=config)
+
+    def shutdown(self) -> None:
+        self.manager.hook.shutdown()
+
+    def describe(self) -> list[dict]:
+        """Name, origin, version and implemented hooks of every registered plugin."""
+        return describe_plugins(self)
 
 
 def _load_dir_module(path: Path) -> ModuleType:
@@ -76,17 +133,16 @@ def _check_hooks(pm: pluggy.PluginManager, plugin, where: str) -> None:
         raise PluginError(f"{where}: {exc}") from exc
 
 
-def make_plugin_manager(config) -> pluggy.PluginManager:
+def make_plugin_manager(config) -> Plugins:
     """Create the plugin manager for ``config``; never done at import time.
 
     A third-party plugin that fails (import error, unknown hook, bad signature) is logged and
-    left out — listed in ``pm.ggufd_failures`` — unless ``plugins_required`` is set, then it
+    left out — listed in :attr:`Plugins.failures` — unless ``plugins_required`` is set, then it
     is a :class:`PluginError`. Built-in plugins must always load.
     """
     pm = pluggy.PluginManager("ggufd")
     pm.add_hookspecs(hookspecs)
-    pm.ggufd_failures = []  # [{"name", "source", "error"}]
-    pm.ggufd_origins = {}  # plugin name -> "distribution version" or file
+    plugins = Plugins(pm)
     blocked = set(config.disable_plugins)
     for name in blocked:
         pm.set_blocked(name)
@@ -101,12 +157,12 @@ def make_plugin_manager(config) -> pluggy.PluginManager:
                 raise PluginError(f"{where} failed to import: {exc!r}") from exc
             _register(pm, plugin, name, where)
             _check_hooks(pm, plugin, where)
-            pm.ggufd_origins[name] = origin
+            plugins.origins[name] = origin
         except PluginError as exc:
             if getattr(config, "plugins_required", False):
                 raise
             log.error("plugin not loaded", plugin=name, error=str(exc))
-            pm.ggufd_failures.append({"name": name, "source": origin, "error": str(exc)})
+            plugins.failures.append({"name": name, "source": origin, "error": str(exc)})
 
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if entry_point.name in blocked:
@@ -126,18 +182,18 @@ def make_plugin_manager(config) -> pluggy.PluginManager:
         if short in blocked or module_name in blocked:
             continue
         _register(pm, importlib.import_module(module_name), short, f"built-in plugin {module_name}")
-        pm.ggufd_origins[short] = f"ggufd {__version__} (built-in)"
+        plugins.origins[short] = f"ggufd {__version__} (built-in)"
 
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:  # only a built-in plugin can get here
         raise PluginError(str(exc)) from exc
-    return pm
+    return plugins
 
 
-def describe_plugins(pm: pluggy.PluginManager) -> list[dict]:
+def describe_plugins(plugins: Plugins) -> list[dict]:
     """Name, origin and implemented hooks of every registered plugin (for ``ggufd plugins``)."""
-    origins = getattr(pm, "ggufd_origins", {})
+    pm, origins = plugins.manager, plugins.origins
     result = []
     for name, plugin in pm.list_name_plugin():
         if plugin is None:

@@ -14,9 +14,9 @@ from typing import Any, Iterable, Mapping
 
 import structlog
 
-from .errors import ConfigError, ModelNotFound
-from .gguf_metadata import GGUFFormatError, read_metadata
-from .types import ModelInfo, ModelSpec
+from ggufd.errors import ConfigError, ModelNotFound
+from ggufd.gguf_metadata import GGUFFormatError, read_metadata
+from ggufd.types import ModelInfo, ModelSpec
 
 log = structlog.get_logger("ggufd.registry")
 
@@ -70,10 +70,10 @@ def merge_specs(found: Iterable[ModelSpec], config_tables: Mapping[str, Mapping[
     return specs
 
 
-def build_registry(config, pm) -> ModelRegistry:
+def build_registry(config, plugins) -> ModelRegistry:
     """Discover, read and classify every model. A bad model file is reported and skipped;
     a ``default_model`` that is not served raises :class:`ConfigError`."""
-    found = [spec for answer in pm.hook.discover_models(config=config) for spec in (answer or [])]
+    found = plugins.discover_models(config)
     specs = merge_specs(found, config.models)
     models: dict[str, ModelInfo] = {}
     skipped: list[SkippedModel] = []
@@ -86,7 +86,7 @@ def build_registry(config, pm) -> ModelRegistry:
             log.warning("skipping model file that is not a readable GGUF", model=model_id, file=spec.path.name, reason=reason)
             skipped.append(SkippedModel(model_id, str(spec.path), reason))
             continue
-        family = spec.options.get("family") or pm.hook.detect_family(metadata=metadata, spec=spec) or "generic"
+        family = spec.options.get("family") or plugins.detect_family(metadata, spec)
         models[model_id] = ModelInfo(spec=spec, metadata=metadata, family=family)
 
     aliases: dict[str, str] = {}

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
-from .gguf_metadata import GGUFMetadata
+from ggufd.gguf_metadata import GGUFMetadata
 
 
 @dataclass(frozen=True)
@@ -91,3 +91,25 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # None: off; N: each token's logprob and its N most likely alternatives
     stream: bool = True  # False: the text is read only at the end (the engine may hand it over in one piece)
+
+
+class AnswerFilter(Protocol):
+    """Splits one request's generated text into (content, reasoning); see the ``answer_filter`` hook.
+
+    Concatenating the pieces must give the same result however the text was split."""
+
+    def feed(self, text: str) -> tuple[str, str]: ...
+
+    def finish(self) -> tuple[str, str]: ...
+
+
+class PassThrough:
+    """The answer filter for families without one: all text is content."""
+
+    @staticmethod
+    def feed(text: str) -> tuple[str, str]:
+        return text, ""
+
+    @staticmethod
+    def finish() -> tuple[str, str]:
+        return "", ""

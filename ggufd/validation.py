@@ -12,7 +12,7 @@ from importlib import resources
 import jsonschema
 from jsonschema import Draft202012Validator
 
-from .errors import InvalidRequest
+from ggufd.errors import InvalidRequest
 
 # JSON Schema counts 8000.0 as an "integer"; llama.cpp (ctypes) and the socket layer do not,
 # so a float where an integer belongs is refused here instead of failing later with a 500.

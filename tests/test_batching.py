@@ -1,4 +1,4 @@
-"""Continuous batching (ggufd.llama_backend.BatchRunner through the engine): sequences decoded
+"""Continuous batching (ggufd.engine.llama_backend.BatchRunner through the engine): sequences decoded
 together give the same answers as alone, join a running batch at the next step, reuse a cached
 prefix, and stop or cancel without disturbing each other."""
 
@@ -10,7 +10,7 @@ import time
 import pytest
 from test_engine import PROMPT, collect, make_engine, model_info, text_of
 
-from ggufd.events import Started
+from ggufd.engine.events import Started
 from ggufd.types import ChatPrompt, GenerationRequest, SamplingParams
 
 
@@ -170,8 +170,8 @@ def test_a_continuing_conversation_reuses_its_cached_prefix(tiny_model, monkeypa
 def test_a_request_that_does_not_stream_gets_its_text_after_the_first_in_one_delivery(tiny_model, monkeypatch):
     """Streaming: one delivery per token. Not streaming: the first text at once (time to first
     token), everything else with the end — same events, same order, far fewer event-loop wake-ups."""
-    from ggufd import llama_backend
-    from ggufd.events import TokenLogprob
+    from ggufd.engine import llama_backend
+    from ggufd.engine.events import TokenLogprob
 
     deliveries: list[list] = []
     original = llama_backend.deliver_events

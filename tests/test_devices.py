@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from ggufd.devices import LLAMA_SPLIT_MODE_LAYER, LLAMA_SPLIT_MODE_NONE, DeviceExecutors, placement_for
+from ggufd.engine.devices import LLAMA_SPLIT_MODE_LAYER, LLAMA_SPLIT_MODE_NONE, DeviceExecutors, placement_for
 
 
 def test_cpu_device_or_zero_layers_run_on_cpu():

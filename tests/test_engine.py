@@ -10,10 +10,11 @@ from pathlib import Path
 import gguf_factory
 import pytest
 
-from ggufd import llama_backend
+from ggufd.engine import llama_backend
 from ggufd.config import LlamaSettings
-from ggufd.engine import Engine, Limits, Overloaded
-from ggufd.events import Finished, Generation, Started, TextDelta
+from ggufd.engine.lifecycle import Engine, Limits
+from ggufd.errors import Overloaded
+from ggufd.engine.events import Finished, Generation, Started, TextDelta
 from ggufd.gguf_metadata import read_metadata
 from ggufd.types import ChatPrompt, GenerationRequest, ModelInfo, ModelSpec, SamplingParams
 
@@ -73,7 +74,7 @@ VICTIM = "\x00victim"  # a stop string that marks the request cancel_after() wat
 def cancel_after(monkeypatch, after: int) -> dict:
     """Cancel the request whose stop list holds VICTIM from the worker thread, right after its
     ``after``-th token went through the text assembler — the earliest possible moment."""
-    from ggufd import llama_backend
+    from ggufd.engine import llama_backend
 
     watched: dict = {"generation": None, "seen": 0}
 

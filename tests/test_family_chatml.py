@@ -172,7 +172,7 @@ def write_gguf(path: Path, architecture: str, **values) -> Path:
 
 @pytest.fixture(scope="module")
 def chatml(pm):
-    plugin = pm.get_plugin("chatml")
+    plugin = pm.manager.get_plugin("chatml")
     assert plugin is not None, "plugins/chatml.py was not loaded"
     return plugin
 

@@ -143,7 +143,7 @@ def official(template: str, messages, add_generation_prompt: bool = True) -> str
 
 @pytest.fixture(scope="module")
 def deepseek(pm):
-    plugin = pm.get_plugin("deepseek")
+    plugin = pm.manager.get_plugin("deepseek")
     assert plugin is not None, "plugins/deepseek.py was not loaded"
     assert Path(plugin.__file__) == REPO / "plugins" / "deepseek.py"
     return plugin

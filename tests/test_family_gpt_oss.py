@@ -223,7 +223,7 @@ def official(messages) -> str:
 
 @pytest.fixture
 def gpt_oss(pm, monkeypatch):
-    plugin = pm.get_plugin("gpt_oss")
+    plugin = pm.manager.get_plugin("gpt_oss")
     assert plugin is not None, "plugins/gpt_oss.py was not loaded"
     assert Path(plugin.__file__) == REPO / "plugins" / "gpt_oss.py"
     monkeypatch.setattr(plugin, "today", lambda: DATE)
@@ -315,7 +315,7 @@ def test_several_system_messages_become_the_instructions(gpt_oss):
 
 
 def test_the_date_is_today_unless_replaced(pm):
-    plugin = pm.get_plugin("gpt_oss")
+    plugin = pm.manager.get_plugin("gpt_oss")
     assert plugin.today() == datetime.date.today().isoformat()
     assert f"Current date: {datetime.date.today().isoformat()}\n" in plugin.format_chat(model=model(), messages=MULTI_TURN).text
 
@@ -390,7 +390,7 @@ def test_other_families_are_not_claimed(gpt_oss, pm, architecture, name, templat
 
 
 def test_through_the_plugin_manager(pm, monkeypatch):
-    monkeypatch.setattr(pm.get_plugin("gpt_oss"), "today", lambda: DATE)
+    monkeypatch.setattr(pm.manager.get_plugin("gpt_oss"), "today", lambda: DATE)
     assert pm.hook.detect_family(metadata=metadata(), spec=model().spec) == "gpt-oss"
     assert pm.hook.format_chat(model=model(), messages=SYSTEM_AND_USER).text == official(SYSTEM_AND_USER)
 
@@ -636,5 +636,5 @@ def test_answer_filter_hook(pm):
     first.feed("<|channel|>analysis<|message|>Some ")  # the filters keep separate state
     assert run_filter(lambda: second, [GENERATED]) == ("Blue.", "The user wants a colour.")
     for family in ("gguf-template", "generic", "chatml", "gemma"):
-        assert pm.get_plugin("gpt_oss").answer_filter(model=model(family)) is None
+        assert pm.manager.get_plugin("gpt_oss").answer_filter(model=model(family)) is None
         assert type(pm.hook.answer_filter(model=model(family))).__name__ != "HarmonyFilter"

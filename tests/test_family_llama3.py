@@ -214,7 +214,7 @@ def official(template: str, messages) -> str:
 
 @pytest.fixture(scope="module")
 def llama3(pm):
-    plugin = pm.get_plugin("llama3")
+    plugin = pm.manager.get_plugin("llama3")
     assert plugin is not None, "plugins/llama3.py was not loaded"
     return plugin
 

@@ -186,7 +186,7 @@ def official(meta: GGUFMetadata, messages) -> str:
 
 @pytest.fixture(scope="module")
 def mistral(pm):
-    plugin = pm.get_plugin("mistral")
+    plugin = pm.manager.get_plugin("mistral")
     assert plugin is not None, "plugins/mistral.py was not loaded"
     return plugin
 

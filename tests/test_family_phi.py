@@ -85,7 +85,7 @@ def styled(style: str) -> ModelInfo:
 
 @pytest.fixture(scope="module")
 def phi(pm):
-    plugin = pm.get_plugin("phi")
+    plugin = pm.manager.get_plugin("phi")
     assert plugin is not None, "plugins/phi.py was not loaded"
     assert Path(plugin.__file__) == REPO / "plugins" / "phi.py"
     return plugin

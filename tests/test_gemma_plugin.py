@@ -80,7 +80,7 @@ def model(family: str = "gemma", metadata: GGUFMetadata | None = None, file_name
 
 @pytest.fixture(scope="module")
 def gemma(pm):
-    plugin = pm.get_plugin("gemma")
+    plugin = pm.manager.get_plugin("gemma")
     assert plugin is not None, "plugins/gemma.py was not loaded"
     return plugin
 

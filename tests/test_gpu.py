@@ -1,9 +1,9 @@
-"""ggufd.gpu: what GPUs llama.cpp can use and, if none, a line that says why and what to do.
+"""ggufd.engine.gpu: what GPUs llama.cpp can use and, if none, a line that says why and what to do.
 (The GPU side runs in tests/test_gpu_hardware.py on a machine with a GPU.)"""
 
 from __future__ import annotations
 
-from ggufd.gpu import GpuDevice, GpuReport, _ggml, gpu_report
+from ggufd.engine.gpu import GpuDevice, GpuReport, _ggml, gpu_report
 
 H200 = GpuDevice("CUDA0", "NVIDIA H200", 150 * 1024**3, 140 * 1024**3)
 

@@ -18,7 +18,7 @@ def model_info(path, model_id, **options):
 
 
 def test_the_report_lists_the_gpu_with_its_memory():
-    from ggufd.gpu import gpu_report
+    from ggufd.engine.gpu import gpu_report
 
     report = gpu_report()
     assert report.offload and "CUDA" in report.backends and report.devices
@@ -34,7 +34,7 @@ def test_a_cuda_build_that_sees_no_gpu_says_why():
     import subprocess
     import sys
 
-    code = ("from ggufd import llama_backend; from ggufd.gpu import gpu_report; llama_backend.configure_llama('error'); "
+    code = ("from ggufd.engine import llama_backend; from ggufd.engine.gpu import gpu_report; llama_backend.configure_llama('error'); "
             "r = gpu_report(llama_backend.gpu_startup_problems()); print(r.offload, r.backends, r.problems); print(r.summary())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
@@ -52,7 +52,7 @@ def gpu_model(tmp_path_factory):
 
 def engine():
     from ggufd.config import LlamaSettings
-    from ggufd.engine import Engine
+    from ggufd.engine.lifecycle import Engine
 
     return Engine(settings_for=lambda info: LlamaSettings(n_ctx=1024, n_gpu_layers=0 if info.options.get("device") == "cpu" else -1, parallel=2))
 

@@ -1,4 +1,4 @@
-"""ggufd.llama_backend below the engine: the numpy greedy pick agrees with llama.cpp's own
+"""ggufd.engine.llama_backend below the engine: the numpy greedy pick agrees with llama.cpp's own
 logit-bias -> greedy sampler chain, token for token; sliding-window caches (swa_full = false)
 take a fraction of the memory and reuse a cached prefix only while its window is intact."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ggufd import llama_backend
+from ggufd.engine import llama_backend
 from ggufd.config import LlamaSettings
-from ggufd.devices import Placement
-from ggufd.llama_backend import GreedyPick, make_sampler
+from ggufd.engine.devices import Placement
+from ggufd.engine.llama_backend import GreedyPick, make_sampler
 from ggufd.types import SamplingParams
 
 
@@ -110,7 +110,7 @@ def gemma_engine_run(loaded, prompts: list[str], max_tokens: int) -> list[tuple[
 
     import llama_cpp
 
-    from ggufd.events import Generation, TextDelta
+    from ggufd.engine.events import Generation, TextDelta
     from ggufd.types import ChatPrompt, GenerationRequest
 
     texts: dict[int, str] = {}

@@ -1,4 +1,4 @@
-"""ggufd.openai_format: request parsing, body decoding, response and SSE chunk building, and a fuzz loop."""
+"""ggufd.protocol.openai: request parsing, body decoding, response and SSE chunk building, and a fuzz loop."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import types
 
 import pytest
 
-from ggufd import openai_format
+from ggufd.protocol import openai as openai_format
 from ggufd.errors import InvalidRequest
-from ggufd.openai_format import (
+from ggufd.protocol.openai import (
     ChatRequest,
     ChunkEncoder,
     chat_completion,

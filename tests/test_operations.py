@@ -86,8 +86,8 @@ def test_sd_notify_ready_status_watchdog_reloading_stopping_in_order(models, tmp
 
 
 def test_a_stalled_device_thread_withholds_watchdog_pings():
-    from ggufd.app import report_to_systemd
-    from ggufd.devices import DeviceExecutors, heartbeat
+    from ggufd.api.app import report_to_systemd
+    from ggufd.engine.devices import DeviceExecutors, heartbeat
 
     executors = DeviceExecutors()
     sent: list[str] = []

@@ -104,7 +104,7 @@ def test_documented_examples_run(tmp_path):
         models = tmp_path / "models"
         models.mkdir(exist_ok=True)
         pm = make_plugin_manager(Config(models_dir=models, plugins_dir=folder, plugins_required=True))
-        assert f"doc_example_{index}" in {name for name, _ in pm.list_name_plugin()}
+        assert f"doc_example_{index}" in {name for name, _ in pm.manager.list_name_plugin()}
 
 
 FILTER_PLUGIN = '''

@@ -48,11 +48,11 @@ def plugin_dir(tmp_path: Path, files: dict[str, str], name: str = "plugins") -> 
 
 
 def names(pm) -> set[str]:
-    return {name for name, plugin in pm.list_name_plugin() if plugin is not None}
+    return {name for name, plugin in pm.manager.list_name_plugin() if plugin is not None}
 
 
 def entry_point_names(pm) -> set[str]:
-    return {pm.get_name(plugin) for plugin, _ in pm.list_plugin_distinfo()}
+    return {pm.manager.get_name(plugin) for plugin, _ in pm.manager.list_plugin_distinfo()}
 
 
 # --- registration
@@ -63,13 +63,13 @@ def test_default_plugins_are_registered(tmp_path):
     assert names(pm) - entry_point_names(pm) == DEFAULT_NAMES
     assert {m.rsplit(".", 1)[-1] for m in DEFAULT_PLUGINS} == DEFAULT_NAMES
     for name in DEFAULT_NAMES:
-        assert pm.get_plugin(name).__name__ == f"ggufd.default_plugins.{name}"
+        assert pm.manager.get_plugin(name).__name__ == f"ggufd.default_plugins.{name}"
 
 
 def test_repo_gemma_plugin_is_registered_from_plugins_dir(tmp_path):
     pm = make_plugin_manager(config(tmp_path, plugins_dir=REPO / "plugins"))
     assert names(pm) - entry_point_names(pm) == DEFAULT_NAMES | REPO_FAMILIES
-    assert Path(pm.get_plugin("gemma").__file__) == REPO / "plugins" / "gemma.py"
+    assert Path(pm.manager.get_plugin("gemma").__file__) == REPO / "plugins" / "gemma.py"
 
 
 def test_plugins_dir_modules_register_under_their_file_stem(tmp_path):
@@ -85,7 +85,7 @@ def test_plugins_dir_modules_register_under_their_file_stem(tmp_path):
     pm = make_plugin_manager(config(tmp_path, plugins_dir=folder))
     assert {"my_family", "other"} <= names(pm)
     assert "_private" not in names(pm)
-    assert Path(pm.get_plugin("my_family").__file__) == folder / "my_family.py"
+    assert Path(pm.manager.get_plugin("my_family").__file__) == folder / "my_family.py"
     assert [impl.plugin_name for impl in pm.hook.stop_sequences.get_hookimpls()] == ["my_family"]
 
 
@@ -93,7 +93,7 @@ def test_plugins_dir_modules_register_under_their_file_stem(tmp_path):
 def test_disable_plugins_blocks_a_plugin_by_name(tmp_path, blocked):
     pm = make_plugin_manager(config(tmp_path, plugins_dir=REPO / "plugins", disable_plugins=(blocked,)))
     assert blocked not in names(pm)
-    assert pm.is_blocked(blocked)
+    assert pm.manager.is_blocked(blocked)
     assert names(pm) - entry_point_names(pm) == (DEFAULT_NAMES | REPO_FAMILIES) - {blocked}
 
 
@@ -116,7 +116,7 @@ def test_a_broken_plugin_is_reported_and_left_out_unless_plugins_are_required(tm
     })
     pm = make_plugin_manager(config(tmp_path, plugins_dir=folder))
     assert {"fine", "gguf_template"} <= names(pm) and not {"broken", "misspelt"} & names(pm)
-    failures = {f["name"]: f for f in pm.ggufd_failures}
+    failures = {f["name"]: f for f in pm.failures}
     assert set(failures) == {"broken", "misspelt"}
     assert "boom at import" in failures["broken"]["error"] and str(folder / "broken.py") == failures["broken"]["source"]
     assert "formatt_chat" in failures["misspelt"]["error"]

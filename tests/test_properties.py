@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from ggufd.errors import InvalidRequest  # noqa: E402
-from ggufd.openai_format import decode_json_body, parse_chat_request, parse_completion_request  # noqa: E402
-from ggufd.text_stream import TextAssembler  # noqa: E402
+from ggufd.protocol.openai import decode_json_body, parse_chat_request, parse_completion_request  # noqa: E402
+from ggufd.engine.text_stream import TextAssembler  # noqa: E402
 from http_helpers import request  # noqa: E402  (tests/ is on sys.path, see conftest.py)
 
 PURE = settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -377,7 +377,7 @@ def test_openapi_components_validate_like_the_schemas():
     from referencing import Registry, Resource
     from referencing.jsonschema import DRAFT202012
 
-    from ggufd.openapi import REQUEST_SCHEMAS, openapi_document
+    from ggufd.api.openapi import REQUEST_SCHEMAS, openapi_document
     from ggufd.validation import validator
 
     document = openapi_document()

@@ -1,6 +1,6 @@
 """Schemathesis against the real daemon, driven by ggufd's own OpenAPI document.
 
-Every operation of :func:`ggufd.openapi.openapi_document` gets schema-valid and
+Every operation of :func:`ggufd.api.openapi.openapi_document` gets schema-valid and
 schema-invalid requests (schemathesis' examples, coverage and fuzzing phases); each
 response must not be a 5xx, must use a documented status code and content type, must
 match the documented response schema, and every 4xx must be the OpenAI error object.
@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-from ggufd.openapi import openapi_document  # noqa: E402
+from ggufd.api.openapi import openapi_document  # noqa: E402
 from http_helpers import request  # noqa: E402  (tests/ is on sys.path, see conftest.py)
 
 pytestmark = pytest.mark.e2e

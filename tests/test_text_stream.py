@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from ggufd.text_stream import TextAssembler
+from ggufd.engine.text_stream import TextAssembler
 
 REPLACEMENT = "\ufffd"
 

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from ggufd.errors import InvalidRequest
-from ggufd.tools import call_schema, parse_generic, tool_policy
+from ggufd.protocol.tools import call_schema, parse_generic, tool_policy
 
 WEATHER = {
     "type": "function",

@@ -13,11 +13,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .gguf_metadata import GGUFMetadata
+from ggufd.gguf_metadata import GGUFMetadata
+from ggufd.sizes import format_bytes, parse_size  # noqa: F401  (re-exported)
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
-          "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
 SPLIT = re.compile(r"^(?P<name>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 #: compute buffers, output buffer and bookkeeping beyond weights and KV cache
 OVERHEAD_BYTES = 64 * 1024**2
@@ -25,19 +23,6 @@ F16_BYTES = 2
 #: llama.cpp's sliding-window layer pattern per architecture when the GGUF names none
 #: (``{arch}.attention.sliding_window_pattern``): of every N layers, the last attends to everything.
 SWA_PATTERNS = {"gemma2": 2, "gemma3": 6, "cohere2": 4, "gpt-oss": 2}
-
-
-def parse_size(text: str | int) -> int:
-    """``"20GiB"`` -> 21474836480; plain integers are bytes. Raises ValueError."""
-    if isinstance(text, int):
-        return text
-    match = _SIZE.match(text)
-    if not match:
-        raise ValueError(f"not a size: {text!r} (use e.g. '512MiB', '20GiB')")
-    unit = (match.group(2) or "").lower()
-    if unit in ("ki", "mi", "gi", "ti"):
-        unit += "b"
-    return int(float(match.group(1)) * _UNITS[unit])
 
 
 def model_files(path: Path) -> list[Path]:
@@ -83,11 +68,3 @@ def estimate_model_bytes(metadata: GGUFMetadata, path: Path, n_ctx: int, paralle
                          n_ubatch: int = 512) -> int:
     """Weights + KV cache for ``parallel`` sequences of ``n_ctx`` tokens + a compute allowance."""
     return weights_bytes(path) + kv_cache_bytes(metadata, n_ctx, parallel, swa_full=swa_full, n_ubatch=n_ubatch) + OVERHEAD_BYTES
-
-
-def format_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover

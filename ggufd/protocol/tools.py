@@ -21,8 +21,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from .errors import InvalidRequest
-from .structured_output import grammar_for
+from ggufd.errors import InvalidRequest
+from ggufd.protocol.structured_output import grammar_for
 
 FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
@@ -156,10 +156,10 @@ def parse_generic(text: str, names: Sequence[str]) -> list[dict] | None:
     return calls or None
 
 
-def find_calls(pm, model, text: str, policy: ToolPolicy) -> list[dict] | None:
+def find_calls(plugins, model, text: str, policy: ToolPolicy) -> list[dict] | None:
     """The tool calls in an answer: the family's syntax first, then the generic JSON form.
     Calls to functions that were not offered are not calls."""
-    calls = pm.hook.parse_tool_calls(model=model, text=text)
+    calls = plugins.parse_tool_calls(model, text)
     if calls:
         calls = [c for c in calls if c.get("function", {}).get("name") in policy.names]
         if calls:

@@ -6,7 +6,7 @@ need, last use). A request becomes a :class:`Generation`; its task
 1. waits until the model is loaded — loading it if needed, after evicting idle models
    (least recently used first) when ``max_loaded_models`` or the device's
    ``memory_budget`` would be exceeded; concurrent requests share one load;
-2. runs the generation on the model's device thread (:mod:`ggufd.devices`), FIFO.
+2. runs the generation on the model's device thread (:mod:`ggufd.engine.devices`), FIFO.
 
 A model with running or queued requests is never unloaded, so no request ever runs on a
 freed model. Results reach the loop with ``call_soon_threadsafe``. Nothing here knows HTTP.
@@ -21,32 +21,15 @@ from typing import Any, Callable, Mapping
 
 import structlog
 
-from . import llama_backend
-from .devices import DeviceExecutors, Placement, placement_for
-from .errors import ApiError, ServerError
-from .events import Failed, Finished, Generation
-from .memory import estimate_model_bytes, format_bytes
-from .types import GenerationRequest, ModelInfo
+from ggufd.engine import llama_backend
+from ggufd.engine.devices import DeviceExecutors, Placement, placement_for
+from ggufd.errors import ApiError, ModelTooLarge, Overloaded, ServerError
+from ggufd.engine.events import Failed, Finished, Generation
+from ggufd.engine.memory import estimate_model_bytes
+from ggufd.sizes import format_bytes
+from ggufd.types import GenerationRequest, ModelInfo
 
 log = structlog.get_logger("ggufd.engine")
-
-class Overloaded(ApiError):
-    """503 + Retry-After: the model's queue is full, or the server is draining."""
-
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(503, message, type="server_error", code="server_is_overloaded", headers={"Retry-After": str(retry_after)})
-
-
-class ModelTooLarge(ApiError):
-    def __init__(self, model_id: str, need: int, budget: int, device: str) -> None:
-        super().__init__(
-            400,
-            f"The model '{model_id}' needs about {format_bytes(need)}, more than the memory budget of "
-            f"{format_bytes(budget)} for device {device}; it cannot be loaded.",
-            code="model_too_large",
-            param="model",
-        )
-
 
 @dataclass(frozen=True)
 class Limits:
@@ -144,9 +127,9 @@ class Engine:
         return self._gpu_available
 
     def gpu_report(self):
-        """What GPUs llama.cpp can use, and if none, why (:class:`ggufd.gpu.GpuReport`); asked once."""
+        """What GPUs llama.cpp can use, and if none, why (:class:`ggufd.engine.gpu.GpuReport`); asked once."""
         if self._gpu_report is None:
-            from .gpu import gpu_report
+            from ggufd.engine.gpu import gpu_report
 
             self._configure_llama()  # first: llama.cpp's GPU start-up errors go to the log and the report
             self._gpu_report = gpu_report(llama_backend.gpu_startup_problems())
@@ -156,6 +139,19 @@ class Engine:
         if not self._configured:
             llama_backend.configure_llama(self._llama_log_level)
             self._configured = True
+
+    def generate(self, info: ModelInfo, request: GenerationRequest) -> Generation:
+        """Queue a generation and return its handle (an async iterator of event batches);
+        raises :class:`~ggufd.errors.Overloaded` when the model's queue is full."""
+        return self.start(info, request)
+
+    async def tokenize(self, info: ModelInfo, text: str, add_bos: bool) -> list[int]:
+        """``text`` as the model's token ids (special tokens parsed), loading the model if needed."""
+        return await self.with_model(info, lambda loaded: loaded.tokenize(text, add_bos))
+
+    async def detokenize(self, info: ModelInfo, tokens: list[int]) -> str:
+        """Token ids back to text, loading the model if needed."""
+        return await self.with_model(info, lambda loaded: loaded.detokenize(tokens))
 
     def start(self, info: ModelInfo, request: GenerationRequest, generation: Generation | None = None) -> Generation:
         """Queue a generation; raises :class:`Overloaded` when the model's queue is full."""

@@ -12,12 +12,12 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from .errors import InvalidRequest
-from .structured_output import grammar_for
-from .tools import ToolPolicy, tool_policy, with_instruction
-from .tools import grammar as tools_grammar
-from .types import SamplingParams
-from .validation import validate
+from ggufd.errors import InvalidRequest
+from ggufd.protocol.structured_output import grammar_for
+from ggufd.protocol.tools import ToolPolicy, tool_policy, with_instruction
+from ggufd.protocol.tools import grammar as tools_grammar
+from ggufd.types import SamplingParams
+from ggufd.validation import validate
 
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "seed")
 

@@ -16,7 +16,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from . import __version__
+from ggufd import __version__
 
 #: request schema file (without .json) -> component name
 REQUEST_SCHEMAS = {

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterable
 
-from .errors import ApiError
+from ggufd.errors import ApiError
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,18 @@ class Generation:
         self._cancel = threading.Event()
         self.done = False
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the caller reads events on."""
+        return self._loop
+
     def emit(self, event) -> None:
         """Thread-safe: queue an event for the loop."""
         self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+
+    def put(self, event) -> None:
+        """On the caller's loop: queue an event."""
+        self._events.put_nowait(event)
 
     @property
     def cancelled(self) -> bool:
@@ -70,6 +79,15 @@ class Generation:
 
     def cancel(self) -> None:
         self._cancel.set()
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> list:
+        """``async for events in generation``: each item is every event available at that moment."""
+        if self.done:
+            raise StopAsyncIteration
+        return await self.next_events()
 
     async def next_events(self) -> list:
         """Wait for at least one event; return every event available now (fewer writes under load)."""
@@ -81,15 +99,13 @@ class Generation:
         return events
 
 
-
-
 def deliver_events(pairs: Iterable[tuple[Generation, object]]) -> None:
     """Thread-safe: queue several generations' events with one wake-up of their loop."""
     pairs = list(pairs)
     if pairs:
-        pairs[0][0]._loop.call_soon_threadsafe(_put_all, pairs)
+        pairs[0][0].loop.call_soon_threadsafe(_put_all, pairs)
 
 
 def _put_all(pairs) -> None:
     for generation, event in pairs:
-        generation._events.put_nowait(event)
+        generation.put(event)

@@ -10,7 +10,7 @@ strings, UTF-8 holdback and token budget. A finished sequence keeps its KV cells
 a conversation that continues reuses its prefix.
 
 Every function here except :func:`configure_llama` and :meth:`BatchRunner.submit` runs on
-the model's device thread (:mod:`ggufd.devices`), never on the event loop.
+the model's device thread (:mod:`ggufd.engine.devices`), never on the event loop.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from typing import Any, Callable
 
 import structlog
 
-from .devices import Placement, heartbeat
-from .events import Finished, Started, TextDelta, TokenLogprob, deliver_events
-from .errors import ApiError, ContextLengthExceeded, InvalidRequest
-from .text_stream import TextAssembler
-from .types import GenerationRequest, SamplingParams
+from ggufd.engine.devices import Placement, heartbeat
+from ggufd.engine.events import Finished, Started, TextDelta, TokenLogprob, deliver_events
+from ggufd.errors import ApiError, ContextLengthExceeded, InvalidRequest
+from ggufd.engine.text_stream import TextAssembler
+from ggufd.types import GenerationRequest, SamplingParams
 
 log = structlog.get_logger("ggufd.llama")
 
@@ -356,7 +356,7 @@ def free_model(model: LoadedModel) -> None:
 class _Sequence:
     """One request inside the batch."""
 
-    generation: Any  # ggufd.engine.Generation
+    generation: Any  # ggufd.engine.lifecycle.Generation
     request: GenerationRequest
     future: Future
     seq_id: int = -1

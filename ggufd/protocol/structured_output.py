@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from .errors import InvalidRequest
+from ggufd.errors import InvalidRequest
 
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_DEPTH = 16

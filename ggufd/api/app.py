@@ -19,11 +19,11 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from . import __version__
-from .config import Config
-from .engine import Engine, Limits
-from .errors import ApiError, ConfigError
-from .handlers import (
+from ggufd import __version__
+from ggufd.config import Config
+from ggufd.engine.lifecycle import Engine, Limits
+from ggufd.errors import ApiError, ConfigError
+from ggufd.api.handlers import (
     AdminModelHandler,
     ChatCompletionsHandler,
     CompletionsHandler,
@@ -36,9 +36,10 @@ from .handlers import (
     PluginsHandler,
     TokenizeHandler,
 )
-from .metrics import Metrics
-from .registry import ModelRegistry, build_registry
-from .systemd import Notifier, inherited_sockets, watchdog_seconds
+from ggufd.api.metrics import Metrics
+from ggufd.plugins import Plugins
+from ggufd.registry import ModelRegistry, build_registry
+from ggufd.systemd import Notifier, inherited_sockets, watchdog_seconds
 
 log = structlog.get_logger("ggufd.app")
 
@@ -47,7 +48,7 @@ log = structlog.get_logger("ggufd.app")
 class AppState:
     config: Config
     registry: ModelRegistry
-    plugins: Any  # pluggy.PluginManager
+    plugins: Plugins
     engine: Engine
     draining: bool = False
     #: rebuilds the config (same file, same command-line overrides) for SIGHUP
@@ -220,6 +221,6 @@ async def serve(state: AppState) -> None:
     reporter.cancel()
     server.stop()
     await server.close_all_connections()
-    state.plugins.hook.shutdown()
+    state.plugins.shutdown()
     await state.engine.close()
     log.info("stopped")

@@ -14,14 +14,15 @@ import structlog
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from . import __version__
-from .chat import PassThrough, answer_filter, build_generation
-from .tools import find_calls
-from .engine import Overloaded
-from .events import Failed, Finished, Started, TextDelta, TokenLogprob
-from .errors import ApiError, ServerError
-from .security import check_bearer, cors_origin
-from .openai_format import (
+from ggufd import __version__
+from ggufd.protocol.prompt import build_generation
+from ggufd.types import PassThrough
+from ggufd.protocol.tools import find_calls
+from ggufd.errors import Overloaded
+from ggufd.engine.events import Failed, Finished, Started, TextDelta, TokenLogprob
+from ggufd.errors import ApiError, ServerError
+from ggufd.api.security import check_bearer, cors_origin
+from ggufd.protocol.openai import (
     ChunkEncoder,
     TextChunkEncoder,
     apply_server_limits,
@@ -39,8 +40,8 @@ from .openai_format import (
     text_completion,
     with_model_defaults,
 )
-from .types import ChatPrompt, GenerationRequest
-from .validation import validate
+from ggufd.types import ChatPrompt, GenerationRequest
+from ggufd.validation import validate
 
 log = structlog.get_logger("ggufd.http")
 
@@ -58,7 +59,7 @@ class BaseHandler(tornado.web.RequestHandler):
     serves_while_draining = False
 
     def initialize(self, state) -> None:
-        self.state = state  # ggufd.app.AppState: config, registry, plugins, engine, metrics
+        self.state = state  # ggufd.api.app.AppState: config, registry, plugins, engine, metrics
         self.log_fields: dict = {}
         self._logged = False
         self._body = bytearray()
@@ -481,7 +482,7 @@ class ChatCompletionsHandler(GenerationHandler):
         model, chat = self.resolve(parse_chat_request(body), max_tokens_cap=config.max_tokens_cap, max_messages=config.max_messages)
         if config.log_content:  # off by default: prompts and answers stay out of the logs
             self.log_fields["messages"] = list(chat.messages)
-        self.answer = answer_filter(self.state.plugins, model)
+        self.answer = self.state.plugins.answer_filter(model)
         self.model, self.tool_policy = model, chat.tool_policy
         self.hold_content = chat.tool_policy is not None
         self.logprobs = [] if chat.logprobs is not None else None
@@ -577,10 +578,8 @@ class PluginsHandler(BaseHandler):
     endpoint = "plugins"
 
     def get(self) -> None:
-        from .plugins import describe_plugins
-
-        pm = self.state.plugins
-        self.write_json({"plugins": describe_plugins(pm), "failed": getattr(pm, "ggufd_failures", [])})
+        plugins = self.state.plugins
+        self.write_json({"plugins": plugins.describe(), "failed": plugins.failures})
 
 
 class TokenizeHandler(BaseHandler):
@@ -643,6 +642,6 @@ class OpenAPIHandler(BaseHandler):
         return True
 
     def get(self) -> None:
-        from .openapi import openapi_document
+        from ggufd.api.openapi import openapi_document
 
         self.write_json(openapi_document())

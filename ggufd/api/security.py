@@ -6,7 +6,7 @@ import hmac
 import ipaddress
 from typing import Sequence
 
-from .errors import ApiError
+from ggufd.errors import ApiError
 
 
 class InvalidApiKey(ApiError):

@@ -1,0 +1,1 @@
+"""The HTTP layer: the Tornado application, its handlers, security, metrics. Tornado lives only here."""
