@@ -135,16 +135,18 @@ def _serve(args, config, pm, registry) -> int:
             return 2
         structlog.get_logger("ggufd").warning("SECURITY: " + message)
     apply_process_environment(config)
+    metrics = Metrics()
+    engine = make_engine(config, metrics)
+    metrics.watch(engine)
     state = AppState(
         config=config,
         registry=registry,
         plugins=pm,
-        engine=None,
+        engine=engine,
         reload_config=lambda: load_config(args.config, overrides=_overrides(args)),
+        metrics=metrics,
         notifier=Notifier(),
     )
-    state.metrics = Metrics(lambda: state.engine)
-    state.engine = make_engine(config, state.metrics)
     gpu = state.engine.gpu_report()  # llama.cpp starts now, not during the first /health
     log_gpu = structlog.get_logger("ggufd").info if gpu.offload or not gpu.backends else structlog.get_logger("ggufd").warning
     log_gpu(gpu.summary(), gpu_offload=gpu.offload, gpus=[d.description for d in gpu.devices])

@@ -21,7 +21,9 @@ from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from ggufd.errors import InvalidRequest  # noqa: E402
-from ggufd.protocol.openai import decode_json_body, parse_chat_request, parse_completion_request  # noqa: E402
+from ggufd.protocol.body import decode_json_body  # noqa: E402
+from ggufd.protocol.openai_chat import parse_chat_request  # noqa: E402
+from ggufd.protocol.openai_completions import parse_completion_request  # noqa: E402
 from ggufd.engine.text_stream import TextAssembler  # noqa: E402
 from http_helpers import request  # noqa: E402  (tests/ is on sys.path, see conftest.py)
 

@@ -49,4 +49,15 @@ def test_bad_tokenize_requests_are_400(tiny_daemon, path, body, param):
 def test_models_report_their_capabilities(tiny_daemon):
     model = json.loads(request(tiny_daemon.url, path="/v1/models/tiny")[2])
     assert model["capabilities"] == {"chat": True, "completions": True, "embeddings": False, "tools": True,
-                                     "json_schema": True, "logit_bias": True, "logprobs": True, "context_length": 512, "parallel": 4}
+                                     "json_schema": True, "logit_bias": True, "logprobs": True, "context_length": 512,
+                                     "training_context_length": 2048, "parallel": 4}
+
+
+def test_models_report_the_context_a_request_may_use(tiny_daemon):
+    """The top-level context_length (and vLLM's max_model_len) is the per-request context the
+    daemon serves (n_ctx 512 here), not the model's training length (2048): clients size prompts by it."""
+    model = json.loads(request(tiny_daemon.url, path="/v1/models/tiny")[2])
+    listed = json.loads(request(tiny_daemon.url, path="/v1/models")[2])["data"][0]
+    assert model["context_length"] == model["max_model_len"] == 512
+    assert listed["context_length"] == listed["max_model_len"] == 512
+    assert model["capabilities"]["training_context_length"] == 2048

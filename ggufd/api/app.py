@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from dataclasses import dataclass, field
-from typing import Any, Callable
 
 import structlog
 import tornado.httpserver
@@ -23,39 +21,18 @@ from ggufd import __version__
 from ggufd.config import Config
 from ggufd.engine.lifecycle import Engine, Limits
 from ggufd.errors import ApiError, ConfigError
-from ggufd.api.handlers import (
-    AdminModelHandler,
-    ChatCompletionsHandler,
-    CompletionsHandler,
-    EmbeddingsHandler,
-    HealthHandler,
-    MetricsHandler,
-    ModelsHandler,
-    NotFoundHandler,
-    OpenAPIHandler,
-    PluginsHandler,
-    TokenizeHandler,
-)
+from ggufd.api.base import NotFoundHandler
+from ggufd.api.embeddings import EmbeddingsHandler
+from ggufd.api.generation import ChatCompletionsHandler, CompletionsHandler
+from ggufd.api.models import AdminModelHandler, ModelsHandler
+from ggufd.api.operations import HealthHandler, MetricsHandler, OpenAPIHandler, PluginsHandler
+from ggufd.api.state import AppState
+from ggufd.api.tokenize import TokenizeHandler
 from ggufd.api.metrics import Metrics
-from ggufd.plugins import Plugins
-from ggufd.registry import ModelRegistry, build_registry
-from ggufd.systemd import Notifier, inherited_sockets, watchdog_seconds
+from ggufd.registry import build_registry
+from ggufd.systemd import inherited_sockets, watchdog_seconds
 
 log = structlog.get_logger("ggufd.app")
-
-
-@dataclass
-class AppState:
-    config: Config
-    registry: ModelRegistry
-    plugins: Plugins
-    engine: Engine
-    draining: bool = False
-    #: rebuilds the config (same file, same command-line overrides) for SIGHUP
-    reload_config: Callable[[], Config] | None = None
-    active: set = field(default_factory=set)  # generation handlers in flight
-    metrics: Metrics | None = None
-    notifier: Notifier = field(default_factory=lambda: Notifier({}))
 
 
 def limits_of(config: Config) -> Limits:

@@ -10,19 +10,21 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from ggufd.engine.contract import EngineClient
+
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 RATE_BUCKETS = (1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 LOAD_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class EngineCollector:
-    """Scrape-time gauges from the engine's model states."""
+    """Scrape-time gauges from the engine's model states (none until an engine is attached)."""
 
-    def __init__(self, engine_getter) -> None:
-        self._engine = engine_getter
+    def __init__(self) -> None:
+        self.engine: EngineClient | None = None
 
     def collect(self):
-        engine = self._engine()
+        engine = self.engine
         status = engine.status() if engine is not None else {}
         queue = GaugeMetricFamily("ggufd_queue_depth", "Requests queued or running per model", labels=["model"])
         loaded = GaugeMetricFamily("ggufd_model_loaded", "1 if the model is loaded", labels=["model"])
@@ -35,7 +37,7 @@ class EngineCollector:
 
 
 class Metrics:
-    def __init__(self, engine_getter=lambda: None) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("ggufd_requests", "HTTP requests", ["endpoint", "model", "status"], registry=r)
@@ -45,7 +47,12 @@ class Metrics:
         self.ttft = Histogram("ggufd_time_to_first_token_seconds", "Time from request to first token", ["model"], buckets=TTFT_BUCKETS, registry=r)
         self.decode_rate = Histogram("ggufd_decode_tokens_per_second", "Per-request decode rate after the first token", ["model"], buckets=RATE_BUCKETS, registry=r)
         self.model_load = Histogram("ggufd_model_load_seconds", "Model load duration", ["model"], buckets=LOAD_BUCKETS, registry=r)
-        r.register(EngineCollector(engine_getter))
+        self._engine_gauges = EngineCollector()
+        r.register(self._engine_gauges)
+
+    def watch(self, engine: EngineClient) -> None:
+        """Read queue depth and loaded models from ``engine`` at scrape time."""
+        self._engine_gauges.engine = engine
 
     def observe_request(self, endpoint: str, status: int, fields: dict, duration_s: float) -> None:
         model = fields.get("model", "")

@@ -1,25 +1,33 @@
-"""From a parsed chat request to an engine request, through the plugin hooks."""
+"""From chat messages to an engine request, through the plugin hooks (every chat format uses it)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from ggufd.errors import ServerError
-from ggufd.protocol.openai import ChatRequest
 from ggufd.plugins import Plugins
+from ggufd.protocol.options import GenerationOptions
 from ggufd.types import GenerationRequest, ModelInfo
 
 
-def build_generation(plugins: Plugins, model: ModelInfo, chat: ChatRequest) -> GenerationRequest:
+def build_generation(
+    plugins: Plugins, model: ModelInfo, messages: Sequence[Mapping[str, Any]], options: GenerationOptions
+) -> GenerationRequest:
     """Format the messages (``format_chat``, firstresult) and gather stop strings
-    (the request's + every ``stop_sequences`` answer)."""
-    prompt = plugins.format_chat(model, chat.messages)
+    (the request's + every ``stop_sequences`` answer).
+
+    :param messages: OpenAI-shaped messages (``role``, ``content`` as a string, optional
+        ``name``/``tool_calls``/``tool_call_id``); other formats convert theirs to these.
+    """
+    prompt = plugins.format_chat(model, messages)
     if prompt is None:  # only possible when the built-in formatter is disabled
         raise ServerError(f"No plugin can format chats for the model '{model.id}'.")
-    family_stops = plugins.stop_sequences(model)
     return GenerationRequest(
         prompt=prompt,
-        sampling=chat.sampling,
-        max_tokens=chat.max_tokens,
-        stop=tuple(dict.fromkeys(chat.stop + family_stops)),
-        logprobs=chat.logprobs,
-        stream=chat.stream,
+        sampling=options.sampling,
+        max_tokens=options.max_tokens,
+        stop=tuple(dict.fromkeys(options.stop + plugins.stop_sequences(model))),
+        logprobs=options.logprobs,
+        stream=options.stream,
     )

@@ -1,0 +1,22 @@
+"""``POST /v1/embeddings`` for embedding models (``embedding = true``, or a GGUF with pooling)."""
+
+from __future__ import annotations
+
+from ggufd.api.base import BaseHandler
+from ggufd.errors import ApiError
+from ggufd.protocol.openai_embeddings import embeddings_response, parse_embeddings_request
+
+
+class EmbeddingsHandler(BaseHandler):
+    endpoint = "embeddings"
+
+    async def post(self) -> None:
+        request = parse_embeddings_request(self.json_body())
+        model = self.state.registry.get(request.model)
+        self.log_fields["model"] = model.id
+        if not self.state.engine.is_embedding_model(model):
+            raise ApiError(400, f"The model '{model.id}' is not an embedding model (set embedding = true in its config to use it for embeddings).",
+                           param="model", code="wrong_model_type")
+        vectors, used = await self.state.engine.embed(model, request.inputs)
+        self.log_fields["prompt_tokens"] = used
+        self.write_json(embeddings_response(model.id, vectors, used, request.encoding_format))
