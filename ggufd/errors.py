@@ -109,5 +109,57 @@ class ModelTooLarge(ApiError):
         )
 
 
+class InvalidApiKey(ApiError):
+    """401: the API key is missing, malformed or wrong (the message never repeats what was sent)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(401, message, code="invalid_api_key", headers={"WWW-Authenticate": 'Bearer realm="ggufd"'})
+
+
+class WrongModelType(ApiError):
+    """400: the route needs a chat model and got an embedding model, or the other way round."""
+
+    def __init__(self, model_id: str, wanted: str) -> None:
+        message = {
+            "chat": f"The model '{model_id}' is an embedding model; use POST /v1/embeddings.",
+            "embedding": f"The model '{model_id}' is not an embedding model (set embedding = true in its config to use it for embeddings).",
+        }[wanted]
+        super().__init__(400, message, param="model", code="wrong_model_type")
+
+
+class ModelBusy(ApiError):
+    """409: an unload was asked for while the model has running or queued requests."""
+
+    def __init__(self, model_id: str) -> None:
+        super().__init__(409, f"The model '{model_id}' has running or queued requests; it is unloaded only when idle.", code="model_busy")
+
+
+class BodyTooLarge(ApiError):
+    """413: the request body is larger than ``max_body_bytes``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"The request body is larger than the limit of {limit} bytes.")
+
+
+class UnsupportedMediaType(ApiError):
+    """415: a body that is not JSON."""
+
+    def __init__(self, content_type: str) -> None:
+        super().__init__(415, f"Unsupported Content-Type '{content_type}'; send application/json.")
+
+
+class PathNotFound(ApiError):
+    """404: no route has this path."""
+
+    def __init__(self, path: str) -> None:
+        shown = path if len(path) <= 200 and path.isprintable() else "(this path)"
+        super().__init__(404, f"Unknown path '{shown}'. The API is under /v1.", code="not_found")
+
+
+def from_http_status(status: int, reason: str) -> ApiError:
+    """Tornado's own HTTP errors (405, a malformed request) in the same shape as ours."""
+    return ApiError(status, reason, type="invalid_request_error" if status < 500 else "server_error")
+
+
 class ConfigError(Exception):
     """The configuration is invalid; the message names the file and the key."""

@@ -15,7 +15,15 @@ import structlog
 import tornado.web
 
 from ggufd import __version__
-from ggufd.errors import ApiError, Overloaded, ServerError
+from ggufd.errors import (
+    ApiError,
+    BodyTooLarge,
+    Overloaded,
+    PathNotFound,
+    ServerError,
+    UnsupportedMediaType,
+    from_http_status,
+)
 from ggufd.api.security import check_bearer, cors_origin
 from ggufd.protocol.body import decode_json_body, dumps
 
@@ -77,7 +85,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self._body += chunk
 
     def _too_large(self) -> ApiError:
-        return ApiError(413, f"The request body is larger than the limit of {self.state.config.max_body_bytes} bytes.")
+        return BodyTooLarge(self.state.config.max_body_bytes)
 
     def options(self, *args) -> None:
         if self._headers.get("Access-Control-Allow-Origin"):
@@ -98,7 +106,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def json_body(self) -> dict:
         content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type and content_type not in JSON_TYPES and not content_type.endswith("+json"):
-            raise ApiError(415, f"Unsupported Content-Type '{content_type}'; send application/json.")
+            raise UnsupportedMediaType(content_type)
         if self._body_too_large:
             raise self._too_large()
         return decode_json_body(bytes(self._body))
@@ -111,7 +119,7 @@ class BaseHandler(tornado.web.RequestHandler):
             error = exc
         elif isinstance(exc, tornado.web.HTTPError) or exc is None:
             reason = (exc.log_message if isinstance(exc, tornado.web.HTTPError) else None) or self._reason
-            error = ApiError(status_code, reason, type="invalid_request_error" if status_code < 500 else "server_error")
+            error = from_http_status(status_code, reason)
         else:
             error = ServerError()
         self.set_status(error.status)
@@ -164,4 +172,4 @@ class NotFoundHandler(BaseHandler):
 
     def prepare(self) -> None:
         super().prepare()
-        raise ApiError(404, f"Unknown path '{self.request.path}'. The API is under /v1.", code="not_found")
+        raise PathNotFound(self.request.path)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ggufd.api.base import BaseHandler
-from ggufd.errors import ApiError
+from ggufd.errors import WrongModelType
 from ggufd.protocol.openai_embeddings import embeddings_response, parse_embeddings_request
 
 
@@ -15,8 +15,7 @@ class EmbeddingsHandler(BaseHandler):
         model = self.state.registry.get(request.model)
         self.log_fields["model"] = model.id
         if not self.state.engine.is_embedding_model(model):
-            raise ApiError(400, f"The model '{model.id}' is not an embedding model (set embedding = true in its config to use it for embeddings).",
-                           param="model", code="wrong_model_type")
+            raise WrongModelType(model.id, wanted="embedding")
         vectors, used = await self.state.engine.embed(model, request.inputs)
         self.log_fields["prompt_tokens"] = used
         self.write_json(embeddings_response(model.id, vectors, used, request.encoding_format))

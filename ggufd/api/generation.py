@@ -25,7 +25,7 @@ from tornado.iostream import StreamClosedError
 from ggufd.api.base import BaseHandler
 from ggufd.engine.contract import GenerationHandle
 from ggufd.engine.events import Failed, Finished, Started
-from ggufd.errors import ApiError, Overloaded
+from ggufd.errors import Overloaded, WrongModelType
 from ggufd.protocol import openai_chat, openai_completions
 from ggufd.protocol.answer import AnswerAssembler
 from ggufd.protocol.generation import Plan
@@ -62,8 +62,7 @@ class GenerationHandler(BaseHandler):
         self.log_fields.update(plan.log_fields)
         engine = self.state.engine
         if engine.is_embedding_model(plan.model):
-            raise ApiError(400, f"The model '{plan.model.id}' is an embedding model; use POST /v1/embeddings.", param="model",
-                           code="wrong_model_type")
+            raise WrongModelType(plan.model.id, wanted="chat")
         self.generation = engine.generate(plan.model, plan.request)
         events = await self._admitted(plan)
         if events is None:

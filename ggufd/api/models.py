@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ggufd.api.base import BaseHandler
-from ggufd.errors import ApiError
+from ggufd.errors import ModelBusy
 from ggufd.protocol.openai_models import model_list, model_object
 from ggufd.types import ModelInfo
 
@@ -34,5 +34,5 @@ class AdminModelHandler(BaseHandler):
         if action == "load":
             await engine.load(info)
         elif not await engine.unload(info.id):
-            raise ApiError(409, f"The model '{info.id}' has running or queued requests; it is unloaded only when idle.", code="model_busy")
+            raise ModelBusy(info.id)
         self.write_json({"id": info.id, "state": engine.status().get(info.id, {}).get("state", "unloaded")})

@@ -6,12 +6,7 @@ import hmac
 import ipaddress
 from typing import Sequence
 
-from ggufd.errors import ApiError
-
-
-class InvalidApiKey(ApiError):
-    def __init__(self, message: str) -> None:
-        super().__init__(401, message, code="invalid_api_key", headers={"WWW-Authenticate": 'Bearer realm="ggufd"'})
+from ggufd.errors import InvalidApiKey
 
 
 def check_bearer(authorization: str | None, keys: Sequence[str]) -> None:

@@ -51,7 +51,7 @@ class FakeEngine:
 
     reply: Callable[[GenerationRequest], list[str]] = default_reply
     fail_after: int | None = None
-    fail_with: ApiError = field(default_factory=lambda: ApiError(500, "The model failed.", type="server_error"))
+    fail_with: ApiError = field(default_factory=lambda: ServerError("The model failed."))
     queue_limit: int = 32
     delay: float = 0.0
     n_ctx: int = 2048
