@@ -6,7 +6,7 @@ CONFIG ?= etc/ggufd.toml
 DEMO_MODEL := models/gemma-3-270m-q4_k_m.gguf
 PYTEST_ARGS ?=
 
-.PHONY: serve test bench llama-server install install-test demo-model check-config clean
+.PHONY: serve test lint format bench llama-server install install-test demo-model check-config clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python >= 3.11); set PYTHON=..."; exit 1; }
@@ -22,7 +22,7 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
 # The test suite also installs the example third-party plugin package (entry point "ggufd").
 EXAMPLE_PLUGIN := plugins/examples/ggufd-example-family
 $(VENV)/.installed-test: pyproject.toml $(EXAMPLE_PLUGIN)/pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[test,demo]"
+	$(BIN)/pip install --quiet -e ".[test,demo,lint]"
 	$(BIN)/pip install --quiet --no-deps -e $(EXAMPLE_PLUGIN)
 	@touch $@ $(VENV)/.installed-demo
 
@@ -42,6 +42,16 @@ check-config: install
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+# ruff (lint and format) and mypy, configured in pyproject.toml; CI runs this before the tests.
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(VENV)/.installed-test
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 # Benchmarks: ggufd against llama-cpp-python in-process, its packaged server and (from its source
 # package, fetched from PyPI) its batched example server; writes BENCHMARKS.md. LLAMA_SERVER=/path/to/llama-server adds that peer.
