@@ -8,18 +8,21 @@ arguments; an implementation may accept any subset of the parameters.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import pluggy
 
 from ggufd.gguf_metadata import GGUFMetadata
-from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
+from ggufd.types import AnswerFilter, ChatPrompt, ModelInfo, ModelSpec
+
+if TYPE_CHECKING:
+    from ggufd.config import Config
 
 hookspec = pluggy.HookspecMarker("ggufd")
 
 
 @hookspec
-def discover_models(config: Any) -> list[ModelSpec] | None:
+def discover_models(config: Config) -> list[ModelSpec] | None:
     """Contribute the models this plugin finds.
 
     Called at start (and on reload) by the registry; every plugin's answer is used.
@@ -104,7 +107,7 @@ def parse_tool_calls(model: ModelInfo, text: str) -> list[dict] | None:
 
 
 @hookspec(firstresult=True)
-def answer_filter(model: ModelInfo) -> Any:
+def answer_filter(model: ModelInfo) -> AnswerFilter | None:
     """Return a fresh filter for one request's generated text, or ``None`` (the text is the answer as it is).
 
     firstresult. Called once per request. For families whose output mixes reasoning, channels or
@@ -126,7 +129,7 @@ def answer_filter(model: ModelInfo) -> Any:
 
 
 @hookspec
-def startup(config: Any) -> None:
+def startup(config: Config) -> None:
     """Called once after the plugins are loaded and before the server listens.
 
     :param config: the validated :class:`ggufd.config.Config`.
