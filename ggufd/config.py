@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,7 +29,7 @@ from ggufd.validation import first_error
 ENV_CONFIG = "GGUFD_CONFIG"
 
 #: environment variable -> (config key path, converter); the seed project's names.
-ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], type]] = {
+ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "GGUF_MODELS_DIR": (("models_dir",), str),
     "LLAMA_N_CTX": (("llama", "n_ctx"), int),
     "LLAMA_N_GPU_LAYERS": (("llama", "n_gpu_layers"), int),

@@ -35,7 +35,7 @@ import stat
 import struct
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 __all__ = ["GGUFFormatError", "GGUFMetadata", "read_metadata"]
 
@@ -64,7 +64,7 @@ _T_FLOAT32, _T_BOOL, _T_STRING, _T_ARRAY = 6, 7, 8, 9
 _T_UINT64, _T_INT64, _T_FLOAT64 = 10, 11, 12
 
 # value type -> (unpack_from, size)
-_SCALARS: Dict[int, Tuple[object, int]] = {
+_SCALARS: Dict[int, Tuple[Callable[[bytes, int], Tuple[Any, ...]], int]] = {
     t: (struct.Struct(fmt).unpack_from, struct.calcsize(fmt))
     for t, fmt in (
         (_T_UINT8, "<B"),
@@ -475,8 +475,8 @@ def _parse(r: _Reader) -> GGUFMetadata:
                 wanted[attr] = tid
         if wanted:
             texts = _token_texts(r, tokens_at[0], sorted(set(wanted.values())))
-            bos_token = texts.get(wanted.get("bos"))
-            eos_token = texts.get(wanted.get("eos"))
+            bos_token = texts.get(wanted["bos"]) if "bos" in wanted else None
+            eos_token = texts.get(wanted["eos"]) if "eos" in wanted else None
 
     return GGUFMetadata(
         version=version,

@@ -19,6 +19,7 @@ import socket
 import struct
 import sys
 import threading
+from typing import Any
 
 import structlog
 
@@ -35,6 +36,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream=None, envir
     environ = os.environ if environ is None else environ
     if fmt == "auto":
         fmt = "journald" if journal_stream_matches(stream, environ) else "console" if stream.isatty() else "json"
+    renderer: Any
+    factory: Any
     if fmt == "journald":
         sender = JournalSender(environ.get("GGUFD_JOURNAL_SOCKET") or JOURNAL_SOCKET, stream)
         renderer = _pass_dict  # the logger encodes and sends the event dict itself
@@ -101,7 +104,7 @@ class JournalSender:
             with self.lock:
                 self.sock.sendto(data, self.path)
         except Exception:  # no journal (or EMSGSIZE): never crash, never lose the line
-            line = structlog.processors.JSONRenderer()(None, "", dict(event_dict))
+            line = str(structlog.processors.JSONRenderer()(None, "", dict(event_dict)))
             with self.lock:
                 self.stream.write(line + "\n")
                 self.stream.flush()
@@ -114,7 +117,7 @@ class JournalSender:
         message = f"{event} {pairs}" if pairs else event
         exc = event_dict.get("exception")
         entries = [("MESSAGE", f"{message}\n{exc}" if exc else message), ("EVENT", event),
-                   ("PRIORITY", str(PRIORITIES.get(event_dict.get("level"), 6))), ("SYSLOG_IDENTIFIER", "ggufd")]
+                   ("PRIORITY", str(PRIORITIES.get(str(event_dict.get("level")), 6))), ("SYSLOG_IDENTIFIER", "ggufd")]
         if logger:
             entries.append(("LOGGER", logger))
         if exc:

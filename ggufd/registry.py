@@ -61,12 +61,12 @@ def merge_specs(found: Iterable[ModelSpec], config_tables: Mapping[str, Mapping[
         if current is None or (spec.source == "config" and current.source != "config"):
             specs[spec.id] = spec
     for model_id, table in config_tables.items():
-        spec = specs.get(model_id)
-        if spec is None:
+        configured = specs.get(model_id)
+        if configured is None:
             log.warning("config table names a model that was not found", model=model_id)
             continue
-        if spec.source != "config":
-            specs[model_id] = replace(spec, options=table, aliases=tuple(table.get("aliases", ())))
+        if configured.source != "config":
+            specs[model_id] = replace(configured, options=table, aliases=tuple(table.get("aliases", ())))
     return specs
 
 

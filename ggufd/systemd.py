@@ -28,7 +28,7 @@ class Notifier:
             import sdnotify
 
             self._notifier = sdnotify.SystemdNotifier()
-        self._last_status = None
+        self._last_status: str | None = None
 
     def notify(self, *lines: str) -> None:
         if self._notifier is not None:

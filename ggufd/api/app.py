@@ -82,6 +82,10 @@ async def reload(state: AppState) -> bool:
     An invalid new config is rejected with a log line; the old one stays in force."""
     log.info("reloading configuration")
     state.notifier.reloading()
+    if state.reload_config is None:
+        log.warning("reload asked for, but this server has no config file to re-read")
+        state.notifier.ready()
+        return False
     try:
         config = await asyncio.to_thread(state.reload_config)
         registry = await asyncio.to_thread(build_registry, config, state.plugins)

@@ -69,7 +69,7 @@ def _snapshot(repo: Path) -> Path | None:
 
 def discover(root: Path) -> list[ModelSpec]:
     root = root.resolve()
-    specs = []
+    specs: list[ModelSpec] = []
     try:
         with os.scandir(root) as it:
             repos = sorted((entry.name, Path(entry.path)) for entry in it if entry.is_dir(follow_symlinks=False))

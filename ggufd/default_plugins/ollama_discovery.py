@@ -66,7 +66,7 @@ def _subfolders(folder: Path) -> list[Path]:
 
 def _manifests(store: Path) -> list[tuple[tuple[str, str, str, str], Path]]:
     """((host, namespace, model, tag), manifest file) for every ``manifests/h/n/m/t`` file."""
-    found = []
+    found: list[tuple[tuple[str, str, str, str], Path]] = []
     for host in _subfolders(store / "manifests"):
         for namespace in _subfolders(host):
             for name in _subfolders(namespace):

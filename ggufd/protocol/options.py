@@ -55,7 +55,8 @@ def with_model_defaults(options: Options, defaults: Mapping[str, Any]) -> Option
     the table only when the request sent none.
     """
     current = options.sampling
-    sampling = replace(current, **{k: v if (v := getattr(current, k)) is not None else defaults.get(k) for k in SAMPLING_FIELDS})
+    filled: dict[str, Any] = {k: v if (v := getattr(current, k)) is not None else defaults.get(k) for k in SAMPLING_FIELDS}
+    sampling = replace(current, **filled)
     return replace(
         options,
         sampling=sampling,

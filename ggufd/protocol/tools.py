@@ -74,12 +74,12 @@ def instruction(policy: ToolPolicy) -> str:
 def with_instruction(messages: Sequence[Mapping[str, Any]], policy: ToolPolicy) -> tuple[dict, ...]:
     """The messages with the tool instruction added to the (first) system message."""
     text = instruction(policy)
-    messages = [dict(m) for m in messages]
-    if messages and messages[0]["role"] == "system":
-        messages[0]["content"] = f"{messages[0]['content']}\n\n{text}"
+    copied = [dict(m) for m in messages]
+    if copied and copied[0]["role"] == "system":
+        copied[0]["content"] = f"{copied[0]['content']}\n\n{text}"
     else:
-        messages.insert(0, {"role": "system", "content": text})
-    return tuple(messages)
+        copied.insert(0, {"role": "system", "content": text})
+    return tuple(copied)
 
 
 def call_schema(policy: ToolPolicy) -> dict:
