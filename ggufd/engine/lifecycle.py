@@ -21,11 +21,12 @@ from typing import Any, Callable, Mapping
 
 import structlog
 
-from ggufd.engine import llama_backend
 from ggufd.engine.devices import DeviceExecutors, Placement, placement_for
-from ggufd.errors import ApiError, ModelTooLarge, Overloaded, ServerError
 from ggufd.engine.events import Failed, Finished, Generation
+from ggufd.engine.llama_log import LoadError, configure_llama, gpu_startup_problems
 from ggufd.engine.memory import estimate_model_bytes
+from ggufd.engine.model import free_model, load_model
+from ggufd.errors import ApiError, ModelTooLarge, Overloaded, ServerError
 from ggufd.sizes import format_bytes
 from ggufd.types import GenerationRequest, ModelInfo
 
@@ -102,7 +103,7 @@ class Engine:
         *,
         gpu_available: bool | None = None,
         llama_log_level: str = "warn",
-        loader: Callable = llama_backend.load_model,
+        loader: Callable = load_model,
         on_load: Callable[[str, float], None] | None = None,
     ) -> None:
         self._settings_for = settings_for
@@ -132,12 +133,12 @@ class Engine:
             from ggufd.engine.gpu import gpu_report
 
             self._configure_llama()  # first: llama.cpp's GPU start-up errors go to the log and the report
-            self._gpu_report = gpu_report(llama_backend.gpu_startup_problems())
+            self._gpu_report = gpu_report(gpu_startup_problems())
         return self._gpu_report
 
     def _configure_llama(self) -> None:
         if not self._configured:
-            llama_backend.configure_llama(self._llama_log_level)
+            configure_llama(self._llama_log_level)
             self._configured = True
 
     def generate(self, info: ModelInfo, request: GenerationRequest) -> Generation:
@@ -399,10 +400,10 @@ class Engine:
 
         try:
             slot.llama = await self._devices.run(slot.placement.device, self._loader, str(slot.info.path), slot.settings, slot.placement, on_progress)
-        except Exception as exc:  # llama_backend.LoadError: llama.cpp's reason, when it gave one
+        except Exception as exc:  # LoadError: llama.cpp's reason, when it gave one
             log.error("model failed to load", model=slot.id, error=str(exc))
             slot.state = "failed"
-            reason = exc.reason if isinstance(exc, llama_backend.LoadError) else None
+            reason = exc.reason if isinstance(exc, LoadError) else None
             slot.load_error = ServerError(f"The model '{slot.id}' failed to load: {reason}." if reason else
                                           f"The model '{slot.id}' failed to load; see the server log.")
             raise slot.load_error from None
@@ -423,7 +424,7 @@ class Engine:
         slot.transition = asyncio.get_running_loop().create_future()
         llama, slot.llama = slot.llama, None
         try:
-            await self._devices.run(slot.placement.device, llama_backend.free_model, llama)
+            await self._devices.run(slot.placement.device, free_model, llama)
         finally:
             del llama
             slot.state = "unloaded"

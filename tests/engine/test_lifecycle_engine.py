@@ -10,11 +10,12 @@ from pathlib import Path
 import gguf_factory
 import pytest
 
-from ggufd.engine import llama_backend
 from ggufd.config import LlamaSettings
-from ggufd.engine.lifecycle import Engine, Limits
-from ggufd.errors import Overloaded
+from ggufd.engine import batch as engine_batch
 from ggufd.engine.events import Finished, Generation, Started, TextDelta
+from ggufd.engine.lifecycle import Engine, Limits
+from ggufd.engine.model import load_model
+from ggufd.errors import Overloaded
 from ggufd.gguf_metadata import read_metadata
 from ggufd.types import ChatPrompt, GenerationRequest, ModelInfo, ModelSpec, SamplingParams
 
@@ -26,7 +27,7 @@ def model_info(path: Path, model_id: str = "tiny", **options) -> ModelInfo:
     return ModelInfo(spec=ModelSpec(id=model_id, path=path, options=options), metadata=read_metadata(path), family="gguf-template")
 
 
-def make_engine(n_ctx: int = 256, n_batch: int = 512, loader=llama_backend.load_model, parallel: int = 1, **limits) -> Engine:
+def make_engine(n_ctx: int = 256, n_batch: int = 512, loader=load_model, parallel: int = 1, **limits) -> Engine:
     settings = LlamaSettings(n_ctx=n_ctx, n_batch=n_batch, n_threads=1, parallel=parallel)
     return Engine(settings_for=lambda info: settings, limits=Limits(**limits), gpu_available=False, loader=loader)
 
@@ -74,11 +75,9 @@ VICTIM = "\x00victim"  # a stop string that marks the request cancel_after() wat
 def cancel_after(monkeypatch, after: int) -> dict:
     """Cancel the request whose stop list holds VICTIM from the worker thread, right after its
     ``after``-th token went through the text assembler — the earliest possible moment."""
-    from ggufd.engine import llama_backend
-
     watched: dict = {"generation": None, "seen": 0}
 
-    class Watching(llama_backend.TextAssembler):
+    class Watching(engine_batch.TextAssembler):
         def feed(self, data: bytes) -> str:
             text = super().feed(data)
             if VICTIM in self._stops:
@@ -87,7 +86,7 @@ def cancel_after(monkeypatch, after: int) -> dict:
                     watched["generation"].cancel()
             return text
 
-    monkeypatch.setattr(llama_backend, "TextAssembler", Watching)
+    monkeypatch.setattr(engine_batch, "TextAssembler", Watching)
     return watched
 
 
@@ -229,7 +228,7 @@ def test_concurrent_requests_share_one_load(tiny_model):
 
     def counting_loader(*args):
         loads.append(args[0])
-        return llama_backend.load_model(*args)
+        return load_model(*args)
 
     async def main():
         engine = make_engine(loader=counting_loader)
@@ -341,3 +340,4 @@ def test_close_frees_models(tiny_model):
         return before, engine.loaded_models()
 
     assert asyncio.run(main()) == (["tiny"], [])
+
