@@ -4,6 +4,7 @@ queueing, loading, eviction, memory budgets, keep_alive, reload."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from pathlib import Path
 
@@ -13,9 +14,9 @@ import pytest
 from ggufd.config import LlamaSettings
 from ggufd.engine import batch as engine_batch
 from ggufd.engine.events import Finished, Generation, Started, TextDelta
-from ggufd.engine.lifecycle import Engine, Limits
+from ggufd.engine.lifecycle import Engine, Limits, ModelState
 from ggufd.engine.model import load_model
-from ggufd.errors import Overloaded
+from ggufd.errors import ModelLoadFailed, Overloaded
 from ggufd.gguf_metadata import read_metadata
 from ggufd.types import ChatPrompt, GenerationRequest, ModelInfo, ModelSpec, SamplingParams
 
@@ -341,3 +342,37 @@ def test_close_frees_models(tiny_model):
 
     assert asyncio.run(main()) == (["tiny"], [])
 
+
+def test_a_load_failure_without_a_known_reason_points_to_the_log(tiny_model):
+    def failing_loader(*args):
+        raise RuntimeError("/models/tiny.gguf: something llama.cpp did not explain")
+
+    async def main():
+        engine = make_engine(loader=failing_loader)
+        events = await collect(engine.start(model_info(tiny_model), request(5)))
+        state = engine.status()["tiny"]
+        await engine.close()
+        return events, state
+
+    events, state = asyncio.run(main())
+    error = events[-1].error
+    assert isinstance(error, ModelLoadFailed) and error.status == 500 and error.type == "server_error"
+    assert error.message == "The model 'tiny' failed to load; see the server log." and error.reason is None
+    assert state["state"] == "failed" and state["error"] == error.message
+
+
+def test_status_shows_each_state_as_its_plain_string(tiny_model):
+    async def main():
+        engine = make_engine()
+        info = model_info(tiny_model)
+        await engine.load(info)
+        loaded = engine.status()
+        await engine.unload(info.id)
+        unloaded = engine.status()
+        await engine.close()
+        return loaded, unloaded
+
+    loaded, unloaded = asyncio.run(main())
+    assert type(loaded["tiny"]["state"]) is str and loaded["tiny"]["state"] == "loaded"
+    assert json.loads(json.dumps(unloaded))["tiny"]["state"] == "unloaded"
+    assert [state.value for state in ModelState] == ["unloaded", "loading", "loaded", "unloading", "failed"]

@@ -13,7 +13,7 @@ from ggufd.config import LlamaSettings
 from ggufd.engine.devices import Placement
 from ggufd.engine.llama_log import LoadError, configure_llama
 from ggufd.engine.model import load_model
-from ggufd.errors import ServerError
+from ggufd.errors import ModelLoadFailed, ServerError
 
 
 def load_gemma(gemma_model, swa_full: bool, parallel: int = 1, n_ctx: int = 1024):
@@ -54,6 +54,7 @@ def test_the_client_sees_the_reason_of_a_failed_load(tiny_model, tmp_path):
     events = asyncio.run(main())
     error = events[-1].error
     assert isinstance(error, ServerError) and error.status == 500
+    assert isinstance(error, ModelLoadFailed) and error.reason == "the model file is corrupted or incomplete"
     assert error.message == "The model 'broken' failed to load: the model file is corrupted or incomplete."
 
 
