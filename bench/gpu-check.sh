@@ -72,5 +72,5 @@ echo "== benchmark ($CONCURRENCY streams)"
     --repeats 3 --repeats-concurrent 2 --max-tokens 128 --n-ctx 1024 --n-gpu-layers "$N_GPU_LAYERS" --no-prefix-reuse --out "$OUT" | tail -40
 
 echo "== GPU-only tests"
-"$VPY" -m pytest -q tests/test_gpu_hardware.py -p no:cacheprovider 2>&1 | tail -5 | tee -a "$SUMMARY"
+"$VPY" -m pytest -q tests/engine/test_gpu_hardware.py -p no:cacheprovider 2>&1 | tail -5 | tee -a "$SUMMARY"
 rm -rf "$WORK"

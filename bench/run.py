@@ -328,21 +328,23 @@ class InProcessBatched:
     def __init__(self, model: Path, args) -> None:
         import asyncio
 
-        from ggufd.engine import llama_backend
         from ggufd.config import LlamaSettings
+        from ggufd.engine import batch
         from ggufd.engine.devices import Placement
+        from ggufd.engine.llama_log import configure_llama
+        from ggufd.engine.model import load_model
         from ggufd.types import SamplingParams
 
-        llama_backend.configure_llama("error")
+        configure_llama("error")
         placement = Placement("gpu" if args.n_gpu_layers else "cpu", args.n_gpu_layers)
         settings = LlamaSettings(n_ctx=args.n_ctx, n_threads=args.threads, parallel=max(args.concurrency), n_gpu_layers=args.n_gpu_layers)
         self.model = model
-        self.loaded = llama_backend.load_model(str(model), settings, placement)
+        self.loaded = load_model(str(model), settings, placement)
         self.sampling = SamplingParams(temperature=0, logit_bias=tuple(LOGIT_BIAS.items()))
         self.first_text: dict[int, float] = {}
         self.loop = asyncio.new_event_loop()  # never run: Generation needs one, nothing is delivered to it
-        self._original = llama_backend.deliver_events
-        llama_backend.deliver_events = self._record
+        self._original = batch.deliver_events
+        batch.deliver_events = self._record
 
     def _record(self, pairs) -> None:  # stands in for delivery to an event loop
         from ggufd.engine.events import TextDelta
@@ -377,9 +379,9 @@ class InProcessBatched:
         return Round(self.name, concurrency, wall, results)
 
     def close(self) -> None:
-        from ggufd.engine import llama_backend
+        from ggufd.engine import batch
 
-        llama_backend.deliver_events = self._original
+        batch.deliver_events = self._original
         self.loaded.close()
         self.loop.close()
 
@@ -540,7 +542,7 @@ def eog_tokens(model: Path) -> list[int]:
     """The model's end-of-generation token ids (for --suppress-eos auto)."""
     import llama_cpp
 
-    from ggufd.engine.llama_backend import configure_llama
+    from ggufd.engine.llama_log import configure_llama
 
     configure_llama("error")  # initialises llama.cpp, and keeps its loading chatter out of the output
     params = llama_cpp.llama_model_default_params()

@@ -68,11 +68,11 @@ def _print_models(registry, as_json: bool, gpu=None) -> None:
 
 
 def _gpu_report(config):
-    from ggufd.engine import llama_backend
     from ggufd.engine.gpu import gpu_report
+    from ggufd.engine.llama_log import configure_llama, gpu_startup_problems
 
-    llama_backend.configure_llama(config.llama_log_level)
-    return gpu_report(llama_backend.gpu_startup_problems())
+    configure_llama(config.llama_log_level)
+    return gpu_report(gpu_startup_problems())
 
 
 def main(argv: list[str] | None = None) -> int:

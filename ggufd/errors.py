@@ -89,6 +89,17 @@ class ServerError(ApiError):
         super().__init__(500, message, type="server_error")
 
 
+class ModelLoadFailed(ServerError):
+    """500: a model could not be loaded. ``reason`` (no paths: safe to show) says why when
+    llama.cpp gave a reason the engine recognises; otherwise the message points to the log."""
+
+    def __init__(self, model_id: str, reason: str | None = None) -> None:
+        super().__init__(f"The model '{model_id}' failed to load: {reason}." if reason else
+                         f"The model '{model_id}' failed to load; see the server log.")
+        self.model_id = model_id
+        self.reason = reason
+
+
 class Overloaded(ApiError):
     """503 + Retry-After: the model's queue is full, or the server is draining."""
 

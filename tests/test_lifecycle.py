@@ -184,29 +184,60 @@ def test_hundred_cancel_resubmit_cycles_leave_the_daemon_healthy(tiny_model, tmp
     assert len(daemon.logs("request", finish_reason="cancelled")) >= 90
 
 
+#: The drained stream is sized from this machine's measured speed to run about this long: long enough
+#: to still run while the test checks that new requests are refused, and 20 times inside DRAIN_TIMEOUT.
+DRAIN_STREAM_SECONDS = 3
+DRAIN_TIMEOUT = 60
+#: Tokens of the measuring request, and the most the stream asks for: a token costs more the later it
+#: comes (attention reads every earlier position), so a rate is only extrapolated downwards.
+DRAIN_PROBE_TOKENS = 1000
+
+
 def test_sigterm_drains_running_requests_and_refuses_new_ones(slow_model, tmp_path, make_daemon):
+    """Nothing here depends on the machine's speed: the stream's length comes from the time a
+    request of DRAIN_PROBE_TOKENS took here, the stream is known to run (its first event has
+    arrived) when SIGTERM is sent, and the shutdown deadline is 20 times its expected duration."""
+    import http.client
+
     folder = models_folder(tmp_path, slow_model)
-    daemon = make_daemon({"models_dir": str(folder), "shutdown_timeout": 30, "llama": {"n_ctx": 8192, "n_threads": 1}})
-    answer(daemon.url, "slow", 2)
-    result = {}
+    daemon = make_daemon({"models_dir": str(folder), "shutdown_timeout": DRAIN_TIMEOUT, "llama": {"n_ctx": 8192, "n_threads": 1}})
+    answer(daemon.url, "slow", 2)  # loaded
+    started = time.monotonic()
+    status, _, body = chat(daemon.url, {"messages": MESSAGES, "max_tokens": DRAIN_PROBE_TOKENS, "temperature": 0})
+    assert status == 200, body
+    rate = json.loads(body)["usage"]["completion_tokens"] / (time.monotonic() - started)
+    max_tokens = max(50, min(DRAIN_PROBE_TOKENS, int(rate * DRAIN_STREAM_SECONDS)))
+    running, result = threading.Event(), {}
 
     def stream() -> None:
-        result["response"] = chat(daemon.url, {"messages": MESSAGES, "max_tokens": 6000, "stream": True})
+        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=DRAIN_TIMEOUT)
+        conn.request("POST", "/v1/chat/completions", body=json.dumps({"messages": MESSAGES, "max_tokens": max_tokens, "stream": True}),
+                     headers={"Content-Type": "application/json", "X-Request-ID": "drained"})
+        response = conn.getresponse()
+        first = response.readline()  # the first event: the generation has started
+        running.set()
+        result["response"] = (response.status, first + response.read())
+        conn.close()
 
     runner = threading.Thread(target=stream)
     runner.start()
-    time.sleep(0.2)
+    assert running.wait(30), "the stream did not start"
     daemon.proc.send_signal(signal.SIGTERM)
     daemon.wait_for_log("shutting down: draining")
     status, headers, _ = refused = chat(daemon.url, {"messages": MESSAGES, "max_tokens": 2})
     health_status, _, health = request(daemon.url, path="/health")
-    runner.join(60)
-    assert daemon.proc.wait(30) == 0
+    runner.join(DRAIN_TIMEOUT + 10)
+    assert daemon.proc.wait(DRAIN_TIMEOUT + 10) == 0
     assert status == 503 and "retry-after" in headers and error_of(refused)["code"] == "server_is_overloaded"
     assert health_status == 503 and json.loads(health)["status"] == "draining"
-    stream_status, _, raw = result["response"]
+    stream_status, raw = result["response"]
     assert stream_status == 200 and raw.endswith(b"data: [DONE]\n\n")
     assert b'"finish_reason":"length"' in raw
+    lines = [line for line in daemon.lines if isinstance(line, dict)]
+    draining = next(i for i, line in enumerate(lines) if line.get("event") == "shutting down: draining")
+    finished = next(i for i, line in enumerate(lines) if line.get("event") == "request" and line.get("request_id") == "drained")
+    assert draining < finished  # it ran to its end during the drain
+    assert not daemon.logs("cancelling requests still running at the shutdown deadline")
 
 
 def test_shutdown_deadline_cancels_and_second_signal_exits_at_once(slow_model, tmp_path, make_daemon):

@@ -82,7 +82,7 @@ def _ggml():
 
 
 def gpu_report(problems: tuple[str, ...] = ()) -> GpuReport:
-    """Ask llama.cpp (call :func:`ggufd.engine.llama_backend.configure_llama` first, so that its start-up
+    """Ask llama.cpp (call :func:`ggufd.engine.llama_log.configure_llama` first, so that its start-up
     errors are captured and passed in as ``problems``)."""
     import llama_cpp
 

@@ -9,7 +9,8 @@ need, last use). A request becomes a :class:`Generation`; its task
 2. runs the generation on the model's device thread (:mod:`ggufd.engine.devices`), FIFO.
 
 A model with running or queued requests is never unloaded, so no request ever runs on a
-freed model. Results reach the loop with ``call_soon_threadsafe``. Nothing here knows HTTP.
+freed model. Results reach the loop with ``call_soon_threadsafe``. Nothing here imports HTTP or
+a wire format (``tests/test_layers.py`` checks it); the errors a client sees are :mod:`ggufd.errors`.
 """
 
 from __future__ import annotations
@@ -17,19 +18,38 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any, Callable, Mapping
 
 import structlog
 
-from ggufd.engine import llama_backend
 from ggufd.engine.devices import DeviceExecutors, Placement, placement_for
-from ggufd.errors import ApiError, ModelTooLarge, Overloaded, ServerError
 from ggufd.engine.events import Failed, Finished, Generation
+from ggufd.engine.llama_log import LoadError, configure_llama, gpu_startup_problems
 from ggufd.engine.memory import estimate_model_bytes
+from ggufd.engine.model import free_model, load_model
+from ggufd.errors import ApiError, ModelLoadFailed, ModelTooLarge, Overloaded, ServerError
 from ggufd.sizes import format_bytes
 from ggufd.types import GenerationRequest, ModelInfo
 
 log = structlog.get_logger("ggufd.engine")
+
+
+class ModelState(StrEnum):
+    """Where a served model is in its lifecycle; ``/health`` shows the value."""
+
+    UNLOADED = "unloaded"
+    LOADING = "loading"  # a load is running on the device thread (``ModelSlot.transition`` is set)
+    LOADED = "loaded"
+    UNLOADING = "unloading"  # being freed on the device thread (``ModelSlot.transition`` is set)
+    FAILED = "failed"  # the last load failed; ``ModelSlot.load_error`` says why, until a reload or unload
+
+
+#: States in which a model holds, or is about to hold or release, memory on its device.
+_RESIDENT = (ModelState.LOADING, ModelState.LOADED, ModelState.UNLOADING)
+#: States that end with ``ModelSlot.transition``.
+_IN_TRANSITION = (ModelState.LOADING, ModelState.UNLOADING)
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -52,7 +72,7 @@ class ModelSlot:
     need_bytes: int
     max_queue: int
     keep_alive: float
-    state: str = "unloaded"  # unloaded | loading | loaded | unloading | failed
+    state: ModelState = ModelState.UNLOADED
     llama: Any = None  # touched only on the device thread
     progress: float = 0.0
     pending: int = 0  # queued + running requests
@@ -68,15 +88,15 @@ class ModelSlot:
 
     def describe(self) -> dict:
         data = {
-            "state": self.state,
+            "state": self.state.value,
             "device": self.placement.device,
             "parallel": self.settings.parallel,
             "pending": self.pending,
             "memory_estimate_bytes": self.need_bytes,
         }
-        if self.state == "loading":
+        if self.state == ModelState.LOADING:
             data["progress"] = round(self.progress * 100, 1)
-        if self.state == "loaded":
+        if self.state == ModelState.LOADED:
             layers = (self.info.metadata.get(f"{self.info.metadata.architecture}.block_count") or 0) + 1
             data["offloaded_layers"] = min(self.placement.n_gpu_layers, layers) if self.placement.n_gpu_layers >= 0 else layers
             data["total_layers"] = layers
@@ -102,7 +122,7 @@ class Engine:
         *,
         gpu_available: bool | None = None,
         llama_log_level: str = "warn",
-        loader: Callable = llama_backend.load_model,
+        loader: Callable = load_model,
         on_load: Callable[[str, float], None] | None = None,
     ) -> None:
         self._settings_for = settings_for
@@ -132,12 +152,12 @@ class Engine:
             from ggufd.engine.gpu import gpu_report
 
             self._configure_llama()  # first: llama.cpp's GPU start-up errors go to the log and the report
-            self._gpu_report = gpu_report(llama_backend.gpu_startup_problems())
+            self._gpu_report = gpu_report(gpu_startup_problems())
         return self._gpu_report
 
     def _configure_llama(self) -> None:
         if not self._configured:
-            llama_backend.configure_llama(self._llama_log_level)
+            configure_llama(self._llama_log_level)
             self._configured = True
 
     def generate(self, info: ModelInfo, request: GenerationRequest) -> Generation:
@@ -207,14 +227,14 @@ class Engine:
         slot = self._slots.get(model_id)
         if slot is None:
             return True
-        while slot.state in ("loading", "unloading"):
+        while slot.state in _IN_TRANSITION:
             await asyncio.shield(slot.transition)
         if slot.pending:
             return False
-        if slot.state == "loaded":
+        if slot.state == ModelState.LOADED:
             await self._unload(slot)
-        elif slot.state == "failed":
-            slot.state, slot.load_error = "unloaded", None
+        elif slot.state == ModelState.FAILED:
+            slot.state, slot.load_error = ModelState.UNLOADED, None
         return True
 
     def update_models(self, models: Mapping[str, ModelInfo], settings_for: Callable, limits: Limits) -> None:
@@ -231,14 +251,14 @@ class Engine:
             slot.info = info
             slot.max_queue = info.options.get("max_queue", limits.max_queue)
             slot.keep_alive = info.options.get("keep_alive", limits.keep_alive)
-            if slot.state == "failed":  # the file may have been fixed
-                slot.state, slot.load_error = "unloaded", None
+            if slot.state == ModelState.FAILED:  # the file may have been fixed
+                slot.state, slot.load_error = ModelState.UNLOADED, None
 
     def status(self) -> dict[str, dict]:
         return {model_id: slot.describe() for model_id, slot in self._slots.items()}
 
     def loaded_models(self) -> list[str]:
-        return sorted(mid for mid, slot in self._slots.items() if slot.state == "loaded")
+        return sorted(mid for mid, slot in self._slots.items() if slot.state == ModelState.LOADED)
 
     @property
     def devices(self) -> DeviceExecutors:
@@ -250,9 +270,9 @@ class Engine:
     async def close(self) -> None:
         """Free every model (after running work finishes) and stop the device threads."""
         for slot in list(self._slots.values()):
-            while slot.state in ("loading", "unloading"):
+            while slot.state in _IN_TRANSITION:
                 await asyncio.shield(slot.transition)
-            if slot.state == "loaded":
+            if slot.state == ModelState.LOADED:
                 await self._unload(slot)
         self._slots.clear()
         await asyncio.to_thread(self._devices.shutdown)
@@ -335,12 +355,12 @@ class Engine:
     # --- loading and eviction
 
     async def _ensure_loaded(self, slot: ModelSlot, generation: Generation | None) -> None:
-        while slot.state != "loaded":
+        while slot.state != ModelState.LOADED:
             if generation is not None and generation.cancelled:
                 return
-            if slot.state == "failed":
+            if slot.state == ModelState.FAILED:
                 raise slot.load_error
-            if slot.state in ("loading", "unloading"):
+            if slot.state in _IN_TRANSITION:
                 await asyncio.shield(slot.transition)
                 continue
             self._apply_settings(slot)
@@ -356,7 +376,7 @@ class Engine:
         if budget is not None and slot.need_bytes > budget:
             raise ModelTooLarge(slot.id, slot.need_bytes, budget, device)
         while True:
-            resident = [s for s in self._slots.values() if s.state in ("loading", "loaded", "unloading") and s is not slot]
+            resident = [s for s in self._slots.values() if s.state in _RESIDENT and s is not slot]
             over_count = self.limits.max_loaded_models and len(resident) >= self.limits.max_loaded_models
             used = sum(s.need_bytes for s in resident if s.placement.device == device)
             over_budget = budget is not None and used + slot.need_bytes > budget
@@ -364,7 +384,7 @@ class Engine:
                 return True
             candidates = [
                 s for s in resident
-                if s.state == "loaded" and s.pending == 0 and (over_count or s.placement.device == device)
+                if s.state == ModelState.LOADED and s.pending == 0 and (over_count or s.placement.device == device)
             ]
             if candidates:
                 victim = min(candidates, key=lambda s: s.last_used)
@@ -377,37 +397,34 @@ class Engine:
                 await asyncio.wait_for(waiter.wait(), timeout=0.25)
             except asyncio.TimeoutError:
                 pass
-            if generation is not None and generation.cancelled:
-                return False
             return False
 
     async def _load(self, slot: ModelSlot) -> None:
-        slot.state = "loading"
+        slot.state = ModelState.LOADING
         slot.progress = 0.0
         slot.transition = asyncio.get_running_loop().create_future()
         started = time.perf_counter()
         log.info("loading model", model=slot.id, device=slot.placement.device, n_ctx=slot.settings.n_ctx,
                  n_gpu_layers=slot.placement.n_gpu_layers, memory_estimate=format_bytes(slot.need_bytes))
-        steps = {"logged": 0}
+        logged = 0  # tenths of the load reported so far
 
         def on_progress(value: float) -> None:  # device thread
+            nonlocal logged
             slot.progress = value
             step = int(value * 10)
-            if step > steps["logged"]:
-                steps["logged"] = step
+            if step > logged:
+                logged = step
                 log.info("loading model progress", model=slot.id, percent=step * 10)
 
         try:
             slot.llama = await self._devices.run(slot.placement.device, self._loader, str(slot.info.path), slot.settings, slot.placement, on_progress)
-        except Exception as exc:  # llama_backend.LoadError: llama.cpp's reason, when it gave one
+        except Exception as exc:  # LoadError: llama.cpp's reason, when it gave one
             log.error("model failed to load", model=slot.id, error=str(exc))
-            slot.state = "failed"
-            reason = exc.reason if isinstance(exc, llama_backend.LoadError) else None
-            slot.load_error = ServerError(f"The model '{slot.id}' failed to load: {reason}." if reason else
-                                          f"The model '{slot.id}' failed to load; see the server log.")
+            slot.state = ModelState.FAILED
+            slot.load_error = ModelLoadFailed(slot.id, exc.reason if isinstance(exc, LoadError) else None)
             raise slot.load_error from None
         else:
-            slot.state = "loaded"
+            slot.state = ModelState.LOADED
             slot.last_used = time.monotonic()
             seconds = time.perf_counter() - started
             log.info("model loaded", model=slot.id, seconds=round(seconds, 3), device=slot.placement.device)
@@ -419,14 +436,14 @@ class Engine:
             self._notify_capacity()
 
     async def _unload(self, slot: ModelSlot) -> None:
-        slot.state = "unloading"
+        slot.state = ModelState.UNLOADING
         slot.transition = asyncio.get_running_loop().create_future()
         llama, slot.llama = slot.llama, None
         try:
-            await self._devices.run(slot.placement.device, llama_backend.free_model, llama)
+            await self._devices.run(slot.placement.device, free_model, llama)
         finally:
             del llama
-            slot.state = "unloaded"
+            slot.state = ModelState.UNLOADED
             slot.transition.set_result(None)
             slot.transition = None
             log.info("model unloaded", model=slot.id)
@@ -441,11 +458,11 @@ class Engine:
             slot.idle_timer = None
         if slot.pending:
             return
-        if slot.retired and slot.state in ("unloaded", "failed"):
+        if slot.retired and slot.state in (ModelState.UNLOADED, ModelState.FAILED):
             if self._slots.get(slot.id) is slot:
                 del self._slots[slot.id]
             return
-        if slot.state != "loaded":
+        if slot.state != ModelState.LOADED:
             return
         delay = 0 if slot.retired else slot.keep_alive
         if delay < 0:
@@ -454,6 +471,6 @@ class Engine:
 
     def _unload_if_still_idle(self, slot: ModelSlot) -> None:
         slot.idle_timer = None
-        if slot.pending == 0 and slot.state == "loaded":
+        if slot.pending == 0 and slot.state == ModelState.LOADED:
             log.info("unloading idle model", model=slot.id, keep_alive=slot.keep_alive, retired=slot.retired)
             self._spawn(self._unload(slot))

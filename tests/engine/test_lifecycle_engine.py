@@ -4,17 +4,19 @@ queueing, loading, eviction, memory budgets, keep_alive, reload."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from pathlib import Path
 
 import gguf_factory
 import pytest
 
-from ggufd.engine import llama_backend
 from ggufd.config import LlamaSettings
-from ggufd.engine.lifecycle import Engine, Limits
-from ggufd.errors import Overloaded
+from ggufd.engine import batch as engine_batch
 from ggufd.engine.events import Finished, Generation, Started, TextDelta
+from ggufd.engine.lifecycle import Engine, Limits, ModelState
+from ggufd.engine.model import load_model
+from ggufd.errors import ModelLoadFailed, Overloaded
 from ggufd.gguf_metadata import read_metadata
 from ggufd.types import ChatPrompt, GenerationRequest, ModelInfo, ModelSpec, SamplingParams
 
@@ -26,7 +28,7 @@ def model_info(path: Path, model_id: str = "tiny", **options) -> ModelInfo:
     return ModelInfo(spec=ModelSpec(id=model_id, path=path, options=options), metadata=read_metadata(path), family="gguf-template")
 
 
-def make_engine(n_ctx: int = 256, n_batch: int = 512, loader=llama_backend.load_model, parallel: int = 1, **limits) -> Engine:
+def make_engine(n_ctx: int = 256, n_batch: int = 512, loader=load_model, parallel: int = 1, **limits) -> Engine:
     settings = LlamaSettings(n_ctx=n_ctx, n_batch=n_batch, n_threads=1, parallel=parallel)
     return Engine(settings_for=lambda info: settings, limits=Limits(**limits), gpu_available=False, loader=loader)
 
@@ -74,11 +76,9 @@ VICTIM = "\x00victim"  # a stop string that marks the request cancel_after() wat
 def cancel_after(monkeypatch, after: int) -> dict:
     """Cancel the request whose stop list holds VICTIM from the worker thread, right after its
     ``after``-th token went through the text assembler — the earliest possible moment."""
-    from ggufd.engine import llama_backend
-
     watched: dict = {"generation": None, "seen": 0}
 
-    class Watching(llama_backend.TextAssembler):
+    class Watching(engine_batch.TextAssembler):
         def feed(self, data: bytes) -> str:
             text = super().feed(data)
             if VICTIM in self._stops:
@@ -87,7 +87,7 @@ def cancel_after(monkeypatch, after: int) -> dict:
                     watched["generation"].cancel()
             return text
 
-    monkeypatch.setattr(llama_backend, "TextAssembler", Watching)
+    monkeypatch.setattr(engine_batch, "TextAssembler", Watching)
     return watched
 
 
@@ -229,7 +229,7 @@ def test_concurrent_requests_share_one_load(tiny_model):
 
     def counting_loader(*args):
         loads.append(args[0])
-        return llama_backend.load_model(*args)
+        return load_model(*args)
 
     async def main():
         engine = make_engine(loader=counting_loader)
@@ -341,3 +341,38 @@ def test_close_frees_models(tiny_model):
         return before, engine.loaded_models()
 
     assert asyncio.run(main()) == (["tiny"], [])
+
+
+def test_a_load_failure_without_a_known_reason_points_to_the_log(tiny_model):
+    def failing_loader(*args):
+        raise RuntimeError("/models/tiny.gguf: something llama.cpp did not explain")
+
+    async def main():
+        engine = make_engine(loader=failing_loader)
+        events = await collect(engine.start(model_info(tiny_model), request(5)))
+        state = engine.status()["tiny"]
+        await engine.close()
+        return events, state
+
+    events, state = asyncio.run(main())
+    error = events[-1].error
+    assert isinstance(error, ModelLoadFailed) and error.status == 500 and error.type == "server_error"
+    assert error.message == "The model 'tiny' failed to load; see the server log." and error.reason is None
+    assert state["state"] == "failed" and state["error"] == error.message
+
+
+def test_status_shows_each_state_as_its_plain_string(tiny_model):
+    async def main():
+        engine = make_engine()
+        info = model_info(tiny_model)
+        await engine.load(info)
+        loaded = engine.status()
+        await engine.unload(info.id)
+        unloaded = engine.status()
+        await engine.close()
+        return loaded, unloaded
+
+    loaded, unloaded = asyncio.run(main())
+    assert type(loaded["tiny"]["state"]) is str and loaded["tiny"]["state"] == "loaded"
+    assert json.loads(json.dumps(unloaded))["tiny"]["state"] == "unloaded"
+    assert [state.value for state in ModelState] == ["unloaded", "loading", "loaded", "unloading", "failed"]

@@ -34,8 +34,8 @@ def test_a_cuda_build_that_sees_no_gpu_says_why():
     import subprocess
     import sys
 
-    code = ("from ggufd.engine import llama_backend; from ggufd.engine.gpu import gpu_report; llama_backend.configure_llama('error'); "
-            "r = gpu_report(llama_backend.gpu_startup_problems()); print(r.offload, r.backends, r.problems); print(r.summary())")
+    code = ("from ggufd.engine.gpu import gpu_report; from ggufd.engine.llama_log import configure_llama, gpu_startup_problems; "
+            "configure_llama('error'); r = gpu_report(gpu_startup_problems()); print(r.offload, r.backends, r.problems); print(r.summary())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert done.returncode == 0, done.stderr

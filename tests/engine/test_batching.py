@@ -1,4 +1,4 @@
-"""Continuous batching (ggufd.engine.llama_backend.BatchRunner through the engine): sequences decoded
+"""Continuous batching (ggufd.engine.batch.BatchRunner through the engine): sequences decoded
 together give the same answers as alone, join a running batch at the next step, reuse a cached
 prefix, and stop or cancel without disturbing each other."""
 
@@ -8,7 +8,7 @@ import asyncio
 import time
 
 import pytest
-from test_engine import PROMPT, collect, make_engine, model_info, text_of
+from test_lifecycle_engine import PROMPT, collect, make_engine, model_info, text_of
 
 from ggufd.engine.events import Started
 from ggufd.types import ChatPrompt, GenerationRequest, SamplingParams
@@ -51,7 +51,7 @@ def test_batched_outputs_equal_solo_outputs(tiny_model, parallel):
 
 
 def test_cancelling_one_sequence_leaves_the_others_intact(tiny_model, monkeypatch):
-    from test_engine import VICTIM, cancel_after
+    from test_lifecycle_engine import VICTIM, cancel_after
 
     watched = cancel_after(monkeypatch, 3)
 
@@ -170,18 +170,18 @@ def test_a_continuing_conversation_reuses_its_cached_prefix(tiny_model, monkeypa
 def test_a_request_that_does_not_stream_gets_its_text_after_the_first_in_one_delivery(tiny_model, monkeypatch):
     """Streaming: one delivery per token. Not streaming: the first text at once (time to first
     token), everything else with the end — same events, same order, far fewer event-loop wake-ups."""
-    from ggufd.engine import llama_backend
+    from ggufd.engine import batch as engine_batch
     from ggufd.engine.events import TokenLogprob
 
     deliveries: list[list] = []
-    original = llama_backend.deliver_events
+    original = engine_batch.deliver_events
 
     def counting(pairs):
         pairs = list(pairs)
         deliveries.append([type(event).__name__ for _, event in pairs])
         original(pairs)
 
-    monkeypatch.setattr(llama_backend, "deliver_events", counting)
+    monkeypatch.setattr(engine_batch, "deliver_events", counting)
 
     async def main(stream: bool):
         deliveries.clear()

@@ -1,0 +1,170 @@
+"""A llama.cpp model and its context: loading and freeing it, its vocabulary (tokenize,
+detokenize, token pieces) and embeddings. Everything here runs on the model's device thread,
+except the read-only vocabulary calls :meth:`Engine.with_model
+<ggufd.engine.lifecycle.Engine.with_model>` makes from a worker thread.
+
+ggufd drives llama.cpp through llama-cpp-python's low-level API (the C functions), not
+the high-level ``Llama`` class: one context per model holds ``parallel`` sequences, which
+its :class:`~ggufd.engine.batch.BatchRunner` decodes together.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Callable
+
+import llama_cpp
+import numpy as np
+
+from ggufd.engine.batch import BatchRunner
+from ggufd.engine.devices import Placement, heartbeat
+from ggufd.engine.llama_log import LoadError, llama_errors
+from ggufd.errors import InvalidRequest
+
+
+class LoadedModel:
+    """A llama.cpp model and its context with ``parallel`` sequences (each ``n_ctx`` long)."""
+
+    def __init__(self, path: str, settings, placement: Placement, on_progress: Callable[[float], None] | None = None,
+                 embedding: bool = False) -> None:
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = 0x7FFFFFFF if placement.n_gpu_layers < 0 else placement.n_gpu_layers
+        model_params.main_gpu = placement.main_gpu
+        model_params.split_mode = placement.split_mode
+        if on_progress is not None:
+
+            @llama_cpp.llama_progress_callback
+            def progress(value: float, user_data) -> bool:
+                heartbeat()
+                on_progress(float(value))
+                return True
+
+            model_params.progress_callback = progress
+            self._progress = progress  # keep alive while loading
+        with llama_errors() as errors:
+            self.model = llama_cpp.llama_model_load_from_file(path.encode("utf-8"), model_params)
+        if not self.model:
+            raise LoadError("llama.cpp could not load the model file", errors)
+        self.embedding = embedding
+        self.parallel = 1 if embedding else max(1, settings.parallel)
+        n_ctx = settings.n_ctx or llama_cpp.llama_model_n_ctx_train(self.model)
+        ctx_params = llama_cpp.llama_context_default_params()
+        ctx_params.n_ctx = n_ctx * self.parallel
+        # an embedding input is decoded in one batch: the batch holds a whole context
+        ctx_params.n_batch = n_ctx if embedding else settings.n_batch
+        ctx_params.n_ubatch = ctx_params.n_batch
+        ctx_params.n_seq_max = self.parallel
+        if embedding:
+            ctx_params.embeddings = True
+            if not settings.gguf_pooling:  # a chat model used for embeddings: average its token states
+                ctx_params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+        ctx_params.n_threads = settings.threads
+        ctx_params.n_threads_batch = settings.threads
+        ctx_params.flash_attn_type = {"auto": -1, False: 0, True: 1}[settings.flash_attn]
+        ctx_params.swa_full = settings.swa_full
+        # One KV buffer for all sequences (masked per sequence). Separate streams (kv_unified = False)
+        # decoded about half as fast here once KV cells had been reused by partial prefix removal.
+        ctx_params.kv_unified = True
+        with llama_errors() as errors:
+            self.ctx = llama_cpp.llama_init_from_model(self.model, ctx_params)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise LoadError("llama.cpp could not create a context for the model", errors)
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.n_swa = llama_cpp.llama_model_n_swa(self.model)  # 0: no sliding-window layers
+        self.n_ctx = min(n_ctx, llama_cpp.llama_n_ctx_seq(self.ctx))
+        self.n_batch = llama_cpp.llama_n_batch(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.runner = BatchRunner(self)
+
+    def tokenize(self, text: str, add_bos: bool) -> list[int]:
+        data = text.encode("utf-8")
+        size = len(data) + 8
+        while True:
+            buffer = (llama_cpp.llama_token * size)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, size, add_bos, True)
+            if n >= 0:
+                return list(buffer[:n])
+            size = -n
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes of one generated token (special tokens render as nothing); remembered."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._piece(token)
+        return piece
+
+    def is_eog(self, token: int) -> bool:
+        """Whether ``token`` ends a generation (end of sequence / of turn); remembered."""
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+        return eog
+
+    def _piece(self, token: int) -> bytes:
+        size = 64
+        while True:
+            buffer = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, size, 0, False)
+            if n >= 0:
+                return buffer.raw[:n]
+            size = -n
+
+    def embed(self, inputs: list) -> tuple[list[list[float]], int]:
+        """Mean-pooled (or the model's own pooling), L2-normalised embeddings of each input
+        (a string or a list of token ids); returns them and the number of tokens used."""
+        vectors, used = [], 0
+        n_embd = llama_cpp.llama_model_n_embd(self.model)
+        for index, item in enumerate(inputs):
+            tokens = self.tokenize(item, True) if isinstance(item, str) else list(item)
+            if not tokens or len(tokens) > self.n_ctx:
+                raise InvalidRequest(f"Input {index} has {len(tokens)} tokens; this model embeds 1 to {self.n_ctx}.", param="input")
+            if any(not 0 <= t < self.n_vocab for t in tokens):
+                raise InvalidRequest(f"Input {index} has a token outside the vocabulary.", param="input")
+            heartbeat()
+            llama_cpp.llama_memory_clear(self.memory, True)
+            batch = self.batch
+            for i, token in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, i, 1, True
+                batch.seq_id[i][0] = 0
+            batch.n_tokens = len(tokens)
+            if llama_cpp.llama_decode(self.ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed while embedding")
+            pointer = llama_cpp.llama_get_embeddings_seq(self.ctx, 0)
+            vector = np.ctypeslib.as_array(pointer, shape=(n_embd,)).astype(np.float64)
+            norm = np.linalg.norm(vector)
+            vectors.append((vector / norm if norm > 0 else vector).tolist())
+            used += len(tokens)
+        return vectors, used
+
+    def detokenize(self, tokens: list[int]) -> str:
+        bad = next((token for token in tokens if not 0 <= token < self.n_vocab), None)
+        if bad is not None:  # llama.cpp does not check token ids
+            raise InvalidRequest(f"Token {bad} is outside the vocabulary of {self.n_vocab} tokens.", param="tokens")
+        array = (llama_cpp.llama_token * len(tokens))(*tokens)
+        size = 8 * len(tokens) + 16
+        while True:  # llama.cpp's own detokenizer: it undoes the SentencePiece space prefix
+            buffer = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_detokenize(self.vocab, array, len(tokens), buffer, size, False, False)
+            if n >= 0:
+                return buffer.raw[:n].decode("utf-8", errors="replace")
+            size = -n
+
+    def close(self) -> None:
+        self.runner.close()
+        llama_cpp.llama_batch_free(self.batch)
+        llama_cpp.llama_free(self.ctx)
+        llama_cpp.llama_model_free(self.model)
+        self.ctx = self.model = None
+
+
+def load_model(path: str, settings, placement: Placement, on_progress: Callable[[float], None] | None = None) -> LoadedModel:
+    return LoadedModel(path, settings, placement, on_progress, embedding=settings.embedding)
+
+
+def free_model(model: LoadedModel) -> None:
+    model.close()
