@@ -152,13 +152,19 @@ def test_admin_load_unload_and_memory_returns(slow_model, tmp_path, make_daemon)
 
 
 def test_admin_unload_refuses_a_busy_model(slow_model, tmp_path, make_daemon):
+    """The unload is asked for while a stream is open and has sent its first event (so the request
+    is certainly running, whatever the machine's speed); the stream is closed afterwards."""
+    import http.client
+
     folder = models_folder(tmp_path, slow_model)
     daemon = make_daemon({"models_dir": str(folder), "llama": {"n_ctx": 4096, "n_threads": 1}})
-    busy = threading.Thread(target=chat, args=(daemon.url, {"messages": MESSAGES, "max_tokens": 2000}))
-    busy.start()
-    time.sleep(0.4)
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=60)
+    conn.request("POST", "/v1/chat/completions", body=json.dumps({"messages": MESSAGES, "max_tokens": 4000, "stream": True}),
+                 headers={"Content-Type": "application/json"})
+    stream = conn.getresponse()
+    assert stream.status == 200 and stream.read1(64).startswith(b"data: ")
     status, _, _ = response = request(daemon.url, "POST", "/admin/models/slow/unload", body=b"")
-    busy.join(60)
+    conn.close()
     assert status == 409 and error_of(response)["code"] == "model_busy"
 
 
