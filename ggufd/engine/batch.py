@@ -231,13 +231,15 @@ class BatchRunner:
             raise RuntimeError(f"llama_decode failed with status {status}")
         outputs = self._outputs(len(wants_logits)) if wants_logits else None  # a mid-prompt chunk asks for none
         for row, (index, sequence) in enumerate(wants_logits):
-            logprobs = self._logprobs(index) if sequence.request.logprobs is not None else None
+            top_n = sequence.request.logprobs
+            logprobs = self._logprobs(index) if top_n is not None else None
             if sequence.greedy is not None:
+                assert outputs is not None  # wants_logits is not empty here
                 token = sequence.greedy.pick(outputs[row])
             else:
                 token = llama_cpp.llama_sampler_sample(sequence.sampler, model.ctx, index)
-            if logprobs is not None and not model.is_eog(token):
-                self._emit(sequence, self._token_logprob(token, logprobs, sequence.request.logprobs))
+            if logprobs is not None and top_n is not None and not model.is_eog(token):
+                self._emit(sequence, self._token_logprob(token, logprobs, top_n))
             self._accept(sequence, token)
         self._deliver()
 
@@ -262,7 +264,7 @@ class BatchRunner:
             data = self.model.token_bytes(int(t))
             return data.decode("utf-8", errors="replace"), tuple(data), float(logprobs[t])
 
-        top = ()
+        top: tuple[tuple[str, tuple[int, ...], float], ...] = ()
         if top_n:
             best = np.argpartition(-logprobs, top_n)[:top_n]
             top = tuple(entry(t) for t in best[np.argsort(-logprobs[best])])
@@ -291,16 +293,19 @@ class BatchRunner:
         if self.model.is_eog(token):
             return self._end(sequence, "stop")
         sequence.n_generated += 1
-        text = sequence.assembler.feed(self.model.token_bytes(token))
+        assembler = sequence.assembler
+        assert assembler is not None  # set when the sequence was admitted
+        text = assembler.feed(self.model.token_bytes(token))
         if text:
             self._emit(sequence, TextDelta(text))
-        if sequence.assembler.stopped:
+        if assembler.stopped:
             return self._end(sequence, "stop")
         if sequence.n_generated >= sequence.max_tokens or n_prompt + sequence.n_generated >= self.model.n_ctx:
             return self._end(sequence, "length")
         sequence.pending_token = token
 
     def _end(self, sequence: _Sequence, reason: str) -> None:
+        assert sequence.assembler is not None
         tail = sequence.assembler.finish()
         if tail:
             self._emit(sequence, TextDelta(tail))

@@ -25,6 +25,7 @@ import structlog
 
 from ggufd.engine.devices import DeviceExecutors, Placement, placement_for
 from ggufd.engine.events import Failed, Finished, Generation
+from ggufd.engine.gpu import GpuReport, gpu_report
 from ggufd.engine.llama_log import LoadError, configure_llama, gpu_startup_problems
 from ggufd.engine.memory import estimate_model_bytes
 from ggufd.engine.model import free_model, load_model
@@ -114,6 +115,12 @@ def embedding_aware(settings, info: ModelInfo):
     return replace(settings, parallel=1) if settings.embedding else settings
 
 
+def _transition_of(slot: ModelSlot) -> asyncio.Future:
+    """The running load or unload of a slot, shielded: a waiter that is cancelled does not cancel it."""
+    assert slot.transition is not None  # set while the slot is loading or unloading
+    return asyncio.shield(slot.transition)
+
+
 class Engine:
     def __init__(
         self,
@@ -131,7 +138,7 @@ class Engine:
         self._loader = loader
         self._llama_log_level = llama_log_level
         self._gpu_available = gpu_available
-        self._gpu_report = None
+        self._gpu_report: GpuReport | None = None
         self._configured = False
         self._slots: dict[str, ModelSlot] = {}
         self._devices = DeviceExecutors()
@@ -146,11 +153,9 @@ class Engine:
             self._gpu_available = self.gpu_report().offload
         return self._gpu_available
 
-    def gpu_report(self):
-        """What GPUs llama.cpp can use, and if none, why (:class:`ggufd.engine.gpu.GpuReport`); asked once."""
+    def gpu_report(self) -> GpuReport:
+        """What GPUs llama.cpp can use, and if none, why; asked once."""
         if self._gpu_report is None:
-            from ggufd.engine.gpu import gpu_report
-
             self._configure_llama()  # first: llama.cpp's GPU start-up errors go to the log and the report
             self._gpu_report = gpu_report(gpu_startup_problems())
         return self._gpu_report
@@ -228,7 +233,7 @@ class Engine:
         if slot is None:
             return True
         while slot.state in _IN_TRANSITION:
-            await asyncio.shield(slot.transition)
+            await _transition_of(slot)
         if slot.pending:
             return False
         if slot.state == ModelState.LOADED:
@@ -271,7 +276,7 @@ class Engine:
         """Free every model (after running work finishes) and stop the device threads."""
         for slot in list(self._slots.values()):
             while slot.state in _IN_TRANSITION:
-                await asyncio.shield(slot.transition)
+                await _transition_of(slot)
             if slot.state == ModelState.LOADED:
                 await self._unload(slot)
         self._slots.clear()
@@ -359,9 +364,10 @@ class Engine:
             if generation is not None and generation.cancelled:
                 return
             if slot.state == ModelState.FAILED:
+                assert slot.load_error is not None  # set with the FAILED state
                 raise slot.load_error
             if slot.state in _IN_TRANSITION:
-                await asyncio.shield(slot.transition)
+                await _transition_of(slot)
                 continue
             self._apply_settings(slot)
             if not await self._make_room(slot, generation):
