@@ -15,6 +15,17 @@ $(BIN)/python:
 
 # Installing builds llama-cpp-python from source the first time (about 5 minutes on 2 cores);
 # pip caches the wheel. For CUDA: CMAKE_ARGS="-DGGML_CUDA=on" make install
+# Intel AMX: on an AMX CPU llama.cpp's default GGML_NATIVE=ON compiles ggml's AMX kernels, and GCC 12.2
+# (Debian 12) miscompiles them (its _tile_loadconfig lets the optimiser drop the tile configuration:
+# SIGILL at the first prompt). ggufd notices at start (ggufd/engine/cpu_probe.py) and then loads models
+# without llama.cpp's AMX/repacked weight buffers. To keep the repacked (AVX-512) buffers, build without
+# AMX instead: GCC's explicit -mno-amx-* win over -march=native in either order (check with
+# `gcc -march=native -mno-amx-tile -mno-amx-int8 -mno-amx-bf16 -dM -E - </dev/null | grep AMX`: nothing).
+# pip would reuse its cached wheel whatever CMAKE_ARGS say, so rebuild explicitly:
+#   CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' \
+#     -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'" \
+#     $(BIN)/pip install --force-reinstall --no-cache-dir --no-deps "llama-cpp-python>=0.3.36,<0.4"
+# (A newer GCC may also do: GCC 13's _tile_loadconfig is a builtin; untested here.) The default build is unchanged.
 $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[demo]"
 	@touch $@

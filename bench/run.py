@@ -32,6 +32,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LOGIT_BIAS: dict[int, float] = {}  # --suppress-eos: the same bias for every system
+#: llama.cpp's extra weight buffers (AMX, CPU_REPACK) for every system: off where ggufd turns them off
+#: (ggufd.engine.cpu_probe: this CPU advertises AMX but llama.cpp's AMX kernel faults here), so that
+#: no baseline dies of SIGILL and all compare the same kernels. Set by main().
+EXTRA_BUFTS = {"on": True, "reason": "not checked"}
 PROMPTS = json.loads((REPO / "bench" / "prompts.json").read_text())
 
 
@@ -160,11 +164,83 @@ def start_ggufd(model: Path, args, workdir: Path) -> Server:
     return Server("ggufd", [sys.executable, "-m", "ggufd", "--config", str(config), "--port", str(port)], port)
 
 
+# Runs a Python server (a module or a script) with llama.cpp's extra weight buffers off: every
+# llama_model_default_params() it calls, through llama_cpp.Llama or directly, says use_extra_bufts = false.
+_WITHOUT_EXTRA_BUFTS = """
+import runpy, sys
+import llama_cpp, llama_cpp.llama_cpp as low
+_default = low.llama_model_default_params
+def _params():
+    params = _default()
+    params.use_extra_bufts = False
+    return params
+low.llama_model_default_params = llama_cpp.llama_model_default_params = _params
+kind, target = sys.argv[1], sys.argv[2]
+sys.argv = [target] + sys.argv[3:]
+if kind == "-m":
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+else:
+    runpy.run_path(target, run_name="__main__")
+"""
+
+
+def python_server(kind: str, target: str, *arguments: str) -> list[str]:
+    """``python -m target ...`` (kind "-m") or ``python target ...`` (kind "script"), with EXTRA_BUFTS applied."""
+    if EXTRA_BUFTS["on"]:
+        return [sys.executable, *([kind] if kind == "-m" else []), target, *arguments]
+    return [sys.executable, "-c", _WITHOUT_EXTRA_BUFTS, kind, target, *arguments]
+
+
+def without_extra_bufts() -> None:
+    """Every model this process loads from now on gets use_extra_bufts = False: llama_cpp.Llama has no
+    argument for it (it fills llama_model_default_params() itself), so the default is patched, in the
+    module Llama reads it from and in the package ggufd's loader reads it from. Idempotent."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as low
+
+    if getattr(low.llama_model_default_params, "without_extra_bufts", False):
+        return
+    default = low.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    params.without_extra_bufts = True
+    low.llama_model_default_params = llama_cpp.llama_model_default_params = params
+
+
+def decide_extra_bufts() -> None:
+    """EXTRA_BUFTS from ggufd's own probe; off: this process's in-process baselines load without them."""
+    from ggufd.engine import cpu_probe
+
+    EXTRA_BUFTS.update(on=not cpu_probe.amx_unusable(), reason=cpu_probe.amx_reason())
+    if not EXTRA_BUFTS["on"]:
+        print(f"every system: {EXTRA_BUFTS['reason']}", flush=True)
+        without_extra_bufts()
+
+
+def llama_server_flags(binary: str) -> list[str]:
+    """``--no-repack`` (llama.cpp's switch for use_extra_bufts, common/arg.cpp) when EXTRA_BUFTS is off."""
+    if EXTRA_BUFTS["on"]:
+        return []
+    try:
+        help_text = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=60, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        help_text = ""
+    if "--no-repack" not in help_text:
+        print(f"  note: {binary} lists no --no-repack: it keeps llama.cpp's extra weight buffers (not the same kernels as the others)",
+              flush=True)
+        return []
+    return ["--no-repack"]
+
+
 def start_llama_cpp_server(model: Path, args) -> Server:
     port = free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", model.stem,
+    cmd = python_server("-m", "llama_cpp.server", "--model", str(model), "--model_alias", model.stem,
            "--n_ctx", str(args.n_ctx), "--n_threads", str(args.threads), "--chat_format", "gemma",
-           "--host", "127.0.0.1", "--port", str(port)]
+           "--host", "127.0.0.1", "--port", str(port))
     return Server("llama_cpp.server", cmd, port)
 
 
@@ -188,7 +264,7 @@ def start_example_server(model: Path, args, workdir: Path) -> Server:
     path = workdir / "example-server.json"
     path.write_text(json.dumps(config))
     script = Path(args.example_server).resolve()
-    return Server("example server (batched)", [sys.executable, str(script), "-C", str(path)], port, cwd=script.parent)
+    return Server("example server (batched)", python_server("script", str(script), "-C", str(path)), port, cwd=script.parent)
 
 
 def start_llama_server(model: Path, args, workdir: Path) -> Server:
@@ -198,7 +274,7 @@ def start_llama_server(model: Path, args, workdir: Path) -> Server:
     template.write_text(PEER_TEMPLATE)
     cmd = [args.llama_server, "-m", str(model), "-a", model.stem, "-c", str(args.n_ctx * n), "--parallel", str(n),
            "-t", str(args.threads), "-ngl", str(args.n_gpu_layers), "--jinja", "--chat-template-file", str(template),
-           "--host", "127.0.0.1", "--port", str(port)]
+           "--host", "127.0.0.1", "--port", str(port), *llama_server_flags(args.llama_server)]
     return Server("llama-server", cmd, port)
 
 
@@ -287,6 +363,7 @@ class InProcess:
         import llama_cpp
 
         self.model, self.counter = model, counter
+        # use_extra_bufts follows EXTRA_BUFTS: without_extra_bufts() patched the defaults Llama starts from
         self.llm = llama_cpp.Llama(str(model), n_ctx=args.n_ctx, n_threads=args.threads, n_threads_batch=args.threads,
                                    n_gpu_layers=args.n_gpu_layers, verbose=False)
 
@@ -431,7 +508,8 @@ def machine() -> dict:
 
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_gb, 1), "python": platform.python_version(),
-            "llama_cpp_python": llama_cpp.__version__, "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload())}
+            "llama_cpp_python": llama_cpp.__version__, "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
+            "extra_bufts": EXTRA_BUFTS["on"], "extra_bufts_reason": EXTRA_BUFTS["reason"]}
 
 
 def fmt(value, digits=1) -> str:
@@ -457,6 +535,7 @@ def report(results: dict, args) -> str:
         f"{args.threads} threads. Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
         f"{results['machine']['memory_gib']} GiB, Python {results['machine']['python']}, llama-cpp-python "
         f"{results['machine']['llama_cpp_python']} (GPU offload: {results['machine']['gpu_offload']}). "
+        f"{'' if results['machine'].get('extra_bufts', True) else 'Every system: ' + results['machine']['extra_bufts_reason'] + '. '}"
         f"{'End-of-generation tokens suppressed (every stream generates the full budget). ' if results['settings']['suppressed_tokens'] else ''}"
         f"Medians over {args.repeats} rounds for one stream, {args.repeats_concurrent} for several.",
         "",
@@ -581,6 +660,7 @@ def main(argv=None) -> int:
         args.model = Path(assemble())
     model = args.model.resolve()
     wanted = args.systems.split(",")
+    decide_extra_bufts()  # before any model is loaded, eog_tokens' vocabulary included
     if args.suppress_eos == "auto":
         LOGIT_BIAS.update({t: -100.0 for t in eog_tokens(model)})
     elif args.suppress_eos != "none":
