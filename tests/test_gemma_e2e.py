@@ -50,7 +50,8 @@ def test_gemma_is_served_with_its_family(client):
     model = client.models.retrieve("gemma")
     assert model.id == "gemma-3-270m-q4_k_m"
     assert model.model_extra["family"] == "gemma"
-    assert model.model_extra["context_length"] == 32768
+    assert model.model_extra["context_length"] == model.model_extra["max_model_len"] == 1024  # what a request may use
+    assert model.model_extra["capabilities"]["training_context_length"] == 32768
 
 
 def test_gemma_answers_a_chat_question(client):

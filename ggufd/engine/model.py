@@ -11,15 +11,35 @@ its :class:`~ggufd.engine.batch.BatchRunner` decodes together.
 from __future__ import annotations
 
 import ctypes
+import threading
 from typing import Callable
 
 import llama_cpp
 import numpy as np
+import structlog
 
+from ggufd.engine import cpu_probe
 from ggufd.engine.batch import BatchRunner
 from ggufd.engine.devices import Placement, heartbeat
 from ggufd.engine.llama_log import LoadError, llama_errors
 from ggufd.errors import InvalidRequest
+
+log = structlog.get_logger("ggufd.llama")
+
+
+_warned_extra_buffers = threading.Event()
+
+
+def _extra_buffers_usable() -> bool:
+    """False where llama.cpp's AMX kernel faults (:mod:`ggufd.engine.cpu_probe`); asked at the
+    first load, not at start-up, so that the probe's child processes never delay listening."""
+    if not cpu_probe.amx_unusable():
+        return True
+    if not _warned_extra_buffers.is_set():
+        _warned_extra_buffers.set()
+        log.warning("llama.cpp's AMX kernel faults on this machine; its AMX and repacked weight buffers are off",
+                    reason=cpu_probe.amx_reason())
+    return False
 
 
 class LoadedModel:
@@ -31,6 +51,8 @@ class LoadedModel:
         model_params.n_gpu_layers = 0x7FFFFFFF if placement.n_gpu_layers < 0 else placement.n_gpu_layers
         model_params.main_gpu = placement.main_gpu
         model_params.split_mode = placement.split_mode
+        if not _extra_buffers_usable():
+            model_params.use_extra_bufts = False  # plain CPU weight buffers (llama-server's --no-repack)
         if on_progress is not None:
 
             @llama_cpp.llama_progress_callback
