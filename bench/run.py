@@ -151,17 +151,25 @@ class Server:
             self.proc.wait()
 
 
-def start_ggufd(model: Path, args, workdir: Path) -> Server:
+#: the system name of ggufd from another checkout (--ggufd-tree)
+BASELINE_GGUFD = "ggufd (other checkout)"
+
+
+def start_ggufd(model: Path, args, workdir: Path, tree: Path | None = None, name: str = "ggufd") -> Server:
+    """ggufd from this checkout, or (``tree``) from another checkout of it, e.g. the commit before a change:
+    its package comes first on PYTHONPATH and its own plugins folder is used."""
     port = free_port()
-    models = workdir / "ggufd-models"  # empty: the model is served through an explicit table
+    models = workdir / f"{name}-models"  # empty: the model is served through an explicit table
     models.mkdir(exist_ok=True)
-    config = workdir / "ggufd.toml"
+    config = workdir / f"{name}.toml"
+    plugins = (tree or REPO) / "plugins"
     config.write_text(
-        f'models_dir = "{models}"\nplugins_dir = "{REPO / "plugins"}"\nlog_level = "warning"\nmax_queue = 64\n'
+        f'models_dir = "{models}"\nplugins_dir = "{plugins}"\nlog_level = "warning"\nmax_queue = 64\n'
         f"[llama]\nn_ctx = {args.n_ctx}\nn_threads = {args.threads}\nparallel = {max(args.concurrency)}\nn_gpu_layers = {args.n_gpu_layers}\n"
         f'[models."{model.stem}"]\npath = "{model}"\n'
     )
-    return Server("ggufd", [sys.executable, "-m", "ggufd", "--config", str(config), "--port", str(port)], port)
+    env = {"PYTHONPATH": str(tree)} if tree is not None else None
+    return Server(name, [sys.executable, "-m", "ggufd", "--config", str(config), "--port", str(port)], port, env=env, cwd=tree)
 
 
 # Runs a Python server (a module or a script) with llama.cpp's extra weight buffers off: every
@@ -602,6 +610,8 @@ def targets(rows: list[dict], rounds: dict[str, list[Round]], idle: dict | None)
         ratio(f"in-process llama_decode loop {c} / 1 streams (the machine's batching gain)", get(batched, c, "aggregate_tok_s"), get(batched, 1, "aggregate_tok_s"), threshold)
         for peer in ("example server (batched)", "llama-server", "llama_cpp.server"):
             paired(f"ggufd / {peer}, {c} streams", "ggufd", peer, c, 1.0)
+    for c in (1, 4, 8):  # this checkout against another one (--ggufd-tree), same rounds
+        paired(f"ggufd / {BASELINE_GGUFD}, {c} stream(s)", "ggufd", BASELINE_GGUFD, c, 0.95)
     paired("ggufd / in-process llama_decode loop, one stream (decode rate)", "ggufd", batched, 1, 0.95, "stream_tok_s_p50")
     for c in sorted({r["concurrency"] for r in rows if r["system"] == batched and r["concurrency"] > 1}):
         paired(f"ggufd / in-process llama_decode loop, {c} streams", "ggufd", batched, c, 0.9)
@@ -650,6 +660,7 @@ def main(argv=None) -> int:
     parser.add_argument("--systems", default="inprocess,inprocess-batched,ggufd,llama_cpp.server,example,llama-server")
     parser.add_argument("--example-server", help="examples/server/server.py from llama-cpp-python's source package")
     parser.add_argument("--llama-server", help="llama.cpp's llama-server binary")
+    parser.add_argument("--ggufd-tree", type=Path, help="another checkout of ggufd (e.g. the commit before a change), measured beside this one")
     parser.add_argument("--no-prefix-reuse", action="store_true", help="skip the multi-turn measurement")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--write-benchmarks", action="store_true", help="also write BENCHMARKS.md")
@@ -681,6 +692,10 @@ def main(argv=None) -> int:
         "example": (lambda: ServerSystem(start_example_server(model, args, workdir), model, counter)) if args.example_server else None,
         "llama-server": (lambda: ServerSystem(start_llama_server(model, args, workdir), model, counter)) if args.llama_server else None,
     }
+    if args.ggufd_tree is not None:  # another checkout of ggufd, measured in the same rounds
+        tree, name = args.ggufd_tree.resolve(), BASELINE_GGUFD
+        starters[name] = lambda: ServerSystem(start_ggufd(model, args, workdir, tree=tree, name=name), model, counter)
+        wanted.append(name)
     systems = []
     for key, start in starters.items():
         if key in wanted and start is not None:
