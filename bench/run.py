@@ -47,7 +47,7 @@ def chat_prompt(model: Path, messages: list[dict]):
         from ggufd.plugins import make_plugin_manager
         from ggufd.types import ModelInfo, ModelSpec
 
-        pm = make_plugin_manager(Config(models_dir=model.parent, plugins_dir=REPO / "plugins"))  # as start_ggufd
+        pm = make_plugin_manager(Config(models_dir=model.parent))  # as start_ggufd: the built-in families
         spec = ModelSpec(id=model.stem, path=model)
         metadata = read_metadata(model)
         info = ModelInfo(spec=spec, metadata=metadata, family=pm.hook.detect_family(metadata=metadata, spec=spec) or "generic")
@@ -153,7 +153,7 @@ def start_ggufd(model: Path, args, workdir: Path) -> Server:
     models.mkdir(exist_ok=True)
     config = workdir / "ggufd.toml"
     config.write_text(
-        f'models_dir = "{models}"\nplugins_dir = "{REPO / "plugins"}"\nlog_level = "warning"\nmax_queue = 64\n'
+        f'models_dir = "{models}"\nlog_level = "warning"\nmax_queue = 64\n'
         f"[llama]\nn_ctx = {args.n_ctx}\nn_threads = {args.threads}\nparallel = {max(args.concurrency)}\nn_gpu_layers = {args.n_gpu_layers}\n"
         f'[models."{model.stem}"]\npath = "{model}"\n'
     )

@@ -1,4 +1,4 @@
-"""The mistral family plugin (plugins/mistral.py): golden prompts byte for byte in the v3, tekken and v1
+"""The mistral family plugin (ggufd/families/mistral.py): golden prompts byte for byte in the v3, tekken and v1
 spacings, cross-checks against the templates Mistral publishes (Mistral-7B-Instruct-v0.3,
 Mistral-Nemo-Instruct-2407, Mistral-7B-Instruct-v0.1), family detection, stop strings, and the
 ``[TOOL_CALLS]`` syntax."""
@@ -187,7 +187,7 @@ def official(meta: GGUFMetadata, messages) -> str:
 @pytest.fixture(scope="module")
 def mistral(pm):
     plugin = pm.manager.get_plugin("mistral")
-    assert plugin is not None, "plugins/mistral.py was not loaded"
+    assert plugin is not None, "ggufd/families/mistral.py was not loaded"
     return plugin
 
 

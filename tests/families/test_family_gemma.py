@@ -1,4 +1,4 @@
-"""The gemma plugin (plugins/gemma.py): golden prompts byte for byte, a cross-check against
+"""The gemma plugin (ggufd/families/gemma.py): golden prompts byte for byte, a cross-check against
 Google's own Gemma 3 chat template, family detection, stop strings, and the real gemma
 vocabulary (turn markers are single special tokens, end of turn ends generation)."""
 
@@ -13,7 +13,7 @@ from ggufd.errors import InvalidRequest
 from ggufd.gguf_metadata import GGUFMetadata, read_metadata
 from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 START_OF_TURN_ID = 105
 END_OF_TURN_ID = 106
@@ -81,7 +81,7 @@ def model(family: str = "gemma", metadata: GGUFMetadata | None = None, file_name
 @pytest.fixture(scope="module")
 def gemma(pm):
     plugin = pm.manager.get_plugin("gemma")
-    assert plugin is not None, "plugins/gemma.py was not loaded"
+    assert plugin is not None, "ggufd/families/gemma.py was not loaded"
     return plugin
 
 

@@ -1,4 +1,4 @@
-"""The gpt-oss plugin (plugins/gpt_oss.py): golden harmony prompts byte for byte (tool calls and
+"""The gpt-oss plugin (ggufd/families/gpt_oss.py): golden harmony prompts byte for byte (tool calls and
 results included), a cross-check against OpenAI's published template, family detection, stop
 strings, taking generated text apart by channel, and parsing harmony tool calls."""
 
@@ -16,7 +16,7 @@ from ggufd.errors import InvalidRequest
 from ggufd.gguf_metadata import GGUFMetadata, read_metadata
 from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DATE = "2025-08-05"
 
 # openai/gpt-oss-120b, chat_template.jinja (as in llama.cpp's models/templates/), from
@@ -224,8 +224,8 @@ def official(messages) -> str:
 @pytest.fixture
 def gpt_oss(pm, monkeypatch):
     plugin = pm.manager.get_plugin("gpt_oss")
-    assert plugin is not None, "plugins/gpt_oss.py was not loaded"
-    assert Path(plugin.__file__) == REPO / "plugins" / "gpt_oss.py"
+    assert plugin is not None, "ggufd/families/gpt_oss.py was not loaded"
+    assert Path(plugin.__file__) == REPO / "ggufd" / "families" / "gpt_oss.py"
     monkeypatch.setattr(plugin, "today", lambda: DATE)
     return plugin
 

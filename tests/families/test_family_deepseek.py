@@ -1,4 +1,4 @@
-"""The deepseek plugin (plugins/deepseek.py): golden prompts byte for byte (V3 and R1 style, tool
+"""The deepseek plugin (ggufd/families/deepseek.py): golden prompts byte for byte (V3 and R1 style, tool
 calls and results), a cross-check against DeepSeek's published templates, family detection (R1
 distills on llama and qwen2 included, other families left alone), stop strings, and parsing of
 DeepSeek's tool-call syntax."""
@@ -16,7 +16,7 @@ from ggufd.errors import InvalidRequest
 from ggufd.gguf_metadata import GGUFMetadata, read_metadata
 from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BOS = "<｜begin▁of▁sentence｜>"
 EOS = "<｜end▁of▁sentence｜>"
 
@@ -144,8 +144,8 @@ def official(template: str, messages, add_generation_prompt: bool = True) -> str
 @pytest.fixture(scope="module")
 def deepseek(pm):
     plugin = pm.manager.get_plugin("deepseek")
-    assert plugin is not None, "plugins/deepseek.py was not loaded"
-    assert Path(plugin.__file__) == REPO / "plugins" / "deepseek.py"
+    assert plugin is not None, "ggufd/families/deepseek.py was not loaded"
+    assert Path(plugin.__file__) == REPO / "ggufd" / "families" / "deepseek.py"
     return plugin
 
 

@@ -1,4 +1,4 @@
-"""The llama3 family plugin (plugins/llama3.py): golden prompts byte for byte, cross-checks against
+"""The llama3 family plugin (ggufd/families/llama3.py): golden prompts byte for byte, cross-checks against
 Meta's published Llama 3 and Llama 3.1 chat templates, family detection, stop strings, and
 the Llama 3.1 JSON tool-call syntax."""
 
@@ -215,7 +215,7 @@ def official(template: str, messages) -> str:
 @pytest.fixture(scope="module")
 def llama3(pm):
     plugin = pm.manager.get_plugin("llama3")
-    assert plugin is not None, "plugins/llama3.py was not loaded"
+    assert plugin is not None, "ggufd/families/llama3.py was not loaded"
     return plugin
 
 

@@ -1,4 +1,4 @@
-"""The chatml family plugin (plugins/chatml.py): golden prompts byte for byte, a cross-check against
+"""The chatml family plugin (ggufd/families/chatml.py): golden prompts byte for byte, a cross-check against
 Qwen's published Qwen2.5 chat template (tool calls and tool results included), conservative
 family detection, stop strings, and the Hermes-style ``<tool_call>`` syntax."""
 
@@ -173,7 +173,7 @@ def write_gguf(path: Path, architecture: str, **values) -> Path:
 @pytest.fixture(scope="module")
 def chatml(pm):
     plugin = pm.manager.get_plugin("chatml")
-    assert plugin is not None, "plugins/chatml.py was not loaded"
+    assert plugin is not None, "ggufd/families/chatml.py was not loaded"
     return plugin
 
 

@@ -1,4 +1,4 @@
-"""The phi plugin (plugins/phi.py): golden prompts byte for byte for the Phi-3, Phi-4 and Phi-4-mini
+"""The phi plugin (ggufd/families/phi.py): golden prompts byte for byte for the Phi-3, Phi-4 and Phi-4-mini
 styles, a cross-check against Microsoft's published templates, family detection (and staying
 out of other families' way), stop strings, and no tool-call syntax."""
 
@@ -14,7 +14,7 @@ from ggufd.errors import InvalidRequest
 from ggufd.gguf_metadata import GGUFMetadata, read_metadata
 from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # microsoft/Phi-3.5-mini-instruct, tokenizer_config.json (as in llama.cpp's models/templates/).
 PHI35_TEMPLATE = (
@@ -86,8 +86,8 @@ def styled(style: str) -> ModelInfo:
 @pytest.fixture(scope="module")
 def phi(pm):
     plugin = pm.manager.get_plugin("phi")
-    assert plugin is not None, "plugins/phi.py was not loaded"
-    assert Path(plugin.__file__) == REPO / "plugins" / "phi.py"
+    assert plugin is not None, "ggufd/families/phi.py was not loaded"
+    assert Path(plugin.__file__) == REPO / "ggufd" / "families" / "phi.py"
     return plugin
 
 
