@@ -51,7 +51,7 @@ def chat_prompt(model: Path, messages: list[dict]):
         from ggufd.plugins import make_plugin_manager
         from ggufd.types import ModelInfo, ModelSpec
 
-        pm = make_plugin_manager(Config(models_dir=model.parent, plugins_dir=REPO / "plugins"))  # as start_ggufd
+        pm = make_plugin_manager(Config(models_dir=model.parent))  # as start_ggufd: the built-in families
         spec = ModelSpec(id=model.stem, path=model)
         metadata = read_metadata(model)
         info = ModelInfo(spec=spec, metadata=metadata, family=pm.hook.detect_family(metadata=metadata, spec=spec) or "generic")
@@ -162,9 +162,13 @@ def start_ggufd(model: Path, args, workdir: Path, tree: Path | None = None, name
     models = workdir / f"{name}-models"  # empty: the model is served through an explicit table
     models.mkdir(exist_ok=True)
     config = workdir / f"{name}.toml"
-    plugins = (tree or REPO) / "plugins"
+    # the families are built in; an older checkout (before ggufd/families/) finds them in its plugins folder
+    plugins = f'plugins_dir = "{tree / "plugins"}"\n' if tree is not None and (tree / "plugins" / "gemma.py").exists() else ""
     config.write_text(
-        f'models_dir = "{models}"\nplugins_dir = "{plugins}"\nlog_level = "warning"\nmax_queue = 64\n'
+        f'models_dir = "{models}"
+{plugins}log_level = "warning"
+max_queue = 64
+'
         f"[llama]\nn_ctx = {args.n_ctx}\nn_threads = {args.threads}\nparallel = {max(args.concurrency)}\nn_gpu_layers = {args.n_gpu_layers}\n"
         f'[models."{model.stem}"]\npath = "{model}"\n'
     )

@@ -88,7 +88,7 @@ class Config:
     ollama_models_dir: Path | None = None  # an Ollama store (manifests/ + blobs/); None = off
     hf_cache_dir: Path | None = None  # a Hugging Face hub cache (models--ORG--NAME/); None = off
     default_model: str | None = None
-    plugins_dir: Path | None = None
+    plugins_dir: Path | None = None  # local plugin files (*.py); None = none (the families are built in)
     disable_plugins: tuple[str, ...] = ()
     plugins_required: bool = False  # a third-party plugin that fails to load stops ggufd
     log_level: str = "info"
@@ -132,12 +132,6 @@ class Config:
             swa_full=options.get("swa_full", base.swa_full),
             embedding=options.get("embedding", base.embedding),
         )
-
-
-def bundled_plugins_dir() -> Path | None:
-    """The model-family plugins beside the package (``<repo>/plugins``), when ggufd runs from a checkout."""
-    candidate = Path(__file__).resolve().parent.parent / "plugins"
-    return candidate if candidate.is_dir() else None
 
 
 def _where(source: str, key: str) -> str:
@@ -243,7 +237,7 @@ def load_config(
         ollama_models_dir=Path(doc["ollama_models_dir"]) if doc.get("ollama_models_dir") else None,
         hf_cache_dir=Path(doc["hf_cache_dir"]) if doc.get("hf_cache_dir") else None,
         default_model=doc.get("default_model"),
-        plugins_dir=Path(doc["plugins_dir"]) if doc.get("plugins_dir") else (None if "plugins_dir" in doc else bundled_plugins_dir()),
+        plugins_dir=Path(doc["plugins_dir"]) if doc.get("plugins_dir") else None,
         disable_plugins=tuple(doc.get("disable_plugins", ())),
         plugins_required=doc.get("plugins_required", False),
         log_level=doc.get("log_level", Config.log_level),

@@ -1,11 +1,25 @@
 """Building the plugin manager.
 
-Order of registration (later registrations are called first within the same
-tryfirst/trylast class): hook specs -> entry points of group ``ggufd`` -> modules
-from the configured ``plugins_dir`` -> built-in defaults (their hooks are ``trylast``
-or ``tryfirst`` where the precedence demands) -> ``check_pending()``.
-A block-list (config ``disable_plugins`` or ``GGUFD_DISABLE_PLUGINS``) names plugins
-that are not registered.
+Order of registration: hook specs -> entry points of group ``ggufd`` -> the built-in model
+families (:data:`FAMILY_PLUGINS`) -> modules from the configured ``plugins_dir`` -> the
+built-in defaults (:data:`DEFAULT_PLUGINS`) -> ``check_pending()``.
+
+pluggy calls later registrations first (within the same tryfirst/trylast class), so for a
+firstresult hook such as ``format_chat`` or ``detect_family``:
+
+1. ``tryfirst`` implementations (the built-in ``template_override``: a ``chat_template``
+   in a model's config table beats every plugin);
+2. ``plugins_dir`` files, in reverse name order: a local file overrides a family;
+3. the families, in reverse name order (phi, mistral, llama3, gpt_oss, gemma, deepseek,
+   chatml) -- the order they had when they were loaded from the checkout's ``plugins/``;
+4. installed entry-point plugins (use ``tryfirst`` to beat a built-in family);
+5. ``trylast`` implementations (the built-in ``gguf_template``: the GGUF's own template,
+   else a generic transcript).
+
+A block-list (config ``disable_plugins`` or ``GGUFD_DISABLE_PLUGINS``) names plugins that
+are not registered, built-in ones included. A third-party plugin (entry point or
+``plugins_dir`` file) named like a family replaces that family; when it fails to load,
+the built-in family is registered in its place (and the failure is still reported).
 """
 
 from __future__ import annotations
@@ -16,7 +30,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping, Sequence
 
 import pluggy
 import structlog
@@ -41,6 +55,21 @@ DEFAULT_PLUGINS = (
     "ggufd.default_plugins.template_override",
     "ggufd.default_plugins.gguf_template",
 )
+
+#: the model families shipped in the package, registered as built-ins under their module
+#: names. Name order, as when they were files in the checkout's ``plugins/`` folder: pluggy
+#: calls the last one first, and this order is part of the documented precedence.
+FAMILY_PLUGINS = (
+    "ggufd.families.chatml",
+    "ggufd.families.deepseek",
+    "ggufd.families.gemma",
+    "ggufd.families.gpt_oss",
+    "ggufd.families.llama3",
+    "ggufd.families.mistral",
+    "ggufd.families.phi",
+)
+
+BUILTIN_ORIGIN = f"ggufd {__version__} (built-in)"
 
 
 class PluginError(Exception):
@@ -133,21 +162,62 @@ def _check_hooks(pm: pluggy.PluginManager, plugin, where: str) -> None:
         raise PluginError(f"{where}: {exc}") from exc
 
 
+def _new_plugins(blocked: Iterable[str] = ()) -> Plugins:
+    """An empty manager with the hook specs, and ``blocked`` names refused by pluggy too."""
+    pm = pluggy.PluginManager("ggufd")
+    pm.add_hookspecs(hookspecs)
+    for name in blocked:
+        pm.set_blocked(name)
+    return Plugins(pm)
+
+
+def _is_blocked(module_name: str, blocked: Collection[str]) -> bool:
+    """A built-in is blocked by its short name (``gemma``) or its module name (``ggufd.families.gemma``)."""
+    return module_name.rsplit(".", 1)[-1] in blocked or module_name in blocked
+
+
+def _register_builtin(plugins: Plugins, module_name: str) -> None:
+    """Built-in plugins must load: any problem is a :class:`PluginError`, whatever ``plugins_required`` says."""
+    short = module_name.rsplit(".", 1)[-1]
+    _register(plugins.manager, importlib.import_module(module_name), short, f"built-in plugin {module_name}")
+    plugins.origins[short] = BUILTIN_ORIGIN
+
+
+def _register_families(plugins: Plugins, blocked: Collection[str], replacements: Mapping[str, str]) -> dict[str, str]:
+    """Register every family that is neither blocked nor replaced; ``replacements`` maps plugin
+    names that third-party plugins bring (or will bring) to where they come from. Returns the
+    unblocked families by short name."""
+    families = {name.rsplit(".", 1)[-1]: name for name in FAMILY_PLUGINS if not _is_blocked(name, blocked)}
+    for short, module_name in families.items():
+        taken = plugins.manager.get_plugin(short) is not None
+        if taken or short in replacements:
+            log.info("built-in family replaced", plugin=short, by=plugins.origins.get(short) or replacements.get(short))
+            continue
+        _register_builtin(plugins, module_name)
+    return families
+
+
+def _finish(plugins: Plugins) -> Plugins:
+    try:
+        plugins.manager.check_pending()
+    except pluggy.PluginValidationError as exc:  # a built-in plugin (or one given to ggufd.testing)
+        raise PluginError(str(exc)) from exc
+    return plugins
+
+
 def make_plugin_manager(config) -> Plugins:
     """Create the plugin manager for ``config``; never done at import time.
 
-    A third-party plugin that fails (import error, unknown hook, bad signature) is logged and
+    The order of registration, and so the precedence, is in this module's docstring. A
+    third-party plugin that fails (import error, unknown hook, bad signature) is logged and
     left out — listed in :attr:`Plugins.failures` — unless ``plugins_required`` is set, then it
     is a :class:`PluginError`. Built-in plugins must always load.
     """
-    pm = pluggy.PluginManager("ggufd")
-    pm.add_hookspecs(hookspecs)
-    plugins = Plugins(pm)
     blocked = set(config.disable_plugins)
-    for name in blocked:
-        pm.set_blocked(name)
+    plugins = _new_plugins(blocked)
+    pm = plugins.manager
 
-    def attempt(name: str, where: str, load, origin: str) -> None:
+    def attempt(name: str, where: str, load, origin: str) -> bool:
         try:
             try:
                 plugin = load()
@@ -158,11 +228,13 @@ def make_plugin_manager(config) -> Plugins:
             _register(pm, plugin, name, where)
             _check_hooks(pm, plugin, where)
             plugins.origins[name] = origin
+            return True
         except PluginError as exc:
             if getattr(config, "plugins_required", False):
                 raise
             log.error("plugin not loaded", plugin=name, error=str(exc))
             plugins.failures.append({"name": name, "source": origin, "error": str(exc)})
+            return False
 
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if entry_point.name in blocked:
@@ -171,24 +243,24 @@ def make_plugin_manager(config) -> Plugins:
         origin = f"{dist.name} {dist.version}" if dist is not None else entry_point.value
         attempt(entry_point.name, f"entry point {entry_point.name} = {entry_point.value}", entry_point.load, origin)
 
+    local: dict[str, Path] = {}
     if config.plugins_dir is not None:
         for path in sorted(config.plugins_dir.glob("*.py")):
-            if path.name.startswith("_") or path.stem in blocked:
-                continue
-            attempt(path.stem, f"plugin file {path}", lambda path=path: _load_dir_module(path), str(path))
+            if not path.name.startswith("_") and path.stem not in blocked:
+                local[path.stem] = path
+
+    families = _register_families(plugins, blocked, {stem: str(path) for stem, path in local.items()})
+
+    for stem, path in local.items():
+        loaded = attempt(stem, f"plugin file {path}", lambda path=path: _load_dir_module(path), str(path))
+        if not loaded and stem in families and pm.get_plugin(stem) is None:
+            _register_builtin(plugins, families[stem])  # a replacement that failed keeps the built-in family
 
     for module_name in DEFAULT_PLUGINS:
-        short = module_name.rsplit(".", 1)[-1]
-        if short in blocked or module_name in blocked:
-            continue
-        _register(pm, importlib.import_module(module_name), short, f"built-in plugin {module_name}")
-        plugins.origins[short] = f"ggufd {__version__} (built-in)"
+        if not _is_blocked(module_name, blocked):
+            _register_builtin(plugins, module_name)
 
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:  # only a built-in plugin can get here
-        raise PluginError(str(exc)) from exc
-    return plugins
+    return _finish(plugins)
 
 
 def describe_plugins(plugins: Plugins) -> list[dict]:

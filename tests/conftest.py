@@ -30,7 +30,8 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def pm(tmp_path_factory):
-    """The plugin manager the daemon builds by default: built-ins plus the repository's plugins/."""
+    """The plugin manager the daemon builds by default: installed entry points, then the built-in
+    families and defaults (no plugins_dir)."""
     from ggufd.config import load_config
     from ggufd.plugins import make_plugin_manager
 
@@ -136,7 +137,6 @@ def make_daemon(tmp_path):
     started: list[Daemon] = []
 
     def factory(settings: dict, env: dict | None = None, args: tuple = ()) -> Daemon:
-        settings = {"plugins_dir": str(REPO / "plugins"), **settings}
         config = write_config(tmp_path / f"ggufd-{len(started)}.toml", settings)
         daemon = Daemon(config, env=env, args=args).start()
         started.append(daemon)
@@ -156,7 +156,6 @@ def tiny_daemon(tiny_model, tmp_path_factory):
         folder / "ggufd.toml",
         {
             "models_dir": str(folder),
-            "plugins_dir": str(REPO / "plugins"),
             "llama": {"n_ctx": 512, "n_threads": 1},
             "models": {"tiny": {"aliases": ["tiny-alias"]}},
         },

@@ -23,11 +23,11 @@ MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
 
 @pytest.fixture(scope="module")
 def slow_daemon(tmp_path_factory):
-    from conftest import REPO, Daemon, write_config
+    from conftest import Daemon, write_config
 
     folder = tmp_path_factory.mktemp("slow")
     gguf_factory.write_tiny_llama(folder / "slow.gguf", n_embd=256, n_layer=4, n_ff=1024, n_head=4, n_head_kv=4, context_length=N_CTX)
-    config = write_config(folder / "ggufd.toml", {"models_dir": str(folder), "plugins_dir": str(REPO / "plugins"), "llama": {"n_ctx": N_CTX, "n_threads": 1, "parallel": 1}})
+    config = write_config(folder / "ggufd.toml", {"models_dir": str(folder), "llama": {"n_ctx": N_CTX, "n_threads": 1, "parallel": 1}})
     daemon = Daemon(config).start()
     yield daemon
     daemon.stop()

@@ -14,6 +14,7 @@ import pytest
 import gguf_factory  # tests/gguf_factory.py
 from conftest import REPO, write_config
 from ggufd import __version__
+from ggufd.plugins import BUILTIN_ORIGIN
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -45,7 +46,7 @@ def served(tiny_model, tmp_path) -> Path:
 
 @pytest.fixture
 def good_config(served, tmp_path) -> Path:
-    return write_config(tmp_path / "ggufd.toml", {"models_dir": str(served), "plugins_dir": str(REPO / "plugins")})
+    return write_config(tmp_path / "ggufd.toml", {"models_dir": str(served)})
 
 
 def test_version():
@@ -187,7 +188,7 @@ def test_plugins_lists_gemma_with_its_hooks(good_config):
     result = ggufd("plugins", "--config", str(good_config))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    index = lines.index(f"gemma  ({REPO / 'plugins' / 'gemma.py'})")
+    index = lines.index(f"gemma  ({BUILTIN_ORIGIN})")  # a family shipped in the package
     assert lines[index + 1] == "    hooks: detect_family, format_chat, stop_sequences"
     for name in ("directory_discovery", "config_models", "template_override", "gguf_template"):
         assert any(line.startswith(f"{name}  (") for line in lines), name
@@ -201,11 +202,13 @@ def test_plugins_json(good_config):
     plugins = {entry["name"]: entry for entry in listing["plugins"]}
     assert plugins["gemma"]["hooks"] == ["detect_family", "format_chat", "stop_sequences"]
     assert plugins["gguf_template"]["hooks"] == ["detect_family", "format_chat"]
+    for family in ("gemma", "llama3", "chatml", "mistral", "phi", "deepseek", "gpt_oss"):
+        assert plugins[family]["origin"] == BUILTIN_ORIGIN, family
 
 
 def test_plugins_respects_disable_plugins(served, tmp_path):
     config = write_config(
-        tmp_path / "ggufd.toml", {"models_dir": str(served), "plugins_dir": str(REPO / "plugins"), "disable_plugins": ["gemma"]}
+        tmp_path / "ggufd.toml", {"models_dir": str(served), "disable_plugins": ["gemma"]}
     )
     result = ggufd("plugins", "--config", str(config))
     assert result.returncode == 0, result.stderr

@@ -58,7 +58,7 @@ def test_builtin_defaults_without_a_file(tmp_path, monkeypatch):
     assert config.models_dir == tmp_path / "models"  # ./models without a file
     assert config.recursive is False
     assert config.default_model is None
-    assert config.plugins_dir == REPO / "plugins"  # the checkout's family plugins
+    assert config.plugins_dir is None  # local plugins only; the families are built into the package
     assert config.disable_plugins == ()
     assert config.log_level == "info"
     assert config.llama_log_level == "warn"
@@ -441,7 +441,7 @@ def test_example_config_loads(tmp_path):
     config = _example(tmp_path)
     assert config.source == EXAMPLE.resolve()
     assert config.models_dir == tmp_path
-    assert config.plugins_dir == (REPO / "plugins").resolve()
+    assert config.plugins_dir is None  # shown commented out, as an example
     gemma = config.models["gemma-3-270m-q4_k_m"]
     assert gemma["aliases"] == ("gemma",)
     assert gemma["family"] == "gemma"
@@ -500,6 +500,16 @@ def test_schema_key_check_would_notice_a_missing_key(tmp_path):
     assert not re.search(r"^\s*(#\s*)?n_ctx\s*=", text, re.MULTILINE)
     assert not re.search(r"^\s*(#\s*)?\[([^\]\n]*\.)?sampling(\.[^\]\n]*)?\]", text, re.MULTILINE)
     assert re.search(r"^\s*(#\s*)?\[([^\]\n]*\.)?sampling(\.[^\]\n]*)?\]", '[models."m".sampling]', re.MULTILINE)
+
+
+def test_no_plugins_dir_even_when_run_from_a_checkout_with_a_plugins_folder(tmp_path, monkeypatch):
+    # the checkout's plugins/ is a drop-in folder for local plugins, used only when configured
+    monkeypatch.chdir(REPO)
+    config_path = tmp_path / "c.toml"
+    config_path.write_text(f'models_dir = "{tmp_path}"\n')
+    assert (REPO / "plugins").is_dir()
+    assert load_config(config_path, environ={}).plugins_dir is None
+    assert load_config(None, environ={"GGUF_MODELS_DIR": str(tmp_path)}).plugins_dir is None
 
 
 def test_empty_plugins_dir_means_no_plugins_folder(tmp_path):

@@ -19,13 +19,13 @@ TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type"
 
 @pytest.fixture(scope="module")
 def daemon(tiny_model, gemma_model, tmp_path_factory):
-    from conftest import REPO, Daemon, write_config
+    from conftest import Daemon, write_config
 
     folder = tmp_path_factory.mktemp("conformance")
     shutil.copy(tiny_model, folder / "tiny.gguf")
     shutil.copy(tiny_model, folder / "tiny-embed.gguf")
     config = write_config(folder / "ggufd.toml", {
-        "models_dir": str(folder), "plugins_dir": str(REPO / "plugins"), "llama": {"n_ctx": 1024, "n_threads": 2},
+        "models_dir": str(folder), "llama": {"n_ctx": 1024, "n_threads": 2},
         "models": {"tiny-embed": {"embedding": True}, "gemma": {"path": str(gemma_model)}},
     })
     d = Daemon(config).start()

@@ -17,12 +17,12 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def daemon(tiny_model, tmp_path_factory):
-    from conftest import REPO, Daemon, write_config
+    from conftest import Daemon, write_config
 
     folder = tmp_path_factory.mktemp("embed")
     shutil.copy(tiny_model, folder / "chat.gguf")
     shutil.copy(tiny_model, folder / "embed.gguf")
-    config = write_config(folder / "ggufd.toml", {"models_dir": str(folder), "plugins_dir": str(REPO / "plugins"),
+    config = write_config(folder / "ggufd.toml", {"models_dir": str(folder),
                                                   "llama": {"n_ctx": 256, "n_threads": 1}, "models": {"embed": {"embedding": True}}})
     d = Daemon(config).start()
     yield d

@@ -1,6 +1,6 @@
 """End to end on the real demo model, gemma-3-270m Q4_K_M, whose GGUF has no chat template.
 
-The gemma family plugin (plugins/gemma.py) supplies the turn format. The model is a small
+The gemma family plugin (ggufd/families/gemma.py) supplies the turn format. The model is a small
 base model, so the question is asked few-shot; it answers "Paris".
 """
 
@@ -21,7 +21,7 @@ FEW_SHOT = [
 
 @pytest.fixture(scope="module")
 def gemma_daemon(gemma_model, tmp_path_factory):
-    from conftest import REPO, Daemon, write_config
+    from conftest import Daemon, write_config
 
     folder = tmp_path_factory.mktemp("gemma")
     (folder / "models").mkdir()
@@ -29,7 +29,6 @@ def gemma_daemon(gemma_model, tmp_path_factory):
         folder / "ggufd.toml",
         {
             "models_dir": "models",  # relative to the config file
-            "plugins_dir": str(REPO / "plugins"),
             # flash attention off: the greedy continuations asserted below were observed with it off
             # (with it on, float rounding changes a near-tie 17 tokens in and the base model rambles on)
             "llama": {"n_ctx": 1024, "flash_attn": False},

@@ -269,7 +269,6 @@ def test_daemon_logs_requests_to_journal(journal, tiny_model, tmp_path):
     shutil.copy(tiny_model, folder / "tiny.gguf")
     config = write_config(tmp_path / "ggufd.toml", {
         "models_dir": str(folder),
-        "plugins_dir": str(REPO / "plugins"),
         "log_format": "auto",
         "llama": {"n_ctx": 512, "n_threads": 1},
     })

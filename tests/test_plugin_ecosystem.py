@@ -62,7 +62,8 @@ def test_the_daemon_uses_the_installed_plugin(tiny_model, tmp_path, make_daemon)
 def test_a_broken_plugin_does_not_take_the_daemon_down(tiny_model, tmp_path, make_daemon):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
-    shutil.copy(REPO / "plugins" / "gemma.py", plugins / "gemma.py")
+    # a copy of a family (as the old systemd recipe made) replaces the built-in one
+    shutil.copy(REPO / "ggufd" / "families" / "gemma.py", plugins / "gemma.py")
     (plugins / "broken.py").write_text("import ggufd\nraise ImportError('missing dependency: frobnicate')\n")
     models = tmp_path / "models"
     models.mkdir()
@@ -70,14 +71,14 @@ def test_a_broken_plugin_does_not_take_the_daemon_down(tiny_model, tmp_path, mak
     daemon = make_daemon({"models_dir": str(models), "plugins_dir": str(plugins), "llama": {"n_ctx": 256, "n_threads": 1}})
     listing = json.loads(request(daemon.url, path="/-/plugins")[2])
     assert [f["name"] for f in listing["failed"]] == ["broken"] and "frobnicate" in listing["failed"][0]["error"]
-    assert "gemma" in {p["name"] for p in listing["plugins"]}
+    assert {p["name"]: p["origin"] for p in listing["plugins"]}["gemma"] == str(plugins / "gemma.py")
     assert daemon.logs("plugin not loaded", plugin="broken")
     assert chat(daemon.url, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})[0] == 200
 
 
 def test_every_hook_is_documented_with_an_example_and_tested():
     text = DOCS.read_text("utf-8")
-    tests = "\n".join(p.read_text("utf-8") for p in (REPO / "tests").glob("test_*.py") if p.name != "test_plugin_ecosystem.py")
+    tests = "\n".join(p.read_text("utf-8") for p in (REPO / "tests").rglob("test_*.py") if p.name != "test_plugin_ecosystem.py")
     names = [name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "ggufd_spec")]
     assert len(names) >= 7
     for name in names:
@@ -105,6 +106,21 @@ def test_documented_examples_run(tmp_path):
         models.mkdir(exist_ok=True)
         pm = make_plugin_manager(Config(models_dir=models, plugins_dir=folder, plugins_required=True))
         assert f"doc_example_{index}" in {name for name, _ in pm.manager.list_name_plugin()}
+
+
+def test_the_testing_example_runs_and_its_tests_pass():
+    """The "Testing a plugin" section is a complete test module for ggufd.testing: run its tests."""
+    section = DOCS.read_text("utf-8").split("## Testing a plugin", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    assert len(blocks) == 1 and "from ggufd.testing import" in blocks[0]
+    namespace: dict = {"__name__": "doc_testing_example"}
+    exec(compile(blocks[0], "docs/plugins.md", "exec"), namespace)
+    tests = [func for name, func in namespace.items() if name.startswith("test_") and callable(func)]
+    assert len(tests) == 3
+    for test in tests:
+        test()
+    for internal in ("ggufd.config", "ggufd.plugins import", "ggufd.registry"):
+        assert internal not in blocks[0], f"the example should use ggufd.testing, not {internal}"
 
 
 FILTER_PLUGIN = '''

@@ -14,8 +14,9 @@ from conftest import REPO
 from ggufd import hookspecs
 from ggufd.config import Config
 from ggufd.gguf_metadata import read_metadata
-from ggufd.plugins import DEFAULT_PLUGINS, PluginError, describe_plugins, make_plugin_manager
+from ggufd.plugins import BUILTIN_ORIGIN, DEFAULT_PLUGINS, FAMILY_PLUGINS, PluginError, describe_plugins, make_plugin_manager
 from ggufd.registry import build_registry
+from ggufd.testing import model_info, render
 from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
 
 @pytest.fixture(autouse=True)
@@ -29,7 +30,8 @@ def no_installed_plugins(monkeypatch):
 
 
 DEFAULT_NAMES = {"directory_discovery", "config_models", "ollama_discovery", "hf_cache_discovery", "template_override", "gguf_template"}
-REPO_FAMILIES = {path.stem for path in (REPO / "plugins").glob("*.py") if not path.name.startswith("_")}
+FAMILY_NAMES = {"gemma", "llama3", "chatml", "mistral", "phi", "deepseek", "gpt_oss"}
+BUILTIN_NAMES = DEFAULT_NAMES | FAMILY_NAMES
 MESSAGES = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"})
 
 
@@ -60,16 +62,40 @@ def entry_point_names(pm) -> set[str]:
 
 def test_default_plugins_are_registered(tmp_path):
     pm = make_plugin_manager(config(tmp_path))
-    assert names(pm) - entry_point_names(pm) == DEFAULT_NAMES
+    assert names(pm) - entry_point_names(pm) == BUILTIN_NAMES
     assert {m.rsplit(".", 1)[-1] for m in DEFAULT_PLUGINS} == DEFAULT_NAMES
     for name in DEFAULT_NAMES:
         assert pm.manager.get_plugin(name).__name__ == f"ggufd.default_plugins.{name}"
 
 
-def test_repo_gemma_plugin_is_registered_from_plugins_dir(tmp_path):
-    pm = make_plugin_manager(config(tmp_path, plugins_dir=REPO / "plugins"))
-    assert names(pm) - entry_point_names(pm) == DEFAULT_NAMES | REPO_FAMILIES
-    assert Path(pm.manager.get_plugin("gemma").__file__) == REPO / "plugins" / "gemma.py"
+def test_the_families_are_built_in_plugins_without_any_plugins_dir(tmp_path):
+    cfg = config(tmp_path)
+    assert cfg.plugins_dir is None
+    pm = make_plugin_manager(cfg)
+    assert {m.rsplit(".", 1)[-1] for m in FAMILY_PLUGINS} == FAMILY_NAMES
+    for name in FAMILY_NAMES:
+        plugin = pm.manager.get_plugin(name)
+        assert plugin.__name__ == f"ggufd.families.{name}"
+        assert Path(plugin.__file__) == REPO / "ggufd" / "families" / f"{name}.py"
+        assert pm.origins[name] == BUILTIN_ORIGIN
+    assert pm.failures == []
+
+
+def test_every_subpackage_is_in_the_wheel():
+    """pyproject.toml lists the packages by hand: a missing one (ggufd.families once) is left out of
+    the wheel, and the checkout would never notice (tests/test_wheel.py builds one)."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["tool"]["setuptools"]["packages"])
+    found = {".".join(path.parent.relative_to(REPO).parts) for path in (REPO / "ggufd").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
+    assert "ggufd.families" in listed
+
+
+def test_the_checkouts_plugins_folder_holds_no_plugins():
+    # it is a drop-in folder for local plugins (plugins/README.md); the families live in the package
+    assert sorted(path.name for path in (REPO / "plugins").glob("*.py")) == []
+    assert (REPO / "plugins" / "README.md").is_file() and (REPO / "plugins" / "examples").is_dir()
 
 
 def test_plugins_dir_modules_register_under_their_file_stem(tmp_path):
@@ -86,20 +112,34 @@ def test_plugins_dir_modules_register_under_their_file_stem(tmp_path):
     assert {"my_family", "other"} <= names(pm)
     assert "_private" not in names(pm)
     assert Path(pm.manager.get_plugin("my_family").__file__) == folder / "my_family.py"
-    assert [impl.plugin_name for impl in pm.hook.stop_sequences.get_hookimpls()] == ["my_family"]
+    # registered after the families: called before them (pluggy calls the last registration first)
+    families = [name.rsplit(".", 1)[-1] for name in FAMILY_PLUGINS]
+    with_stops = [name for name in families if hasattr(pm.manager.get_plugin(name), "stop_sequences")]
+    assert [impl.plugin_name for impl in pm.hook.stop_sequences.get_hookimpls()] == with_stops + ["my_family"]
 
 
-@pytest.mark.parametrize("blocked", ["gemma", "gguf_template", "directory_discovery"])
+@pytest.mark.parametrize("blocked", ["gemma", "gpt_oss", "gguf_template", "directory_discovery"])
 def test_disable_plugins_blocks_a_plugin_by_name(tmp_path, blocked):
-    pm = make_plugin_manager(config(tmp_path, plugins_dir=REPO / "plugins", disable_plugins=(blocked,)))
+    pm = make_plugin_manager(config(tmp_path, disable_plugins=(blocked,)))
     assert blocked not in names(pm)
     assert pm.manager.is_blocked(blocked)
-    assert names(pm) - entry_point_names(pm) == (DEFAULT_NAMES | REPO_FAMILIES) - {blocked}
+    assert names(pm) - entry_point_names(pm) == BUILTIN_NAMES - {blocked}
 
 
 def test_disable_plugins_also_accepts_the_full_module_name(tmp_path):
-    pm = make_plugin_manager(config(tmp_path, disable_plugins=("ggufd.default_plugins.config_models",)))
+    pm = make_plugin_manager(config(tmp_path, disable_plugins=("ggufd.default_plugins.config_models", "ggufd.families.phi")))
     assert "config_models" not in names(pm)
+    assert "phi" not in names(pm)
+    assert names(pm) - entry_point_names(pm) == BUILTIN_NAMES - {"config_models", "phi"}
+
+
+def test_a_disabled_gemma_family_leaves_gemma_models_to_the_gguf_template(tmp_path):
+    gemma = model_info(family="gemma", architecture="gemma3")
+    messages = [{"role": "user", "content": "Hi"}]
+    assert render(make_plugin_manager(config(tmp_path)), gemma, messages).text.startswith("<start_of_turn>user")
+    pm = make_plugin_manager(config(tmp_path, disable_plugins=("gemma",)))
+    assert pm.detect_family(gemma.metadata, gemma.spec) == "generic"
+    assert render(pm, gemma, messages).text == "User: Hi\nAssistant:"  # the generic transcript
 
 
 def test_a_blocked_plugins_dir_file_is_not_even_imported(tmp_path):
@@ -120,7 +160,7 @@ def test_a_broken_plugin_is_reported_and_left_out_unless_plugins_are_required(tm
     assert set(failures) == {"broken", "misspelt"}
     assert "boom at import" in failures["broken"]["error"] and str(folder / "broken.py") == failures["broken"]["source"]
     assert "formatt_chat" in failures["misspelt"]["error"]
-    assert pm.hook.stop_sequences(model=None) == [["FINE"]]
+    assert pm.hook.stop_sequences(model=model_info(family="generic")) == [["FINE"]]
 
 
 def test_a_plugin_file_that_fails_to_import_is_a_plugin_error_naming_the_file(tmp_path):
@@ -172,6 +212,107 @@ def test_a_plugins_dir_file_named_like_a_builtin_is_a_plugin_error(tmp_path):
     assert str(folder / "gguf_template.py") in message
 
 
+GEMMA_REPLACEMENT = """
+import ggufd
+
+@ggufd.hookimpl
+def detect_family(metadata, spec):
+    return "gemma" if metadata.architecture == "gemma3" else None
+
+@ggufd.hookimpl
+def format_chat(model, messages):
+    if model.family != "gemma":
+        return None
+    return ggufd.ChatPrompt(text="my gemma:" + "|".join(m["content"] for m in messages))
+"""
+
+
+def test_a_plugins_dir_file_named_like_a_family_replaces_it(tmp_path):
+    folder = plugin_dir(tmp_path, {"gemma.py": GEMMA_REPLACEMENT})
+    pm = make_plugin_manager(config(tmp_path, plugins_dir=folder, plugins_required=True))
+    assert Path(pm.manager.get_plugin("gemma").__file__) == folder / "gemma.py"
+    assert pm.origins["gemma"] == str(folder / "gemma.py")
+    assert pm.failures == []
+    assert names(pm) - entry_point_names(pm) == BUILTIN_NAMES
+    gemma = model_info(family="gemma", architecture="gemma3")
+    assert render(pm, gemma, MESSAGES).text == "my gemma:Be brief.|Hi"
+    assert pm.stop_sequences(gemma) == ()  # the replacement has none: the built-in's are gone too
+    # the other families are untouched
+    assert pm.manager.get_plugin("llama3").__name__ == "ggufd.families.llama3"
+
+
+def test_a_replacement_that_fails_to_load_keeps_the_built_in_family(tmp_path):
+    folder = plugin_dir(tmp_path, {"gemma.py": "import ggufd\nraise ImportError('no such thing')\n"})
+    pm = make_plugin_manager(config(tmp_path, plugins_dir=folder))
+    assert [(f["name"], f["source"]) for f in pm.failures] == [("gemma", str(folder / "gemma.py"))]
+    assert pm.manager.get_plugin("gemma").__name__ == "ggufd.families.gemma"
+    assert pm.origins["gemma"] == BUILTIN_ORIGIN
+    with pytest.raises(PluginError, match="no such thing"):
+        make_plugin_manager(config(tmp_path, plugins_dir=folder, plugins_required=True))
+
+
+def test_a_disabled_family_is_not_replaced_by_a_file_of_its_name(tmp_path):
+    folder = plugin_dir(tmp_path, {"gemma.py": "raise RuntimeError('must not be imported')\n"})
+    pm = make_plugin_manager(config(tmp_path, plugins_dir=folder, disable_plugins=("gemma",), plugins_required=True))
+    assert "gemma" not in names(pm) and pm.failures == []
+
+
+def test_a_plugins_dir_file_beats_a_family_it_does_not_replace(tmp_path):
+    folder = plugin_dir(tmp_path, {"another_gemma.py": GEMMA_REPLACEMENT.replace("my gemma:", "another:")})
+    pm = make_plugin_manager(config(tmp_path, plugins_dir=folder))
+    assert pm.manager.get_plugin("gemma").__name__ == "ggufd.families.gemma"
+    gemma = model_info(family="gemma", architecture="gemma3")
+    assert render(pm, gemma, MESSAGES).text == "another:Be brief.|Hi"
+    # stop_sequences is not firstresult: the family's end-of-turn markers still apply
+    assert pm.stop_sequences(gemma) == ("<end_of_turn>", "<start_of_turn>")
+
+
+class FakeEntryPoint:
+    """Just enough of importlib.metadata.EntryPoint for make_plugin_manager."""
+
+    def __init__(self, name, plugin):
+        self.name, self.value, self.dist, self._plugin = name, f"fake_{name}", None, plugin
+
+    def load(self):
+        return self._plugin
+
+
+def module_from_source(name: str, source: str):
+    import types
+
+    module = types.ModuleType(name)
+    exec(compile(textwrap.dedent(source), f"<{name}>", "exec"), module.__dict__)
+    return module
+
+
+def test_call_order_local_files_then_families_then_entry_points_then_trylast(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    installed = module_from_source("installed_family", FAMILY_PLUGIN.format(marker="", family="installed"))
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kwargs: [FakeEntryPoint("installed_family", installed)])
+    folder = plugin_dir(tmp_path, {name: FAMILY_PLUGIN.format(marker="", family=name[:-3]) for name in ("local_a.py", "local_b.py")})
+    pm = make_plugin_manager(config(tmp_path, plugins_dir=folder))
+    called = [impl.plugin_name for impl in reversed(pm.hook.detect_family.get_hookimpls())]
+    families = [name.rsplit(".", 1)[-1] for name in reversed(FAMILY_PLUGINS)]
+    assert called == ["local_b", "local_a", *families, "installed_family", "gguf_template"]
+    assert families == ["phi", "mistral", "llama3", "gpt_oss", "gemma", "deepseek", "chatml"]  # as from plugins/
+    called = [impl.plugin_name for impl in reversed(pm.hook.format_chat.get_hookimpls())]
+    assert called == ["template_override", "local_b", "local_a", *families, "installed_family", "gguf_template"]
+    # so an installed plugin answers only for models no family claims (tryfirst changes that)
+    gemma = model_info(family="gemma", architecture="gemma3")
+    assert pm.detect_family(gemma.metadata, gemma.spec) == "local_b"
+
+
+def test_an_entry_point_named_like_a_family_replaces_it(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    installed = module_from_source("gemma_ep", GEMMA_REPLACEMENT.replace("my gemma:", "installed:"))
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kwargs: [FakeEntryPoint("gemma", installed)])
+    pm = make_plugin_manager(config(tmp_path, plugins_required=True))
+    assert pm.manager.get_plugin("gemma") is installed and pm.origins["gemma"] == "fake_gemma"
+    assert render(pm, model_info(family="gemma"), MESSAGES).text == "installed:Be brief.|Hi"
+
+
 def test_a_subset_of_hook_arguments_is_accepted(tmp_path):
     folder = plugin_dir(tmp_path, {"lean.py": "import ggufd\n@ggufd.hookimpl\ndef detect_family(metadata):\n    return None\n"})
     assert "lean" in names(make_plugin_manager(config(tmp_path, plugins_dir=folder)))
@@ -185,7 +326,7 @@ def tiny_info(tiny_model, tmp_path) -> ModelInfo:
     models = tmp_path / "tiny-models"
     models.mkdir()
     shutil.copy(tiny_model, models / "tiny.gguf")
-    cfg = Config(models_dir=models, plugins_dir=REPO / "plugins")
+    cfg = Config(models_dir=models)
     registry = build_registry(cfg, make_plugin_manager(cfg))
     info = registry.get("tiny")
     assert info.family == "gguf-template"  # ChatML template in the GGUF, not a gemma
@@ -213,7 +354,7 @@ def family_manager(tmp_path, marker: str = "", family: str = "fam"):
 
 
 def test_gguf_template_renders_when_no_other_plugin_answers(tiny_info, tmp_path):
-    pm = make_plugin_manager(Config(models_dir=tmp_path, plugins_dir=REPO / "plugins"))
+    pm = make_plugin_manager(Config(models_dir=tmp_path))
     prompt = pm.hook.format_chat(model=tiny_info, messages=MESSAGES)
     assert isinstance(prompt, ChatPrompt)
     assert prompt.text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
@@ -255,7 +396,7 @@ def test_disabling_template_override_lets_the_family_plugin_answer(tiny_info, tm
 
 
 def test_gemma_plugin_detects_by_file_name_and_formats_gemma_turns(tiny_info, tmp_path):
-    pm = make_plugin_manager(Config(models_dir=tmp_path, plugins_dir=REPO / "plugins"))
+    pm = make_plugin_manager(Config(models_dir=tmp_path))
     spec = replace(tiny_info.spec, id="my-gemma", path=tiny_info.path.with_name("My-Gemma-2b.gguf"))
     assert pm.hook.detect_family(metadata=tiny_info.metadata, spec=spec) == "gemma"
     info = ModelInfo(spec=spec, metadata=tiny_info.metadata, family="gemma")
@@ -284,14 +425,15 @@ def test_read_metadata_model_info_without_the_registry(tiny_model, tmp_path):
 
 
 def test_describe_plugins_lists_hooks_per_plugin(tmp_path):
-    pm = make_plugin_manager(config(tmp_path, plugins_dir=REPO / "plugins"))
+    pm = make_plugin_manager(config(tmp_path))
     described = {entry["name"]: entry for entry in describe_plugins(pm)}
     assert described["gemma"] == {
         "name": "gemma",
         "hooks": ["detect_family", "format_chat", "stop_sequences"],
-        "origin": str(REPO / "plugins" / "gemma.py"),
+        "origin": BUILTIN_ORIGIN,
         "version": None,
     }
+    assert described["gpt_oss"]["hooks"] == ["answer_filter", "detect_family", "format_chat", "parse_tool_calls", "stop_sequences"]
     assert described["directory_discovery"]["hooks"] == ["discover_models"]
     assert described["config_models"]["hooks"] == ["discover_models"]
     assert described["template_override"]["hooks"] == ["format_chat"]
@@ -300,7 +442,7 @@ def test_describe_plugins_lists_hooks_per_plugin(tmp_path):
 
 
 def test_describe_plugins_skips_blocked_plugins(tmp_path):
-    pm = make_plugin_manager(config(tmp_path, plugins_dir=REPO / "plugins", disable_plugins=("gemma",)))
+    pm = make_plugin_manager(config(tmp_path, disable_plugins=("gemma",)))
     assert "gemma" not in {entry["name"] for entry in describe_plugins(pm)}
 
 
@@ -344,8 +486,8 @@ def test_every_hookspec_documents_its_parameters_and_result(name):
         assert "firstresult" in doc, f"{name}: firstresult semantics undocumented"
 
 
-def test_every_hook_is_implemented_by_a_builtin_or_repo_plugin(tmp_path):
-    pm = make_plugin_manager(config(tmp_path, plugins_dir=REPO / "plugins"))
+def test_every_hook_is_implemented_by_a_builtin_plugin(tmp_path):
+    pm = make_plugin_manager(config(tmp_path))
     implemented = {hook for entry in describe_plugins(pm) for hook in entry["hooks"]}
     unimplemented = set(hookspec_functions()) - implemented
     assert unimplemented <= {"startup", "shutdown"}, unimplemented

@@ -13,11 +13,12 @@ import pytest
 import gguf_factory
 from ggufd.config import load_config
 from ggufd.errors import ConfigError, ModelNotFound
-from ggufd.plugins import make_plugin_manager
+from ggufd.plugins import FAMILY_PLUGINS, make_plugin_manager
 from ggufd.registry import build_registry
 
 REPO = Path(__file__).resolve().parent.parent
-PLUGINS_DIR = REPO / "plugins"
+#: the built-in model families, by plugin name (disable_plugins switches them off)
+FAMILIES = [name.rsplit(".", 1)[-1] for name in FAMILY_PLUGINS]
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +42,13 @@ def registry_for(
     models_dir: Path,
     extra: str = "",
     *,
-    plugins: bool = True,
+    families: bool = True,
 ):
-    """Write a TOML config and build the registry with the real plugin manager."""
+    """Write a TOML config and build the registry with the real plugin manager; without
+    ``families`` the built-in family plugins are disabled (only the defaults answer)."""
     lines = [f"models_dir = {toml_str(models_dir)}"]
-    lines.append(f"plugins_dir = {toml_str(PLUGINS_DIR if plugins else '')}")  # "" = no plugins folder
+    if not families:
+        lines.append(f"disable_plugins = {json.dumps(FAMILIES)}")
     config_path = tmp_path / "ggufd.toml"
     # top-level keys first, tables (extra) after
     config_path.write_text("\n".join(lines) + "\n" + extra)
@@ -358,9 +361,9 @@ def test_detect_family(tiny_model, no_template_model, broken_template_model, tmp
     }
 
 
-def test_without_the_gemma_plugin_a_gemma_name_is_just_a_template_model(tiny_model, tmp_path, models_dir):
+def test_without_the_family_plugins_a_gemma_name_is_just_a_template_model(tiny_model, tmp_path, models_dir):
     copy_model(tiny_model, models_dir / "gemma-lookalike.gguf")
-    registry = registry_for(tmp_path, models_dir, plugins=False)
+    registry = registry_for(tmp_path, models_dir, families=False)
     assert registry.get("gemma-lookalike").family == "gguf-template"
 
 

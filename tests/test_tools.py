@@ -36,11 +36,11 @@ def client(tiny_model, tmp_path_factory):
     """The tool descriptions are long in the tiny model's small vocabulary: a 2k context."""
     import shutil
 
-    from conftest import REPO, Daemon, write_config
+    from conftest import Daemon, write_config
 
     folder = tmp_path_factory.mktemp("tools")
     shutil.copy(tiny_model, folder / "tiny.gguf")
-    config = write_config(folder / "ggufd.toml", {"models_dir": str(folder), "plugins_dir": str(REPO / "plugins"), "llama": {"n_ctx": 2048, "n_threads": 1}})
+    config = write_config(folder / "ggufd.toml", {"models_dir": str(folder), "llama": {"n_ctx": 2048, "n_threads": 1}})
     daemon = Daemon(config).start()
     yield openai.OpenAI(base_url=daemon.url + "/v1", api_key="unused", max_retries=0)
     daemon.stop()

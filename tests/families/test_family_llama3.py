@@ -1,153 +1,27 @@
-"""The llama3 family plugin (plugins/llama3.py): golden prompts byte for byte, cross-checks against
-Meta's published Llama 3 and Llama 3.1 chat templates, family detection, stop strings, and
+"""The llama3 family plugin (ggufd/families/llama3.py): golden prompts byte for byte, cross-checks
+against Meta's published Llama 3.1 chat template with tool calls (the plain chats are in
+test_family_contract.py, for the Llama 3 template too), the dated preamble, family detection, and
 the Llama 3.1 JSON tool-call syntax."""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
 import gguf_factory
-from ggufd.chat_template import render_chat_template
+from family_kit import LLAMA3, LLAMA3_TEMPLATE, LLAMA31_TEMPLATE, TEXT_CHATS
 from ggufd.config import load_config
 from ggufd.default_plugins import gguf_template
-from ggufd.gguf_metadata import GGUFMetadata, read_metadata
+from ggufd.gguf_metadata import read_metadata
 from ggufd.plugins import make_plugin_manager
 from ggufd.registry import build_registry
-from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
+from ggufd.testing import model_spec
+from ggufd.types import ChatPrompt, ModelSpec
 
-# The chat_template of meta-llama/Meta-Llama-3-8B-Instruct (tokenizer_config.json), as published.
-LLAMA3_TEMPLATE = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}"
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}"
-    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
-)
-
-# The chat_template of meta-llama/Llama-3.1-8B-Instruct (tokenizer_config.json), as published.
-LLAMA31_TEMPLATE = r"""{{- bos_token }}
-{%- if custom_tools is defined %}
-    {%- set tools = custom_tools %}
-{%- endif %}
-{%- if not tools_in_user_message is defined %}
-    {%- set tools_in_user_message = true %}
-{%- endif %}
-{%- if not date_string is defined %}
-    {%- set date_string = "26 Jul 2024" %}
-{%- endif %}
-{%- if not tools is defined %}
-    {%- set tools = none %}
-{%- endif %}
-
-{#- This block extracts the system message, so we can slot it into the right place. #}
-{%- if messages[0]['role'] == 'system' %}
-    {%- set system_message = messages[0]['content']|trim %}
-    {%- set messages = messages[1:] %}
-{%- else %}
-    {%- set system_message = "" %}
-{%- endif %}
-
-{#- System message + builtin tools #}
-{{- "<|start_header_id|>system<|end_header_id|>\n\n" }}
-{%- if builtin_tools is defined or tools is not none %}
-    {{- "Environment: ipython\n" }}
-{%- endif %}
-{%- if builtin_tools is defined %}
-    {{- "Tools: " + builtin_tools | reject('equalto', 'code_interpreter') | join(", ") + "\n\n"}}
-{%- endif %}
-{{- "Cutting Knowledge Date: December 2023\n" }}
-{{- "Today Date: " + date_string + "\n\n" }}
-{%- if tools is not none and not tools_in_user_message %}
-    {{- "You have access to the following functions. To call a function, please respond with JSON for a function call." }}
-    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
-    {{- "Do not use variables.\n\n" }}
-    {%- for t in tools %}
-        {{- t | tojson(indent=4) }}
-        {{- "\n\n" }}
-    {%- endfor %}
-{%- endif %}
-{{- system_message }}
-{{- "<|eot_id|>" }}
-
-{#- Custom tools are passed in a user message with some extra guidance #}
-{%- if tools_in_user_message and not tools is none %}
-    {#- Extract the first user message so we can plug it in here #}
-    {%- if messages | length != 0 %}
-        {%- set first_user_message = messages[0]['content']|trim %}
-        {%- set messages = messages[1:] %}
-    {%- else %}
-        {{- raise_exception("Cannot put tools in the first user message when there's no first user message!") }}
-{%- endif %}
-    {{- '<|start_header_id|>user<|end_header_id|>\n\n' -}}
-    {{- "Given the following functions, please respond with a JSON for a function call " }}
-    {{- "with its proper arguments that best answers the given prompt.\n\n" }}
-    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
-    {{- "Do not use variables.\n\n" }}
-    {%- for t in tools %}
-        {{- t | tojson(indent=4) }}
-        {{- "\n\n" }}
-    {%- endfor %}
-    {{- first_user_message + "<|eot_id|>"}}
-{%- endif %}
-
-{%- for message in messages %}
-    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}
-        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' }}
-    {%- elif 'tool_calls' in message %}
-        {%- if not message.tool_calls|length == 1 %}
-            {{- raise_exception("This model only supports single tool-calls at once!") }}
-        {%- endif %}
-        {%- set tool_call = message.tool_calls[0].function %}
-        {%- if builtin_tools is defined and tool_call.name in builtin_tools %}
-            {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
-            {{- "<|python_tag|>" + tool_call.name + ".call(" }}
-            {%- for arg_name, arg_val in tool_call.arguments | items %}
-                {{- arg_name + '="' + arg_val + '"' }}
-                {%- if not loop.last %}
-                    {{- ", " }}
-                {%- endif %}
-            {%- endfor %}
-            {{- ")" }}
-        {%- else  %}
-            {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
-            {{- '{"name": "' + tool_call.name + '", ' }}
-            {{- '"parameters": ' }}
-            {{- tool_call.arguments | tojson }}
-            {{- "}" }}
-        {%- endif %}
-        {%- if builtin_tools is defined %}
-            {#- This means we're in ipython mode #}
-            {{- "<|eom_id|>" }}
-        {%- else %}
-            {{- "<|eot_id|>" }}
-        {%- endif %}
-    {%- elif message.role == "tool" or message.role == "ipython" %}
-        {{- "<|start_header_id|>ipython<|end_header_id|>\n\n" }}
-        {%- if message.content is mapping or message.content is iterable %}
-            {{- message.content | tojson }}
-        {%- else %}
-            {{- message.content }}
-        {%- endif %}
-        {{- "<|eot_id|>" }}
-    {%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
-{%- endif %}
-"""
-
-SYSTEM_AND_USER = [
-    {"role": "system", "content": "You are a helpful assistant."},
-    {"role": "user", "content": "What is the capital of France?"},
-]
-MULTI_TURN = [
-    {"role": "user", "content": "Hi"},
-    {"role": "assistant", "content": "Hello! How can I help?"},
-    {"role": "user", "content": "Name a colour."},
-]
+SYSTEM_AND_USER = TEXT_CHATS["system-and-user"]
+MULTI_TURN = TEXT_CHATS["multi-turn"]
 TOOL_CONVERSATION = [
     {"role": "user", "content": "What's the weather in Paris?"},
     {
@@ -166,56 +40,13 @@ E = "<|end_header_id|>\n\n"
 EOT = "<|eot_id|>"
 GENERATION = f"{H}assistant{E}"
 PREAMBLE = f"{H}system{E}Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
-
-
-def metadata(template: str | None = None, name: str | None = "Meta Llama 3.1 8B Instruct", architecture: str | None = "llama", add_bos: bool = True) -> GGUFMetadata:
-    values = {"tokenizer.ggml.add_bos_token": add_bos}
-    if architecture is not None:
-        values["general.architecture"] = architecture
-    if name is not None:
-        values["general.name"] = name
-    if template is not None:
-        values["tokenizer.chat_template"] = template
-    return GGUFMetadata(version=3, tensor_count=0, values=values, array_lengths={}, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
-
-
-def model(family: str = "llama3", meta: GGUFMetadata | None = None, file_name: str = "model.gguf") -> ModelInfo:
-    return ModelInfo(
-        spec=ModelSpec(id=file_name[: -len(".gguf")], path=Path("/models") / file_name),
-        metadata=meta or metadata(),
-        family=family,
-    )
-
-
-def spec(file_name: str = "model.gguf") -> ModelSpec:
-    return ModelSpec(id=file_name[: -len(".gguf")], path=Path("/models") / file_name)
-
-
-def hf_messages(messages):
-    """The same chat as Hugging Face templates expect it: arguments and JSON tool results as objects
-    (given as strings, the Llama 3.1 template would JSON-quote a tool result: strings are iterable)."""
-    result = []
-    for message in messages:
-        message = dict(message)
-        if message.get("tool_calls"):
-            message["tool_calls"] = [
-                {**call, "function": {**call["function"], "arguments": json.loads(call["function"]["arguments"])}}
-                for call in message["tool_calls"]
-            ]
-        if message["role"] == "tool":
-            message["content"] = json.loads(message["content"])
-        result.append(message)
-    return result
-
-
-def official(template: str, messages) -> str:
-    return render_chat_template(template, hf_messages(messages), metadata(template)).text
+metadata, model = LLAMA3.metadata, LLAMA3.model
 
 
 @pytest.fixture(scope="module")
 def llama3(pm):
     plugin = pm.manager.get_plugin("llama3")
-    assert plugin is not None, "plugins/llama3.py was not loaded"
+    assert plugin is not None and plugin.__name__ == "ggufd.families.llama3"
     return plugin
 
 
@@ -292,13 +123,6 @@ def test_add_bos_follows_the_gguf(llama3):
     assert llama3.format_chat(model=model(meta=metadata(add_bos=False)), messages=MULTI_TURN).add_bos is False
 
 
-def test_other_families_are_left_to_other_plugins(llama3):
-    for family in ("gguf-template", "chatml", "mistral", "gemma"):
-        assert llama3.format_chat(model=model(family=family), messages=MULTI_TURN) is None
-        assert llama3.stop_sequences(model=model(family=family)) is None
-        assert llama3.parse_tool_calls(model=model(family=family), text='{"name": "f", "parameters": {}}') is None
-
-
 # --------------------------------------------------------------------------- Llama 3.1 preamble
 
 
@@ -340,39 +164,17 @@ def test_llama32_template_dates_the_preamble_today(llama3):
     prompt = llama3.format_chat(model=model(meta=metadata(template)), messages=SYSTEM_AND_USER)
     after = datetime.now().strftime("%d %b %Y")
     assert any(prompt.text.startswith(f"{H}system{E}Cutting Knowledge Date: December 2023\nToday Date: {day}\n\n") for day in (before, after))
-    assert prompt.text == official(template, SYSTEM_AND_USER) or before != after
+    assert prompt.text == LLAMA3.reference(template, SYSTEM_AND_USER).text or before != after
 
 
 # --------------------------------------------------------------------------- Meta's templates
 
 
-TEXT_CHATS = [
-    [{"role": "user", "content": "Hi"}],
-    SYSTEM_AND_USER,
-    MULTI_TURN,
-    [
-        {"role": "system", "content": "Sys line 1\nSys line 2  "},
-        {"role": "user", "content": "  padded user text \n"},
-        {"role": "assistant", "content": "\n answer with spaces  "},
-        {"role": "user", "content": "multi\nline\n\ncontent"},
-        {"role": "assistant", "content": "日本語 😀 café"},
-        {"role": "user", "content": "<b>tags</b> & {{ braces }} {% not jinja %}"},
-    ],
-]
-
-
-@pytest.mark.parametrize("messages", TEXT_CHATS, ids=lambda m: f"{len(m)}-messages")
-def test_plugin_matches_metas_llama3_template(llama3, messages):
-    reference = official(LLAMA3_TEMPLATE, messages)
+def test_plugin_matches_metas_llama31_template_with_a_tool_call(llama3):
+    # the plain chats, with the Llama 3 and 3.1 templates, are checked in test_family_contract.py
+    reference = LLAMA3.reference(LLAMA31_TEMPLATE, TOOL_CONVERSATION).text
     assert not reference.startswith("<|begin_of_text|>")  # the tokenizer adds it
-    assert llama3.format_chat(model=model(meta=metadata(LLAMA3_TEMPLATE)), messages=messages).text == reference
-
-
-@pytest.mark.parametrize("messages", TEXT_CHATS + [TOOL_CONVERSATION], ids=lambda m: f"{len(m)}-messages")
-def test_plugin_matches_metas_llama31_template(llama3, messages):
-    reference = official(LLAMA31_TEMPLATE, messages)
-    assert not reference.startswith("<|begin_of_text|>")
-    assert llama3.format_chat(model=model(meta=metadata(LLAMA31_TEMPLATE)), messages=messages).text == reference
+    assert llama3.format_chat(model=model(meta=metadata(LLAMA31_TEMPLATE)), messages=TOOL_CONVERSATION).text == reference
 
 
 # --------------------------------------------------------------------------- family and stops
@@ -381,41 +183,32 @@ def test_plugin_matches_metas_llama31_template(llama3, messages):
 def test_detect_family_positive(llama3):
     # the template's header markers
     for template in (LLAMA3_TEMPLATE, LLAMA31_TEMPLATE):
-        assert llama3.detect_family(metadata=metadata(template, name=None), spec=spec()) == "llama3"
+        assert llama3.detect_family(metadata=metadata(template, name=None), spec=model_spec()) == "llama3"
     # without a template, the name or the file name
     for name in ("Meta Llama 3.1 8B Instruct", "Llama-3.2-1B-Instruct", "llama3-8b", "Llama 3.3 70B"):
-        assert llama3.detect_family(metadata=metadata(name=name), spec=spec()) == "llama3", name
-    assert llama3.detect_family(metadata=metadata(name=None), spec=spec("Meta-Llama-3-8B-Instruct.Q4_K_M.gguf")) == "llama3"
+        assert llama3.detect_family(metadata=metadata(name=name), spec=model_spec()) == "llama3", name
+    assert llama3.detect_family(metadata=metadata(name=None), spec=model_spec("Meta-Llama-3-8B-Instruct.Q4_K_M")) == "llama3"
 
 
 def test_detect_family_negative(llama3, tiny_model):
     # another architecture, even with the llama 3 template or name
     for arch in ("qwen2", "gemma3", None):
-        assert llama3.detect_family(metadata=metadata(LLAMA31_TEMPLATE, architecture=arch), spec=spec()) is None
+        assert llama3.detect_family(metadata=metadata(LLAMA31_TEMPLATE, architecture=arch), spec=model_spec()) is None
     # a Llama 3 fine-tune whose own template is ChatML (Hermes 3) is not llama3
     hermes = metadata(gguf_factory.DEFAULT_CHAT_TEMPLATE, name="Hermes 3 Llama 3.1 8B")
-    assert llama3.detect_family(metadata=hermes, spec=spec("Hermes-3-Llama-3.1-8B.gguf")) is None
+    assert llama3.detect_family(metadata=hermes, spec=model_spec("Hermes-3-Llama-3.1-8B")) is None
     # Llama 1/2 names, other llama-architecture models
     for name in ("LLaMA 30B", "llama-33b", "Llama 2 7B Chat", "tiny-llama", "Mistral 7B Instruct v0.3"):
-        assert llama3.detect_family(metadata=metadata(name=name), spec=spec()) is None, name
-    assert llama3.detect_family(metadata=metadata("[INST] {{ messages }} [/INST]", name="Llama 3 lookalike"), spec=spec()) is None
+        assert llama3.detect_family(metadata=metadata(name=name), spec=model_spec()) is None, name
+    assert llama3.detect_family(metadata=metadata("[INST] {{ messages }} [/INST]", name="Llama 3 lookalike"), spec=model_spec()) is None
     assert llama3.detect_family(metadata=read_metadata(tiny_model), spec=ModelSpec(id="tiny", path=tiny_model)) is None
 
 
 def test_a_qwen_model_is_not_claimed(pm, llama3):
     qwen = metadata("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}", name="Qwen2.5 7B Instruct", architecture="qwen2")
-    assert llama3.detect_family(metadata=qwen, spec=spec("Qwen2.5-7B-Instruct.gguf")) is None
-    assert pm.hook.detect_family(metadata=qwen, spec=spec("Qwen2.5-7B-Instruct.gguf")) == "chatml"
-    assert pm.hook.detect_family(metadata=metadata(LLAMA31_TEMPLATE), spec=spec()) == "llama3"
-
-
-def test_stop_sequences(pm, llama3):
-    assert llama3.stop_sequences(model=model()) == ["<|eot_id|>", "<|eom_id|>", "<|start_header_id|>"]
-    stops = [s for answer in pm.hook.stop_sequences(model=model()) for s in answer]
-    assert {"<|eot_id|>", "<|eom_id|>", "<|start_header_id|>"} <= set(stops)
-    for family in ("gguf-template", "generic", "chatml"):
-        stops = [s for answer in pm.hook.stop_sequences(model=model(family)) for s in answer]
-        assert "<|eot_id|>" not in stops
+    assert llama3.detect_family(metadata=qwen, spec=model_spec("Qwen2.5-7B-Instruct")) is None
+    assert pm.hook.detect_family(metadata=qwen, spec=model_spec("Qwen2.5-7B-Instruct")) == "chatml"
+    assert pm.hook.detect_family(metadata=metadata(LLAMA31_TEMPLATE), spec=model_spec()) == "llama3"
 
 
 # --------------------------------------------------------------------------- tool calls
@@ -482,7 +275,7 @@ def test_a_llama31_gguf_end_to_end(tmp_path):
     info = registry.get("Meta-Llama-3.1-8B-Instruct-Q4_K_M")
     assert info.family == "llama3"
     assert registry.get("llama-3-no-template").family == "llama3"
-    prompt = pm.hook.format_chat(model=info, messages=TEXT_CHATS[3])
+    prompt = pm.hook.format_chat(model=info, messages=TEXT_CHATS["odd-content-spaces-after-system"])
     # the family plugin and ggufd's rendering of the GGUF's own template agree
-    assert prompt.text == gguf_template.format_chat(model=info, messages=TEXT_CHATS[3]).text
+    assert prompt.text == gguf_template.format_chat(model=info, messages=TEXT_CHATS["odd-content-spaces-after-system"]).text
     assert prompt.add_bos is True and prompt.stop == ("<|eot_id|>", "<|eom_id|>")

@@ -1,178 +1,20 @@
-"""The gpt-oss plugin (plugins/gpt_oss.py): golden harmony prompts byte for byte (tool calls and
-results included), a cross-check against OpenAI's published template, family detection, stop
-strings, taking generated text apart by channel, and parsing harmony tool calls."""
+"""The gpt-oss plugin (ggufd/families/gpt_oss.py): golden harmony prompts byte for byte (tool calls and
+results included; the plain chats against OpenAI's published template are in
+test_family_contract.py), family detection, taking generated text apart by channel, and parsing
+harmony tool calls."""
 
 from __future__ import annotations
 
 import datetime
 import random
-from pathlib import Path
 
 import pytest
 
 import gguf_factory
-from ggufd.chat_template import render_chat_template
+from family_kit import GPT_OSS, GPT_OSS_DATE as DATE, HARMONY_TEMPLATE, TEXT_CHATS
 from ggufd.errors import InvalidRequest
-from ggufd.gguf_metadata import GGUFMetadata, read_metadata
-from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
-
-REPO = Path(__file__).resolve().parent.parent
-DATE = "2025-08-05"
-
-# openai/gpt-oss-120b, chat_template.jinja (as in llama.cpp's models/templates/), from
-# "System Message Construction" on: the macros before it render tool definitions
-# (``tools``/``builtin_tools``), which ggufd never passes.
-HARMONY_TEMPLATE = r"""{#- System Message Construction ============================================ #}
-{%- macro build_system_message() -%}
-    {%- if model_identity is not defined %}
-        {%- set model_identity = "You are ChatGPT, a large language model trained by OpenAI." %}
-    {%- endif %}
-    {{- model_identity + "\n" }}
-    {{- "Knowledge cutoff: 2024-06\n" }}
-    {{- "Current date: " + strftime_now("%Y-%m-%d") + "\n\n" }}
-    {%- if reasoning_effort is not defined %}
-        {%- set reasoning_effort = "medium" %}
-    {%- endif %}
-    {{- "Reasoning: " + reasoning_effort + "\n\n" }}
-    {%- if builtin_tools %}
-        {{- "# Tools\n\n" }}
-        {%- set available_builtin_tools = namespace(browser=false, python=false) %}
-        {%- for tool in builtin_tools %}
-            {%- if tool == "browser" %}
-                {%- set available_builtin_tools.browser = true %}
-            {%- elif tool == "python" %}
-                {%- set available_builtin_tools.python = true %}
-            {%- endif %}
-        {%- endfor %}
-        {{- render_builtin_tools(available_builtin_tools.browser, available_builtin_tools.python) }}
-    {%- endif -%}
-    {{- "# Valid channels: analysis, commentary, final. Channel must be included for every message." }}
-    {%- if tools -%}
-        {{- "\nCalls to these tools must go to the commentary channel: 'functions'." }}
-    {%- endif -%}
-{%- endmacro -%}
-
-{#- Main Template Logic ================================================= #}
-{#- Set defaults #}
-
-{#- Render system message #}
-{{- "<|start|>system<|message|>" }}
-{{- build_system_message() }}
-{{- "<|end|>" }}
-
-{#- Extract developer message #}
-{%- if messages[0].role == "developer" or messages[0].role == "system" %}
-    {%- set developer_message = messages[0].content %}
-    {%- set loop_messages = messages[1:] %}
-{%- else %}
-    {%- set developer_message = "" %}
-    {%- set loop_messages = messages %}
-{%- endif %}
-
-{#- Render developer message #}
-{%- if developer_message or tools %}
-    {{- "<|start|>developer<|message|>" }}
-    {%- if developer_message %}
-        {{- "# Instructions\n\n" }}
-        {{- developer_message }}
-        {{- "\n\n" }}
-    {%- endif %}
-    {%- if tools -%}
-        {{- "# Tools\n\n" }}
-        {{- render_tool_namespace("functions", tools) }}
-    {%- endif -%}
-    {{- "<|end|>" }}
-{%- endif %}
-
-{#- Render messages #}
-{%- set last_tool_call = namespace(name=none) %}
-{%- for message in loop_messages -%}
-    {#- At this point only assistant/user/tool messages should remain #}
-    {%- if message.role == 'assistant' -%}
-        {#- Checks to ensure the messages are being passed in the format we expect #}
-        {%- if "content" in message %}
-            {%- if "<|channel|>analysis<|message|>" in message.content or "<|channel|>final<|message|>" in message.content %}
-                {{- raise_exception("You have passed a message containing <|channel|> tags in the content field. Instead of doing this, you should pass analysis messages (the string between '<|message|>' and '<|end|>') in the 'thinking' field, and final messages (the string between '<|message|>' and '<|end|>') in the 'content' field.") }}
-            {%- endif %}
-        {%- endif %}
-        {%- if "thinking" in message %}
-            {%- if "<|channel|>analysis<|message|>" in message.thinking or "<|channel|>final<|message|>" in message.thinking %}
-                {{- raise_exception("You have passed a message containing <|channel|> tags in the thinking field. Instead of doing this, you should pass analysis messages (the string between '<|message|>' and '<|end|>') in the 'thinking' field, and final messages (the string between '<|message|>' and '<|end|>') in the 'content' field.") }}
-            {%- endif %}
-        {%- endif %}
-        {%- if "tool_calls" in message %}
-            {#- We need very careful handling here - we want to drop the tool call analysis message if the model #}
-            {#- has output a later <|final|> message, but otherwise we want to retain it. This is the only case #}
-            {#- when we render CoT/analysis messages in inference. #}
-            {%- set future_final_message = namespace(found=false) %}
-            {%- for future_message in loop_messages[loop.index:] %}
-                {%- if future_message.role == 'assistant' and "tool_calls" not in future_message %}
-                    {%- set future_final_message.found = true %}
-                {%- endif %}
-            {%- endfor %}
-            {#- We assume max 1 tool call per message, and so we infer the tool call name #}
-            {#- in "tool" messages from the most recent assistant tool call name #}
-            {%- set tool_call = message.tool_calls[0] %}
-            {%- if tool_call.function %}
-                {%- set tool_call = tool_call.function %}
-            {%- endif %}
-            {%- if message.content and message.thinking %}
-                {{- raise_exception("Cannot pass both content and thinking in an assistant message with tool calls! Put the analysis message in one or the other, but not both.") }}
-            {%- elif message.content and not future_final_message.found %}
-                {{- "<|start|>assistant<|channel|>analysis<|message|>" + message.content + "<|end|>" }}
-            {%- elif message.thinking and not future_final_message.found %}
-                {{- "<|start|>assistant<|channel|>analysis<|message|>" + message.thinking + "<|end|>" }}
-            {%- endif %}
-            {{- "<|start|>assistant to=" }}
-            {{- "functions." + tool_call.name + "<|channel|>commentary " }}
-            {{- (tool_call.content_type if tool_call.content_type is defined else "json") + "<|message|>" }}
-            {{- tool_call.arguments|tojson }}
-            {{- "<|call|>" }}
-            {%- set last_tool_call.name = tool_call.name %}
-        {%- elif loop.last and not add_generation_prompt %}
-            {#- Only render the CoT if the final turn is an assistant turn and add_generation_prompt is false #}
-            {#- This is a situation that should only occur in training, never in inference. #}
-            {%- if "thinking" in message %}
-                {{- "<|start|>assistant<|channel|>analysis<|message|>" + message.thinking + "<|end|>" }}
-            {%- endif %}
-            {#- <|return|> indicates the end of generation, but <|end|> does not #}
-            {#- <|return|> should never be an input to the model, but we include it as the final token #}
-            {#- when training, so the model learns to emit it. #}
-            {{- "<|start|>assistant<|channel|>final<|message|>" + message.content + "<|return|>" }}
-        {%- else %}
-            {#- CoT is dropped during all previous turns, so we never render it for inference #}
-            {{- "<|start|>assistant<|channel|>final<|message|>" + message.content + "<|end|>" }}
-            {%- set last_tool_call.name = none %}
-        {%- endif %}
-    {%- elif message.role == 'tool' -%}
-        {%- if last_tool_call.name is none %}
-            {{- raise_exception("Message has tool role, but there was no previous assistant message with a tool call!") }}
-        {%- endif %}
-        {{- "<|start|>functions." + last_tool_call.name }}
-        {{- " to=assistant<|channel|>commentary<|message|>" + message.content|tojson + "<|end|>" }}
-    {%- elif message.role == 'user' -%}
-        {{- "<|start|>user<|message|>" + message.content + "<|end|>" }}
-    {%- endif -%}
-{%- endfor -%}
-
-{#- Generation prompt #}
-{%- if add_generation_prompt -%}
-<|start|>assistant
-{%- endif -%}
-"""
-
-# Fingerprints of the other families' templates (the markers their plugins and ours look at).
-QWEN_TEMPLATE = "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n'}}{% endfor %}<tool_call>"
-LLAMA3_TEMPLATE = "{% for m in messages %}{{'<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] + '<|eot_id|>'}}{% endfor %}"
-GEMMA_TEMPLATE = "{% for m in messages %}{{'<start_of_turn>' + m['role'] + '\\n' + m['content'] + '<end_of_turn>\\n'}}{% endfor %}"
-PHI3_TEMPLATE = "{% for m in messages %}{{'<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n'}}{% endfor %}{{ '<|assistant|>\\n' }}"
-OTHER_FAMILIES = [
-    ("qwen2", "Qwen2.5 7B Instruct", QWEN_TEMPLATE),
-    ("llama", "Meta Llama 3.1 8B Instruct", LLAMA3_TEMPLATE),
-    ("gemma3", "Gemma 3 4b It", GEMMA_TEMPLATE),
-    ("gemma3", "Gemma 3 270m", None),
-    ("phi3", "Phi 3.5 Mini Instruct", PHI3_TEMPLATE),  # also "<|end|>", "<|assistant|>"
-]
+from ggufd.gguf_metadata import read_metadata
+from ggufd.types import ChatPrompt, ModelSpec
 
 SYSTEM = (
     "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"
@@ -181,12 +23,8 @@ SYSTEM = (
     "Reasoning: medium\n\n"
     "# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>"
 )
-SYSTEM_AND_USER = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}]
-MULTI_TURN = [
-    {"role": "user", "content": "Hi"},
-    {"role": "assistant", "content": "Hello!"},
-    {"role": "user", "content": "Name a colour."},
-]
+SYSTEM_AND_USER = TEXT_CHATS["terse-system"]
+MULTI_TURN = TEXT_CHATS["short-multi-turn"]
 WEATHER_CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
 TOOLS_THEN_USER = [
     {"role": "user", "content": "Weather in Paris?"},
@@ -196,38 +34,14 @@ TOOLS_THEN_USER = [
 ]
 RENDERED_CALL = '<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>'
 RENDERED_RESULT = '<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>{"temperature": 21}<|end|>'
-
-
-def metadata(architecture: str = "gpt-oss", template: str | None = HARMONY_TEMPLATE, name: str | None = "Gpt Oss 20b", add_bos: bool | None = False) -> GGUFMetadata:
-    values = {"general.architecture": architecture}
-    if name is not None:
-        values["general.name"] = name
-    if template is not None:
-        values["tokenizer.chat_template"] = template
-    if add_bos is not None:
-        values["tokenizer.ggml.add_bos_token"] = add_bos
-    return GGUFMetadata(version=3, tensor_count=0, values=values, array_lengths={}, bos_token="<|startoftext|>", eos_token="<|return|>")
-
-
-def model(family: str = "gpt-oss", meta: GGUFMetadata | None = None, file_name: str = "model.gguf") -> ModelInfo:
-    return ModelInfo(
-        spec=ModelSpec(id=file_name[: -len(".gguf")], path=Path("/models") / file_name),
-        metadata=meta or metadata(),
-        family=family,
-    )
-
-
-def official(messages) -> str:
-    return render_chat_template(HARMONY_TEMPLATE, messages, metadata(), strftime_now=lambda fmt: DATE).text
+metadata, model = GPT_OSS.metadata, GPT_OSS.model
 
 
 @pytest.fixture
 def gpt_oss(pm, monkeypatch):
     plugin = pm.manager.get_plugin("gpt_oss")
-    assert plugin is not None, "plugins/gpt_oss.py was not loaded"
-    assert Path(plugin.__file__) == REPO / "plugins" / "gpt_oss.py"
-    monkeypatch.setattr(plugin, "today", lambda: DATE)
-    return plugin
+    assert plugin is not None and plugin.__name__ == "ggufd.families.gpt_oss"
+    return GPT_OSS.pin(plugin, monkeypatch)  # the date in the prompt
 
 
 # --------------------------------------------------------------------------- golden prompts
@@ -331,40 +145,17 @@ def test_only_a_system_message_is_rejected(gpt_oss):
     assert info.value.param == "messages"
 
 
-def test_other_families_are_left_to_other_plugins(gpt_oss):
-    assert gpt_oss.format_chat(model=model(family="gguf-template"), messages=MULTI_TURN) is None
-    assert gpt_oss.stop_sequences(model=model(family="chatml")) is None
-    assert gpt_oss.parse_tool_calls(model=model(family="chatml"), text=RENDERED_CALL) is None
-
-
 # --------------------------------------------------------------------------- OpenAI's template
 
 
-CROSS_CHECK = [
-    [{"role": "user", "content": "Hi"}],
-    SYSTEM_AND_USER,
-    MULTI_TURN,
-    [
-        {"role": "system", "content": "Sys line 1\nSys line 2"},
-        {"role": "user", "content": "  padded user text \n"},
-        {"role": "assistant", "content": "\n answer with spaces  "},
-        {"role": "user", "content": "multi\nline\n\ncontent"},
-        {"role": "assistant", "content": "日本語 😀 café"},
-        {"role": "user", "content": "<b>tags</b> & {{ braces }} {% not jinja %}"},
-    ],
-]
-
-
-@pytest.mark.parametrize("messages", CROSS_CHECK, ids=lambda m: f"{len(m)}-messages")
-def test_plugin_matches_openais_template(gpt_oss, messages):
-    assert gpt_oss.format_chat(model=model(), messages=messages).text == official(messages)
+# the plain chats are checked for every family in test_family_contract.py
 
 
 def test_templates_tool_call_variant_is_parsed_too(gpt_oss):
     # The published template puts the recipient in the role and writes "json" without <|constrain|>;
     # the model may answer the same way after "<|start|>assistant".
     messages = [TOOLS_THEN_USER[0], {"role": "assistant", "content": "", "tool_calls": [{**WEATHER_CALL, "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}]
-    rendered = render_chat_template(HARMONY_TEMPLATE, messages, metadata(), strftime_now=lambda fmt: DATE).text
+    rendered = GPT_OSS.reference(HARMONY_TEMPLATE, messages).text  # strftime_now gives DATE
     assert '<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>' in rendered
     calls = gpt_oss.parse_tool_calls(model=model(), text=rendered.split("Weather in Paris?<|end|>")[1])
     assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == [("get_weather", '{"city": "Paris"}')]
@@ -377,22 +168,14 @@ def test_detect_family(gpt_oss):
     spec = model().spec
     assert gpt_oss.detect_family(metadata=metadata(), spec=spec) == "gpt-oss"
     assert gpt_oss.detect_family(metadata=metadata(template=None), spec=spec) == "gpt-oss"
-    assert gpt_oss.detect_family(metadata=metadata("llama", HARMONY_TEMPLATE, name="converted"), spec=spec) == "gpt-oss"
-    assert gpt_oss.detect_family(metadata=metadata("gpt2", None, name="GPT-2"), spec=spec) is None
-
-
-@pytest.mark.parametrize("architecture,name,template", OTHER_FAMILIES, ids=lambda v: str(v)[:12])
-def test_other_families_are_not_claimed(gpt_oss, pm, architecture, name, template):
-    meta = metadata(architecture, template, name=name)
-    spec = model().spec
-    assert gpt_oss.detect_family(metadata=meta, spec=spec) is None
-    assert pm.hook.detect_family(metadata=meta, spec=spec) != "gpt-oss"
+    assert gpt_oss.detect_family(metadata=metadata(HARMONY_TEMPLATE, architecture="llama", name="converted"), spec=spec) == "gpt-oss"
+    assert gpt_oss.detect_family(metadata=metadata(None, architecture="gpt2", name="GPT-2"), spec=spec) is None
 
 
 def test_through_the_plugin_manager(pm, monkeypatch):
-    monkeypatch.setattr(pm.manager.get_plugin("gpt_oss"), "today", lambda: DATE)
+    GPT_OSS.pin(pm.manager.get_plugin("gpt_oss"), monkeypatch)
     assert pm.hook.detect_family(metadata=metadata(), spec=model().spec) == "gpt-oss"
-    assert pm.hook.format_chat(model=model(), messages=SYSTEM_AND_USER).text == official(SYSTEM_AND_USER)
+    assert pm.hook.format_chat(model=model(), messages=SYSTEM_AND_USER).text == GPT_OSS.reference(HARMONY_TEMPLATE, SYSTEM_AND_USER).text
 
 
 def test_tiny_gguf_with_the_harmony_template(pm, tmp_path):
@@ -405,14 +188,10 @@ def test_tiny_gguf_with_the_harmony_template(pm, tmp_path):
 # --------------------------------------------------------------------------- stops and channels
 
 
-def test_stop_sequences(pm):
-    def stops(info):
-        return [s for answer in pm.hook.stop_sequences(model=info) for s in answer]
-
-    assert {"<|return|>", "<|call|>"} <= set(stops(model()))
-    assert "<|end|>" not in stops(model())  # it ends the analysis message, before the answer
-    for family in ("gguf-template", "generic", "gemma", "chatml"):
-        assert "<|return|>" not in stops(model(family))
+def test_end_is_no_stop_string(pm):
+    # the stop strings and the other families: test_family_contract.py
+    stops = [s for answer in pm.hook.stop_sequences(model=model()) for s in answer]
+    assert "<|end|>" not in stops  # it ends the analysis message, before the answer
 
 
 # What llama.cpp hands back for a harmony answer: <|channel|>, <|message|>, <|start|> and

@@ -1,103 +1,35 @@
-"""The deepseek plugin (plugins/deepseek.py): golden prompts byte for byte (V3 and R1 style, tool
-calls and results), a cross-check against DeepSeek's published templates, family detection (R1
-distills on llama and qwen2 included, other families left alone), stop strings, and parsing of
-DeepSeek's tool-call syntax."""
+"""The deepseek plugin (ggufd/families/deepseek.py): golden prompts byte for byte (V3 and R1 style, tool
+calls and results), cross-checks with tool calls against DeepSeek's published templates (the plain
+chats are in test_family_contract.py), family detection (R1 distills on llama and qwen2 included),
+and parsing of DeepSeek's tool-call syntax."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 import gguf_factory
-from ggufd.chat_template import render_chat_template
+from family_kit import (
+    DEEPSEEK,
+    DEEPSEEK_BOS as BOS,
+    DEEPSEEK_EOS as EOS,
+    DEEPSEEK_V2_TEMPLATE as V2_TEMPLATE,
+    DISTILL_TEMPLATE,
+    R1_TEMPLATE,
+    TEXT_CHATS,
+    published,
+)
 from ggufd.errors import InvalidRequest
-from ggufd.gguf_metadata import GGUFMetadata, read_metadata
+from ggufd.gguf_metadata import read_metadata
+from ggufd.testing import render_template
 from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
-
-REPO = Path(__file__).resolve().parent.parent
-BOS = "<｜begin▁of▁sentence｜>"
-EOS = "<｜end▁of▁sentence｜>"
-
-# deepseek-ai/DeepSeek-R1, tokenizer_config.json (JSON-decoded; "\n" in its string literals is the
-# two characters backslash and n, as in the file).
-R1_TEMPLATE = r"""{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}{% set ns = namespace(is_first=false, is_tool=false, is_output_first=true, system_prompt='', is_first_sp=true) %}{%- for message in messages %}{%- if message['role'] == 'system' %}{%- if ns.is_first_sp %}{% set ns.system_prompt = ns.system_prompt + message['content'] %}{% set ns.is_first_sp = false %}{%- else %}{% set ns.system_prompt = ns.system_prompt + '\n\n' + message['content'] %}{%- endif %}{%- endif %}{%- endfor %}{{ bos_token }}{{ ns.system_prompt }}{%- for message in messages %}{%- if message['role'] == 'user' %}{%- set ns.is_tool = false -%}{{'<｜User｜>' + message['content']}}{%- endif %}{%- if message['role'] == 'assistant' and 'tool_calls' in message %}{%- set ns.is_tool = false -%}{%- for tool in message['tool_calls'] %}{%- if not ns.is_first %}{%- if message['content'] is none %}{{'<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\n' + '```json' + '\n' + tool['function']['arguments'] + '\n' + '```' + '<｜tool▁call▁end｜>'}}{%- else %}{{'<｜Assistant｜>' + message['content'] + '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\n' + '```json' + '\n' + tool['function']['arguments'] + '\n' + '```' + '<｜tool▁call▁end｜>'}}{%- endif %}{%- set ns.is_first = true -%}{%- else %}{{'\n' + '<｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\n' + '```json' + '\n' + tool['function']['arguments'] + '\n' + '```' + '<｜tool▁call▁end｜>'}}{%- endif %}{%- endfor %}{{'<｜tool▁calls▁end｜><｜end▁of▁sentence｜>'}}{%- endif %}{%- if message['role'] == 'assistant' and 'tool_calls' not in message %}{%- if ns.is_tool %}{{'<｜tool▁outputs▁end｜>' + message['content'] + '<｜end▁of▁sentence｜>'}}{%- set ns.is_tool = false -%}{%- else %}{% set content = message['content'] %}{% if '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}{{'<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>'}}{%- endif %}{%- endif %}{%- if message['role'] == 'tool' %}{%- set ns.is_tool = true -%}{%- if ns.is_output_first %}{{'<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>'}}{%- set ns.is_output_first = false %}{%- else %}{{'<｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>'}}{%- endif %}{%- endif %}{%- endfor -%}{% if ns.is_tool %}{{'<｜tool▁outputs▁end｜>'}}{% endif %}{% if add_generation_prompt and not ns.is_tool %}{{'<｜Assistant｜><think>\n'}}{% endif %}"""
-
-# deepseek-ai/DeepSeek-R1-Distill-Qwen-32B, as llama.cpp keeps it (models/templates/): tool results
-# are joined by a newline, and the answer after tool calls is rendered whenever content is not None.
-DISTILL_TEMPLATE = r"""{% if not add_generation_prompt is defined -%}
-  {%- set add_generation_prompt = false -%}
-{%- endif -%}
-{%- set ns = namespace(is_first=false, is_tool=false, is_output_first=true, system_prompt='') -%}
-{%- for message in messages -%}
-  {%- if message['role'] == 'system' -%}
-    {%- set ns.system_prompt = message['content'] -%}
-  {%- endif -%}
-{%- endfor -%}{{bos_token}}{{ns.system_prompt}}
-{%- for message in messages -%}
-  {%- if message['role'] == 'user' -%}
-    {%- set ns.is_tool = false -%}{{'<｜User｜>' + message['content']}}
-  {%- endif -%}
-  {%- if message['role'] == 'assistant' and message['tool_calls'] -%}
-    {%- set ns.is_tool = false -%}
-    {%- for tool in message['tool_calls']-%}
-      {%- if not ns.is_first -%}
-        {{'<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\n' + '```json' + '\n' + tool['function']['arguments'] + '\n' + '```' + '<｜tool▁call▁end｜>'}}
-        {%- set ns.is_first = true -%}
-      {%- else -%}
-        {{'\n' + '<｜tool▁call▁begin｜>' + tool['type'] + '<｜tool▁sep｜>' + tool['function']['name'] + '\n' + '```json' + '\n' + tool['function']['arguments'] + '\n' + '```' + '<｜tool▁call▁end｜>'}}
-      {%- endif -%}
-    {%- endfor -%}
-    {{'<｜tool▁calls▁end｜><｜end▁of▁sentence｜>'}}
-  {%- endif -%}
-  {%- if message['role'] == 'assistant' and message['content'] is not none -%}
-    {%- if ns.is_tool -%}{{'<｜tool▁outputs▁end｜>' + message['content'] + '<｜end▁of▁sentence｜>'}}
-      {%- set ns.is_tool = false -%}
-    {%- else -%}
-      {%- set content = message['content'] -%}
-      {%- if '</think>' in content -%}
-        {%- set content = content.split('</think>')[-1] -%}
-      {%- endif -%}{{'<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>'}}
-    {%- endif -%}
-  {%- endif -%}
-  {%- if message['role'] == 'tool' -%}
-    {%- set ns.is_tool = true -%}
-    {%- if ns.is_output_first -%}{{'<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>'}}
-      {%- set ns.is_output_first = false -%}
-      {%- else -%}{{'\n<｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>'}}
-    {%- endif -%}
-  {%- endif -%}
-{%- endfor -%}
-{%- if ns.is_tool -%}{{'<｜tool▁outputs▁end｜>'}}
-{%- endif -%}
-{%- if add_generation_prompt and not ns.is_tool -%}{{'<｜Assistant｜><think>\n'}}
-{%- endif %}"""
 
 # DeepSeek V3.1 (llama.cpp's models/templates/deepseek-ai-DeepSeek-V3.1.jinja), shortened to the
 # generation prompt that marks the format: another family, left to the GGUF's own template.
 V31_TEMPLATE = "{{ bos_token }}{%- for message in messages -%}{{'<｜User｜>' + message['content']}}{%- endfor -%}{%- if add_generation_prompt -%}{{'<｜Assistant｜></think>'}}{%- endif %}"
-# deepseek-ai/DeepSeek-V2-Chat: "User:"/"Assistant:" turns, not this family's markers.
-V2_TEMPLATE = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\\n\\n' }}{% elif message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + eos_token }}{% elif message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
-
-# Fingerprints of the other families' templates (the markers their plugins and ours look at).
-QWEN_TEMPLATE = "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n'}}{% endfor %}<tool_call>"
-LLAMA3_TEMPLATE = "{% for m in messages %}{{'<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] + '<|eot_id|>'}}{% endfor %}"
-GEMMA_TEMPLATE = "{% for m in messages %}{{'<start_of_turn>' + m['role'] + '\\n' + m['content'] + '<end_of_turn>\\n'}}{% endfor %}"
-OTHER_FAMILIES = [
-    ("qwen2", "Qwen2.5 7B Instruct", QWEN_TEMPLATE),
-    ("llama", "Meta Llama 3.1 8B Instruct", LLAMA3_TEMPLATE),
-    ("gemma3", "Gemma 3 4b It", GEMMA_TEMPLATE),
-    ("gemma3", "Gemma 3 270m", None),
-    ("deepseek2", "Kimi K2 Instruct", "{% for m in messages %}<|im_user|>{{ m['content'] }}<|im_end|>{% endfor %}<|im_assistant|>"),
-]
-
-SYSTEM_AND_USER = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}]
-MULTI_TURN = [
-    {"role": "user", "content": "Hi"},
-    {"role": "assistant", "content": "Hello!"},
-    {"role": "user", "content": "Name a colour."},
-]
+SYSTEM_AND_USER = TEXT_CHATS["terse-system"]
+MULTI_TURN = TEXT_CHATS["short-multi-turn"]
 WEATHER_CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
 TOOLS_THEN_USER = [
     {"role": "user", "content": "Weather in Paris?"},
@@ -110,42 +42,15 @@ RENDERED_CALL = (
     '```json\n{"city": "Paris"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>' + EOS
 )
 RENDERED_RESULT = '<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>{"temperature": 21}<｜tool▁output▁end｜><｜tool▁outputs▁end｜>'
-
-
-def metadata(architecture: str = "deepseek2", template: str | None = None, name: str | None = "DeepSeek V3", add_bos: bool | None = True) -> GGUFMetadata:
-    values = {"general.architecture": architecture}
-    if name is not None:
-        values["general.name"] = name
-    if template is not None:
-        values["tokenizer.chat_template"] = template
-    if add_bos is not None:
-        values["tokenizer.ggml.add_bos_token"] = add_bos
-    return GGUFMetadata(version=3, tensor_count=0, values=values, array_lengths={}, bos_token=BOS, eos_token=EOS)
-
-
-def model(family: str = "deepseek", meta: GGUFMetadata | None = None, file_name: str = "model.gguf") -> ModelInfo:
-    return ModelInfo(
-        spec=ModelSpec(id=file_name[: -len(".gguf")], path=Path("/models") / file_name),
-        metadata=meta or metadata(),
-        family=family,
-    )
-
-
-def r1() -> ModelInfo:
-    return model(meta=metadata(template=R1_TEMPLATE, name="DeepSeek R1"))
-
-
-def official(template: str, messages, add_generation_prompt: bool = True) -> str:
-    # The templates test ``content is none`` for tool-calling messages: give them None, as OpenAI clients do.
-    plain = [{**m, "content": None} if m.get("tool_calls") and not m["content"] else m for m in messages]
-    return render_chat_template(template, plain, metadata(template=template), add_generation_prompt=add_generation_prompt).text
+R1 = published("deepseek", "r1")
+DISTILL = published("deepseek", "distill")
+metadata, model = DEEPSEEK.metadata, DEEPSEEK.model
 
 
 @pytest.fixture(scope="module")
 def deepseek(pm):
     plugin = pm.manager.get_plugin("deepseek")
-    assert plugin is not None, "plugins/deepseek.py was not loaded"
-    assert Path(plugin.__file__) == REPO / "plugins" / "deepseek.py"
+    assert plugin is not None and plugin.__name__ == "ggufd.families.deepseek"
     return plugin
 
 
@@ -159,7 +64,7 @@ def test_system_and_user(deepseek):
 
 
 def test_system_and_user_r1(deepseek):
-    prompt = deepseek.format_chat(model=r1(), messages=SYSTEM_AND_USER)
+    prompt = deepseek.format_chat(model=R1.model(), messages=SYSTEM_AND_USER)
     assert prompt.text == "You are terse.<｜User｜>Hi<｜Assistant｜><think>\n"
 
 
@@ -174,7 +79,7 @@ def test_multi_turn_r1_drops_earlier_reasoning(deepseek):
         {"role": "assistant", "content": "<think>\nThe user greets me.\n</think>\n\nHello!"},
         {"role": "user", "content": "Name a colour."},
     ]
-    prompt = deepseek.format_chat(model=r1(), messages=messages)
+    prompt = deepseek.format_chat(model=R1.model(), messages=messages)
     assert prompt.text == "<｜User｜>Hi<｜Assistant｜>\n\nHello!" + EOS + "<｜User｜>Name a colour.<｜Assistant｜><think>\n"
 
 
@@ -221,7 +126,7 @@ def test_two_calls_and_two_results(deepseek):
         "<｜tool▁output▁begin｜>10:00<｜tool▁output▁end｜><｜tool▁outputs▁end｜>"
     )
     # R1's own template joins the results without a newline, and so does the plugin for it
-    assert "<｜tool▁output▁end｜><｜tool▁output▁begin｜>" in deepseek.format_chat(model=r1(), messages=messages).text
+    assert "<｜tool▁output▁end｜><｜tool▁output▁begin｜>" in deepseek.format_chat(model=R1.model(), messages=messages).text
 
 
 def test_a_second_round_of_tool_calls_opens_its_own_blocks(deepseek):
@@ -252,50 +157,33 @@ def test_only_a_system_message_is_rejected(deepseek):
     assert info.value.status == 400 and info.value.param == "messages"
 
 
-def test_other_families_are_left_to_other_plugins(deepseek):
-    assert deepseek.format_chat(model=model(family="gguf-template"), messages=MULTI_TURN) is None
-    assert deepseek.stop_sequences(model=model(family="chatml")) is None
-    assert deepseek.parse_tool_calls(model=model(family="chatml"), text=RENDERED_CALL) is None
-
-
 # --------------------------------------------------------------------------- DeepSeek's templates
 
 
-CROSS_CHECK = [
-    [{"role": "user", "content": "Hi"}],
-    SYSTEM_AND_USER,
-    MULTI_TURN,
-    [
-        {"role": "system", "content": "Sys line 1\nSys line 2"},
-        {"role": "user", "content": "  padded user text \n"},
-        {"role": "assistant", "content": "<think>\nreasoning\n</think>\n\n answer with spaces  "},
-        {"role": "user", "content": "multi\nline\n\ncontent"},
-        {"role": "assistant", "content": "日本語 😀 café"},
-        {"role": "user", "content": "<b>tags</b> & {{ braces }} {% not jinja %}"},
-    ],
+# the plain chats are checked for every family in test_family_contract.py
+TOOL_CROSS_CHECK = [
     TOOLS_THEN_USER[:3],
     [*TOOLS_THEN_USER[:3], {"role": "assistant", "content": "21 °C."}, {"role": "user", "content": "Thanks"}],
 ]
 
 
-@pytest.mark.parametrize("messages", CROSS_CHECK, ids=lambda m: f"{len(m)}-messages")
+@pytest.mark.parametrize("messages", TOOL_CROSS_CHECK, ids=lambda m: f"{len(m)}-messages")
 def test_plugin_matches_r1_template(deepseek, messages):
-    reference = official(R1_TEMPLATE, messages)
+    reference = R1.reference(messages).text
     assert not reference.startswith(BOS)  # the tokenizer adds BOS
-    assert deepseek.format_chat(model=r1(), messages=messages).text == reference
+    assert deepseek.format_chat(model=R1.model(), messages=messages).text == reference
 
 
-@pytest.mark.parametrize("messages", CROSS_CHECK, ids=lambda m: f"{len(m)}-messages")
+@pytest.mark.parametrize("messages", TOOL_CROSS_CHECK, ids=lambda m: f"{len(m)}-messages")
 def test_plugin_matches_distill_template(deepseek, messages):
-    meta = metadata("qwen2", DISTILL_TEMPLATE, name="DeepSeek R1 Distill Qwen 32B")
-    assert deepseek.format_chat(model=model(meta=meta), messages=messages).text == official(DISTILL_TEMPLATE, messages)
+    assert deepseek.format_chat(model=DISTILL.model(), messages=messages).text == DISTILL.reference(messages).text
 
 
 def test_user_after_tool_results_closes_the_results_unlike_the_template(deepseek):
-    reference = official(R1_TEMPLATE, TOOLS_THEN_USER)
+    reference = R1.reference(TOOLS_THEN_USER).text
     fixed = reference.replace("<｜tool▁output▁end｜><｜User｜>", "<｜tool▁output▁end｜><｜tool▁outputs▁end｜><｜User｜>")
     assert fixed != reference
-    assert deepseek.format_chat(model=r1(), messages=TOOLS_THEN_USER).text == fixed
+    assert deepseek.format_chat(model=R1.model(), messages=TOOLS_THEN_USER).text == fixed
 
 
 def test_two_results_match_each_template(deepseek):
@@ -305,9 +193,9 @@ def test_two_results_match_each_template(deepseek):
         {"role": "tool", "content": "21", "tool_call_id": "call_1"},
         {"role": "tool", "content": "22", "tool_call_id": "call_2"},
     ]
-    assert deepseek.format_chat(model=r1(), messages=messages).text == official(R1_TEMPLATE, messages)
-    distill = model(meta=metadata("llama", DISTILL_TEMPLATE, name="DeepSeek R1 Distill Llama 8B"))
-    assert deepseek.format_chat(model=distill, messages=messages).text == official(DISTILL_TEMPLATE, messages)
+    assert deepseek.format_chat(model=R1.model(), messages=messages).text == R1.reference(messages).text
+    distill = model(meta=metadata(DISTILL_TEMPLATE, architecture="llama", name="DeepSeek R1 Distill Llama 8B"))
+    assert deepseek.format_chat(model=distill, messages=messages).text == DEEPSEEK.reference(DISTILL_TEMPLATE, messages).text
 
 
 # --------------------------------------------------------------------------- detection
@@ -315,29 +203,21 @@ def test_two_results_match_each_template(deepseek):
 
 def test_detect_family(deepseek):
     spec = model().spec
-    assert deepseek.detect_family(metadata=metadata("deepseek2", None), spec=spec) == "deepseek"
-    assert deepseek.detect_family(metadata=metadata("deepseek", None, name="DeepSeek LLM"), spec=spec) == "deepseek"
-    assert deepseek.detect_family(metadata=metadata("deepseek2", R1_TEMPLATE), spec=spec) == "deepseek"
+    assert deepseek.detect_family(metadata=metadata(None, architecture="deepseek2"), spec=spec) == "deepseek"
+    assert deepseek.detect_family(metadata=metadata(None, architecture="deepseek", name="DeepSeek LLM"), spec=spec) == "deepseek"
+    assert deepseek.detect_family(metadata=metadata(R1_TEMPLATE, architecture="deepseek2"), spec=spec) == "deepseek"
     for architecture in ("llama", "qwen2"):  # the distills
-        assert deepseek.detect_family(metadata=metadata(architecture, DISTILL_TEMPLATE), spec=spec) == "deepseek"
+        assert deepseek.detect_family(metadata=metadata(DISTILL_TEMPLATE, architecture=architecture), spec=spec) == "deepseek"
     # later DeepSeek formats and other templates on deepseek architectures are left to their own template
-    assert deepseek.detect_family(metadata=metadata("deepseek2", V31_TEMPLATE), spec=spec) is None
-    assert deepseek.detect_family(metadata=metadata("deepseek2", V2_TEMPLATE, name="DeepSeek V2 Chat"), spec=spec) is None
-    assert deepseek.detect_family(metadata=metadata("deepseek2", "{{ '｜DSML｜<｜User｜><｜Assistant｜>' }}"), spec=spec) is None
-
-
-@pytest.mark.parametrize("architecture,name,template", OTHER_FAMILIES, ids=lambda v: str(v)[:12])
-def test_other_families_are_not_claimed(deepseek, pm, architecture, name, template):
-    meta = metadata(architecture, template, name=name)
-    spec = model().spec
-    assert deepseek.detect_family(metadata=meta, spec=spec) is None
-    assert pm.hook.detect_family(metadata=meta, spec=spec) != "deepseek"
+    assert deepseek.detect_family(metadata=metadata(V31_TEMPLATE, architecture="deepseek2"), spec=spec) is None
+    assert deepseek.detect_family(metadata=metadata(V2_TEMPLATE, architecture="deepseek2", name="DeepSeek V2 Chat"), spec=spec) is None
+    assert deepseek.detect_family(metadata=metadata("{{ '｜DSML｜<｜User｜><｜Assistant｜>' }}", architecture="deepseek2"), spec=spec) is None
 
 
 @pytest.mark.parametrize("architecture", ["deepseek2", "llama", "qwen2"])
 def test_through_the_plugin_manager(pm, architecture):
     # the R1 distills are llama and qwen2 models: the Llama 3 and ChatML plugins must leave them to us
-    meta = metadata(architecture, DISTILL_TEMPLATE, name="DeepSeek R1 Distill")
+    meta = metadata(DISTILL_TEMPLATE, architecture=architecture, name="DeepSeek R1 Distill")
     assert pm.hook.detect_family(metadata=meta, spec=model().spec) == "deepseek"
     prompt = pm.hook.format_chat(model=model(meta=meta), messages=SYSTEM_AND_USER)
     assert prompt.text == "You are terse.<｜User｜>Hi<｜Assistant｜><think>\n"
@@ -350,19 +230,7 @@ def test_tiny_gguf_with_a_distill_template(pm, tmp_path):
     assert meta.architecture == "llama" and meta.chat_template == DISTILL_TEMPLATE
     assert pm.hook.detect_family(metadata=meta, spec=spec) == "deepseek"
     prompt = pm.hook.format_chat(model=ModelInfo(spec=spec, metadata=meta, family="deepseek"), messages=MULTI_TURN)
-    assert prompt.text == render_chat_template(DISTILL_TEMPLATE, MULTI_TURN, meta).text
-
-
-# --------------------------------------------------------------------------- stops
-
-
-def test_stop_sequences(pm):
-    def stops(info):
-        return [s for answer in pm.hook.stop_sequences(model=info) for s in answer]
-
-    assert {EOS, "<｜User｜>"} <= set(stops(model()))
-    for family in ("gguf-template", "generic", "gemma", "chatml"):
-        assert EOS not in stops(model(family))
+    assert prompt.text == render_template(DISTILL_TEMPLATE, MULTI_TURN, meta).text
 
 
 # --------------------------------------------------------------------------- tool calls

@@ -1,93 +1,35 @@
-"""The phi plugin (plugins/phi.py): golden prompts byte for byte for the Phi-3, Phi-4 and Phi-4-mini
-styles, a cross-check against Microsoft's published templates, family detection (and staying
-out of other families' way), stop strings, and no tool-call syntax."""
+"""The phi plugin (ggufd/families/phi.py): golden prompts byte for byte for the Phi-3, Phi-4 and
+Phi-4-mini styles (the plain chats against Microsoft's published templates are in
+test_family_contract.py), the style fingerprints, family detection, and stop strings per style."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
 import gguf_factory
-from ggufd.chat_template import render_chat_template
+from family_kit import PHI, PHI4_MINI_TEMPLATE, PHI4_TEMPLATE, PHI35_TEMPLATE, TEXT_CHATS, published
 from ggufd.errors import InvalidRequest
-from ggufd.gguf_metadata import GGUFMetadata, read_metadata
+from ggufd.gguf_metadata import read_metadata
+from ggufd.testing import render_template
 from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
 
-REPO = Path(__file__).resolve().parent.parent
-
-# microsoft/Phi-3.5-mini-instruct, tokenizer_config.json (as in llama.cpp's models/templates/).
-PHI35_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] == 'system' and message['content'] %}"
-    "{{'<|system|>\\n' + message['content'] + '<|end|>\\n'}}{% elif message['role'] == 'user' %}"
-    "{{'<|user|>\\n' + message['content'] + '<|end|>\\n'}}{% elif message['role'] == 'assistant' %}"
-    "{{'<|assistant|>\\n' + message['content'] + '<|end|>\\n'}}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}{% endif %}"
-)
-# microsoft/phi-4, tokenizer_config.json.
-PHI4_TEMPLATE = (
-    "{% for message in messages %}{% if (message['role'] == 'system') %}"
-    "{{'<|im_start|>system<|im_sep|>' + message['content'] + '<|im_end|>'}}{% elif (message['role'] == 'user') %}"
-    "{{'<|im_start|>user<|im_sep|>' + message['content'] + '<|im_end|>'}}{% elif (message['role'] == 'assistant') %}"
-    "{{'<|im_start|>assistant<|im_sep|>' + message['content'] + '<|im_end|>'}}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant<|im_sep|>' }}{% endif %}"
-)
-# microsoft/Phi-4-mini-instruct, tokenizer_config.json.
-PHI4_MINI_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] == 'system' and 'tools' in message and message['tools'] is not none %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|tool|>' + message['tools'] + '<|/tool|>' + '<|end|>' }}"
-    "{% else %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}"
-)
 TEMPLATES = {"phi3": PHI35_TEMPLATE, "phi4": PHI4_TEMPLATE, "phi4-mini": PHI4_MINI_TEMPLATE}
-
-# Fingerprints of the other families' templates (the markers their plugins and ours look at).
+# A ChatML template (the marker the chatml plugin looks at, and ours must not).
 QWEN_TEMPLATE = "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n'}}{% endfor %}<tool_call>"
-LLAMA3_TEMPLATE = "{% for m in messages %}{{'<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] + '<|eot_id|>'}}{% endfor %}"
-GEMMA_TEMPLATE = "{% for m in messages %}{{'<start_of_turn>' + m['role'] + '\\n' + m['content'] + '<end_of_turn>\\n'}}{% endfor %}"
-OTHER_FAMILIES = [
-    ("qwen2", "Qwen2.5 7B Instruct", QWEN_TEMPLATE),
-    ("llama", "Meta Llama 3.1 8B Instruct", LLAMA3_TEMPLATE),
-    ("gemma3", "Gemma 3 4b It", GEMMA_TEMPLATE),
-    ("gemma3", "Gemma 3 270m", None),
-]
 
-SYSTEM_AND_USER = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}]
-MULTI_TURN = [
-    {"role": "user", "content": "Hi"},
-    {"role": "assistant", "content": "Hello!"},
-    {"role": "user", "content": "Name a colour."},
-]
-
-
-def metadata(architecture: str = "phi3", template: str | None = None, name: str | None = "Phi 3.5 Mini Instruct", add_bos: bool | None = None) -> GGUFMetadata:
-    values = {"general.architecture": architecture}
-    if name is not None:
-        values["general.name"] = name
-    if template is not None:
-        values["tokenizer.chat_template"] = template
-    if add_bos is not None:
-        values["tokenizer.ggml.add_bos_token"] = add_bos
-    return GGUFMetadata(version=3, tensor_count=0, values=values, array_lengths={}, bos_token="<s>", eos_token="<|endoftext|>")
-
-
-def model(family: str = "phi", meta: GGUFMetadata | None = None, file_name: str = "model.gguf") -> ModelInfo:
-    return ModelInfo(
-        spec=ModelSpec(id=file_name[: -len(".gguf")], path=Path("/models") / file_name),
-        metadata=meta or metadata(),
-        family=family,
-    )
+SYSTEM_AND_USER = TEXT_CHATS["terse-system"]
+MULTI_TURN = TEXT_CHATS["short-multi-turn"]
+metadata, model = PHI.metadata, PHI.model
 
 
 def styled(style: str) -> ModelInfo:
-    return model(meta=metadata(template=TEMPLATES[style], name=None))
+    return published("phi", style).model()
 
 
 @pytest.fixture(scope="module")
 def phi(pm):
     plugin = pm.manager.get_plugin("phi")
-    assert plugin is not None, "plugins/phi.py was not loaded"
-    assert Path(plugin.__file__) == REPO / "plugins" / "phi.py"
+    assert plugin is not None and plugin.__name__ == "ggufd.families.phi"
     return plugin
 
 
@@ -173,42 +115,16 @@ def test_only_a_system_message_is_rejected(phi):
     assert info.value.param == "messages"
 
 
-def test_other_families_are_left_to_other_plugins(phi):
-    assert phi.format_chat(model=model(family="gguf-template"), messages=MULTI_TURN) is None
-    assert phi.stop_sequences(model=model(family="chatml")) is None
-
-
 # --------------------------------------------------------------------------- Microsoft's templates
 
 
-CROSS_CHECK = [
-    [{"role": "user", "content": "Hi"}],
-    SYSTEM_AND_USER,
-    MULTI_TURN,
-    [
-        {"role": "system", "content": "Sys line 1\nSys line 2"},
-        {"role": "user", "content": "  padded user text \n"},
-        {"role": "assistant", "content": "\n answer with spaces  "},
-        {"role": "user", "content": "multi\nline\n\ncontent"},
-        {"role": "assistant", "content": "日本語 😀 café"},
-        {"role": "user", "content": "<b>tags</b> & {{ braces }} {% not jinja %}"},
-    ],
-]
-
-
-@pytest.mark.parametrize("style", sorted(TEMPLATES))
-@pytest.mark.parametrize("messages", CROSS_CHECK, ids=lambda m: f"{len(m)}-messages")
-def test_plugin_matches_microsofts_templates(phi, style, messages):
-    meta = metadata(template=TEMPLATES[style], name=None)
-    reference = render_chat_template(TEMPLATES[style], messages, meta)
-    prompt = phi.format_chat(model=model(meta=meta), messages=messages)
-    assert (prompt.text, prompt.add_bos) == (reference.text, reference.add_bos)
+# the plain chats are checked against each template for every family in test_family_contract.py
 
 
 def test_phi35_template_drops_an_empty_system_message_like_the_plugin(phi):
     messages = [{"role": "system", "content": ""}, {"role": "user", "content": "Hi"}]
     meta = metadata(template=PHI35_TEMPLATE)
-    assert phi.format_chat(model=model(meta=meta), messages=messages).text == render_chat_template(PHI35_TEMPLATE, messages, meta).text
+    assert phi.format_chat(model=model(meta=meta), messages=messages).text == render_template(PHI35_TEMPLATE, messages, meta).text
 
 
 def test_style_follows_the_template_fingerprint(phi):
@@ -230,21 +146,13 @@ def test_detect_family(phi):
     assert phi.detect_family(metadata=metadata(), spec=spec) == "phi"  # phi3 without template
     for style, template in TEMPLATES.items():
         assert phi.detect_family(metadata=metadata(template=template), spec=spec) == "phi", style
-    assert phi.detect_family(metadata=metadata("phimoe", PHI35_TEMPLATE, name="Phi 3.5 MoE Instruct"), spec=spec) == "phi"
+    assert phi.detect_family(metadata=metadata(PHI35_TEMPLATE, architecture="phimoe", name="Phi 3.5 MoE Instruct"), spec=spec) == "phi"
     # Phi-2 is a base model without a chat format
-    assert phi.detect_family(metadata=metadata("phi2", None, name="Phi2"), spec=spec) is None
+    assert phi.detect_family(metadata=metadata(None, architecture="phi2", name="Phi2"), spec=spec) is None
     # a Phi-3 fine-tune in ChatML keeps its own template
-    assert phi.detect_family(metadata=metadata("phi3", QWEN_TEMPLATE.replace("<tool_call>", ""), name="dolphin phi3"), spec=spec) is None
+    assert phi.detect_family(metadata=metadata(QWEN_TEMPLATE.replace("<tool_call>", ""), architecture="phi3", name="dolphin phi3"), spec=spec) is None
     # a "llamafied" Phi-4 is still Phi-4
-    assert phi.detect_family(metadata=metadata("llama", PHI4_TEMPLATE, name="phi-4"), spec=spec) == "phi"
-
-
-@pytest.mark.parametrize("architecture,name,template", OTHER_FAMILIES, ids=lambda v: str(v)[:12])
-def test_other_families_are_not_claimed(phi, pm, architecture, name, template):
-    meta = metadata(architecture, template, name=name)
-    spec = model().spec
-    assert phi.detect_family(metadata=meta, spec=spec) is None
-    assert pm.hook.detect_family(metadata=meta, spec=spec) != "phi"
+    assert phi.detect_family(metadata=metadata(PHI4_TEMPLATE, architecture="llama", name="phi-4"), spec=spec) == "phi"
 
 
 def test_through_the_plugin_manager(pm):
@@ -263,24 +171,22 @@ def test_tiny_gguf_with_a_phi4_template(pm, tmp_path):
     assert pm.hook.detect_family(metadata=meta, spec=spec) == "phi"
     info = ModelInfo(spec=spec, metadata=meta, family="phi")
     prompt = pm.hook.format_chat(model=info, messages=MULTI_TURN)
-    assert prompt.text == render_chat_template(PHI4_TEMPLATE, MULTI_TURN, meta).text
+    assert prompt.text == render_template(PHI4_TEMPLATE, MULTI_TURN, meta).text
 
 
 # --------------------------------------------------------------------------- stops and tool calls
 
 
-def test_stop_sequences(pm):
+def test_stop_sequences_follow_the_style(pm):
+    # the Phi-3 style (model()) and the other families: test_family_contract.py
     def stops(info):
         return [s for answer in pm.hook.stop_sequences(model=info) for s in answer]
 
-    assert {"<|end|>", "<|user|>", "<|endoftext|>"} <= set(stops(model()))
     assert {"<|end|>", "<|user|>", "<|endoftext|>"} <= set(stops(styled("phi4-mini")))
     assert "<|im_end|>" in stops(styled("phi4")) and "<|end|>" not in stops(styled("phi4"))
-    for family in ("gguf-template", "generic", "gemma", "chatml"):
-        assert "<|end|>" not in stops(model(family))
 
 
-def test_no_tool_call_syntax(phi, pm):
+def test_phi4_minis_tool_call_syntax_is_not_parsed(phi, pm):
     assert not hasattr(phi, "parse_tool_calls")
     text = '<|tool_call|>{"name": "f", "arguments": {}}<|/tool_call|>'
     assert pm.hook.parse_tool_calls(model=model(), text=text) is None

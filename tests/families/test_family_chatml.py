@@ -1,80 +1,24 @@
-"""The chatml family plugin (plugins/chatml.py): golden prompts byte for byte, a cross-check against
-Qwen's published Qwen2.5 chat template (tool calls and tool results included), conservative
-family detection, stop strings, and the Hermes-style ``<tool_call>`` syntax."""
+"""The chatml family plugin (ggufd/families/chatml.py): golden prompts byte for byte, a cross-check
+against Qwen's published Qwen2.5 chat template with tool calls and tool results (the plain chats
+are in test_family_contract.py), conservative family detection, and the Hermes-style
+``<tool_call>`` syntax."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import gguf
 import pytest
 
 import gguf_factory
-from ggufd.chat_template import render_chat_template
+from family_kit import CHATML, QWEN25_TEMPLATE, TEXT_CHATS, hf_messages, published
 from ggufd.config import load_config
 from ggufd.default_plugins import gguf_template
-from ggufd.gguf_metadata import GGUFMetadata, read_metadata
+from ggufd.gguf_metadata import read_metadata
 from ggufd.plugins import make_plugin_manager
 from ggufd.registry import build_registry
-from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
+from ggufd.testing import model_spec
+from ggufd.types import ChatPrompt, ModelSpec
 
-# The chat_template of Qwen/Qwen2.5-7B-Instruct (tokenizer_config.json), as published.
-QWEN25_TEMPLATE = r"""{%- if tools %}
-    {{- '<|im_start|>system\n' }}
-    {%- if messages[0]['role'] == 'system' %}
-        {{- messages[0]['content'] }}
-    {%- else %}
-        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
-    {%- endif %}
-    {{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
-    {%- for tool in tools %}
-        {{- "\n" }}
-        {{- tool | tojson }}
-    {%- endfor %}
-    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
-{%- else %}
-    {%- if messages[0]['role'] == 'system' %}
-        {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
-    {%- else %}
-        {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}
-    {%- endif %}
-{%- endif %}
-{%- for message in messages %}
-    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
-        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
-    {%- elif message.role == "assistant" %}
-        {{- '<|im_start|>' + message.role }}
-        {%- if message.content %}
-            {{- '\n' + message.content }}
-        {%- endif %}
-        {%- for tool_call in message.tool_calls %}
-            {%- if tool_call.function is defined %}
-                {%- set tool_call = tool_call.function %}
-            {%- endif %}
-            {{- '\n<tool_call>\n{"name": "' }}
-            {{- tool_call.name }}
-            {{- '", "arguments": ' }}
-            {{- tool_call.arguments | tojson }}
-            {{- '}\n</tool_call>' }}
-        {%- endfor %}
-        {{- '<|im_end|>\n' }}
-    {%- elif message.role == "tool" %}
-        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
-            {{- '<|im_start|>user' }}
-        {%- endif %}
-        {{- '\n<tool_response>\n' }}
-        {{- message.content }}
-        {{- '\n</tool_response>' }}
-        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
-            {{- '<|im_end|>\n' }}
-        {%- endif %}
-    {%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|im_start|>assistant\n' }}
-{%- endif %}
-"""
+QWEN25 = published("chatml", "qwen2.5")
 
 # The system-message part of Qwen3's template: no default system prompt.
 QWEN3_TEMPLATE_HEAD = r"""{%- if messages[0].role == 'system' %}
@@ -91,15 +35,8 @@ LLAMA3_TEMPLATE = (
 PLAIN_CHATML = gguf_factory.DEFAULT_CHAT_TEMPLATE
 QWEN_DEFAULT_SYSTEM = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
 
-SYSTEM_AND_USER = [
-    {"role": "system", "content": "You are a helpful assistant."},
-    {"role": "user", "content": "What is the capital of France?"},
-]
-MULTI_TURN = [
-    {"role": "user", "content": "Hi"},
-    {"role": "assistant", "content": "Hello! How can I help?"},
-    {"role": "user", "content": "Name a colour."},
-]
+SYSTEM_AND_USER = TEXT_CHATS["system-and-user"]
+MULTI_TURN = TEXT_CHATS["multi-turn"]
 TOOL_CONVERSATION = [
     {"role": "user", "content": "What's the weather in Paris and in Rome?"},
     {
@@ -114,48 +51,10 @@ TOOL_CONVERSATION = [
     {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 27}'},
     {"role": "user", "content": "Which is warmer?"},
 ]
+metadata, model = CHATML.metadata, CHATML.model
 
 
-def metadata(template: str | None = None, name: str | None = "Qwen3 8B", architecture: str | None = "qwen3", add_bos: bool | None = False) -> GGUFMetadata:
-    values = {}
-    if add_bos is not None:
-        values["tokenizer.ggml.add_bos_token"] = add_bos
-    if architecture is not None:
-        values["general.architecture"] = architecture
-    if name is not None:
-        values["general.name"] = name
-    if template is not None:
-        values["tokenizer.chat_template"] = template
-    return GGUFMetadata(version=3, tensor_count=0, values=values, array_lengths={}, bos_token="<|endoftext|>", eos_token="<|im_end|>")
-
-
-def spec(file_name: str = "model.gguf") -> ModelSpec:
-    return ModelSpec(id=file_name[: -len(".gguf")], path=Path("/models") / file_name)
-
-
-def model(family: str = "chatml", meta: GGUFMetadata | None = None, file_name: str = "model.gguf") -> ModelInfo:
-    return ModelInfo(spec=spec(file_name), metadata=meta or metadata(), family=family)
-
-
-def hf_messages(messages):
-    """The same chat as Hugging Face templates expect it: tool-call arguments as objects."""
-    result = []
-    for message in messages:
-        message = dict(message)
-        if message.get("tool_calls"):
-            message["tool_calls"] = [
-                {**call, "function": {**call["function"], "arguments": json.loads(call["function"]["arguments"])}}
-                for call in message["tool_calls"]
-            ]
-        result.append(message)
-    return result
-
-
-def official(messages) -> str:
-    return render_chat_template(QWEN25_TEMPLATE, hf_messages(messages), metadata(QWEN25_TEMPLATE, architecture="qwen2")).text
-
-
-def write_gguf(path: Path, architecture: str, **values) -> Path:
+def write_gguf(path, architecture: str, **values):
     """A GGUF with metadata only (no tensors): enough for discovery and family detection."""
     writer = gguf.GGUFWriter(str(path), architecture)
     for key, value in values.items():
@@ -173,7 +72,7 @@ def write_gguf(path: Path, architecture: str, **values) -> Path:
 @pytest.fixture(scope="module")
 def chatml(pm):
     plugin = pm.manager.get_plugin("chatml")
-    assert plugin is not None, "plugins/chatml.py was not loaded"
+    assert plugin is not None and plugin.__name__ == "ggufd.families.chatml"
     return plugin
 
 
@@ -262,37 +161,19 @@ def test_add_bos_follows_the_gguf(chatml):
     assert chatml.format_chat(model=model(meta=metadata(add_bos=None, architecture="llama")), messages=MULTI_TURN).add_bos is True
 
 
-def test_other_families_are_left_to_other_plugins(chatml):
-    for family in ("gguf-template", "llama3", "mistral", "gemma", "generic"):
-        assert chatml.format_chat(model=model(family=family), messages=MULTI_TURN) is None
-        assert chatml.stop_sequences(model=model(family=family)) is None
-        assert chatml.parse_tool_calls(model=model(family=family), text='<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>') is None
-
-
 # --------------------------------------------------------------------------- Qwen's template
 
 
-CROSS_CHECK = [
-    [{"role": "user", "content": "Hi"}],
-    SYSTEM_AND_USER,
-    MULTI_TURN,
+# the plain chats are checked for every family in test_family_contract.py
+TOOL_CROSS_CHECK = [
     TOOL_CONVERSATION,
     [{"role": "system", "content": "Be brief."}] + TOOL_CONVERSATION + [{"role": "assistant", "content": "Rome."}, {"role": "system", "content": "Late system note."}, {"role": "user", "content": "Thanks"}],
-    [
-        {"role": "system", "content": "Sys line 1\nSys line 2  "},
-        {"role": "user", "content": "  padded user text \n"},
-        {"role": "assistant", "content": "\n answer with spaces  "},
-        {"role": "user", "content": "multi\nline\n\ncontent"},
-        {"role": "assistant", "content": "日本語 😀 café"},
-        {"role": "user", "content": "<b>tags</b> & {{ braces }} {% not jinja %}"},
-    ],
 ]
 
 
-@pytest.mark.parametrize("messages", CROSS_CHECK, ids=lambda m: f"{len(m)}-messages")
+@pytest.mark.parametrize("messages", TOOL_CROSS_CHECK, ids=lambda m: f"{len(m)}-messages")
 def test_plugin_matches_qwens_template(chatml, messages):
-    meta = metadata(QWEN25_TEMPLATE, name="Qwen2.5 7B Instruct", architecture="qwen2")
-    assert chatml.format_chat(model=model(meta=meta), messages=messages).text == official(messages)
+    assert chatml.format_chat(model=QWEN25.model(), messages=messages).text == QWEN25.reference(messages).text
 
 
 # --------------------------------------------------------------------------- family and stops
@@ -300,48 +181,39 @@ def test_plugin_matches_qwens_template(chatml, messages):
 
 def test_detect_family_positive(chatml):
     for arch in ("qwen2", "qwen2moe", "qwen3", "qwen3moe"):
-        assert chatml.detect_family(metadata=metadata(name=None, architecture=arch), spec=spec()) == "chatml", arch
-        assert chatml.detect_family(metadata=metadata(QWEN25_TEMPLATE, name=None, architecture=arch), spec=spec()) == "chatml", arch
+        assert chatml.detect_family(metadata=metadata(name=None, architecture=arch), spec=model_spec()) == "chatml", arch
+        assert chatml.detect_family(metadata=metadata(QWEN25_TEMPLATE, name=None, architecture=arch), spec=model_spec()) == "chatml", arch
     # a Qwen name on another architecture, with ChatML or without a template
-    assert chatml.detect_family(metadata=metadata(name="Qwen 1.5 7B Chat", architecture="llama"), spec=spec()) == "chatml"
-    assert chatml.detect_family(metadata=metadata(PLAIN_CHATML, name=None, architecture="llama"), spec=spec("qwen-finetune.gguf")) == "chatml"
+    assert chatml.detect_family(metadata=metadata(name="Qwen 1.5 7B Chat", architecture="llama"), spec=model_spec()) == "chatml"
+    assert chatml.detect_family(metadata=metadata(PLAIN_CHATML, name=None, architecture="llama"), spec=model_spec("qwen-finetune")) == "chatml"
     # a ChatML template that speaks the <tool_call> dialect (Hermes 2 Pro on Llama 3)
     hermes = metadata(QWEN25_TEMPLATE.replace("You are Qwen, created by Alibaba Cloud. ", ""), name="Hermes 2 Pro Llama 3 8B", architecture="llama")
-    assert chatml.detect_family(metadata=hermes, spec=spec("Hermes-2-Pro-Llama-3-8B.gguf")) == "chatml"
+    assert chatml.detect_family(metadata=hermes, spec=model_spec("Hermes-2-Pro-Llama-3-8B")) == "chatml"
 
 
 def test_detect_family_negative(chatml, tiny_model):
     # a Llama 3 template is the llama3 family's, whatever the architecture
     for arch in ("llama", "qwen2"):
-        assert chatml.detect_family(metadata=metadata(LLAMA3_TEMPLATE, name="Llama 3 8B", architecture=arch), spec=spec()) is None
+        assert chatml.detect_family(metadata=metadata(LLAMA3_TEMPLATE, name="Llama 3 8B", architecture=arch), spec=model_spec()) is None
     # a Qwen architecture with another format (DeepSeek-R1-Distill-Qwen)
-    assert chatml.detect_family(metadata=metadata(DEEPSEEK_TEMPLATE, name="DeepSeek R1 Distill Qwen 7B", architecture="qwen2"), spec=spec()) is None
+    assert chatml.detect_family(metadata=metadata(DEEPSEEK_TEMPLATE, name="DeepSeek R1 Distill Qwen 7B", architecture="qwen2"), spec=model_spec()) is None
     # a plain ChatML template on another architecture is left to ggufd's rendering of the template
-    assert chatml.detect_family(metadata=metadata(PLAIN_CHATML, name="tiny-llama", architecture="llama"), spec=spec("chatml.gguf")) is None
+    assert chatml.detect_family(metadata=metadata(PLAIN_CHATML, name="tiny-llama", architecture="llama"), spec=model_spec("chatml")) is None
     assert chatml.detect_family(metadata=read_metadata(tiny_model), spec=ModelSpec(id="tiny", path=tiny_model)) is None
     # other architectures and names
     for arch, name in (("llama", "Mistral 7B"), ("gemma3", "Gemma 3"), ("llama", None), (None, None)):
-        assert chatml.detect_family(metadata=metadata(name=name, architecture=arch), spec=spec()) is None
-    assert chatml.detect_family(metadata=metadata("[INST] {{ messages }} [/INST] <|im_start|>", name="qwen-ish"), spec=spec()) is None
+        assert chatml.detect_family(metadata=metadata(name=name, architecture=arch), spec=model_spec()) is None
+    assert chatml.detect_family(metadata=metadata("[INST] {{ messages }} [/INST] <|im_start|>", name="qwen-ish"), spec=model_spec()) is None
     # Phi-4's <|im_start|>role<|im_sep|> is not ChatML
     phi4 = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '<|im_sep|>' + m['content'] + '<|im_end|>' }}{% endfor %}"
-    assert chatml.detect_family(metadata=metadata(phi4, name="Phi 4", architecture="phi3"), spec=spec()) is None
+    assert chatml.detect_family(metadata=metadata(phi4, name="Phi 4", architecture="phi3"), spec=model_spec()) is None
 
 
 def test_detection_through_the_plugin_manager(pm, tiny_model):
     llama3_meta = metadata(LLAMA3_TEMPLATE, name="Meta Llama 3 8B Instruct", architecture="llama", add_bos=True)
-    assert pm.hook.detect_family(metadata=llama3_meta, spec=spec()) == "llama3"
-    assert pm.hook.detect_family(metadata=metadata(QWEN25_TEMPLATE, architecture="qwen2"), spec=spec()) == "chatml"
+    assert pm.hook.detect_family(metadata=llama3_meta, spec=model_spec()) == "llama3"
+    assert pm.hook.detect_family(metadata=metadata(QWEN25_TEMPLATE, architecture="qwen2"), spec=model_spec()) == "chatml"
     assert pm.hook.detect_family(metadata=read_metadata(tiny_model), spec=ModelSpec(id="tiny", path=tiny_model)) == "gguf-template"
-
-
-def test_stop_sequences(pm, chatml):
-    assert chatml.stop_sequences(model=model()) == ["<|im_end|>", "<|im_start|>", "<|endoftext|>"]
-    stops = [s for answer in pm.hook.stop_sequences(model=model()) for s in answer]
-    assert {"<|im_end|>", "<|im_start|>", "<|endoftext|>"} <= set(stops)
-    for family in ("gguf-template", "generic", "llama3"):
-        stops = [s for answer in pm.hook.stop_sequences(model=model(family)) for s in answer]
-        assert "<|im_end|>" not in stops
 
 
 # --------------------------------------------------------------------------- tool calls
@@ -415,7 +287,7 @@ def test_a_qwen_gguf_end_to_end(tmp_path):
     pm = make_plugin_manager(config)
     info = build_registry(config, pm).get("Qwen2.5-7B-Instruct-Q4_K_M")
     assert info.family == "chatml"
-    for messages in CROSS_CHECK:
+    for messages in [*TEXT_CHATS.values(), *TOOL_CROSS_CHECK]:
         prompt = pm.hook.format_chat(model=info, messages=messages)
         # the family plugin and ggufd's rendering of the GGUF's own template agree
         assert prompt.text == gguf_template.format_chat(model=info, messages=hf_messages(messages)).text
