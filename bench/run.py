@@ -165,10 +165,7 @@ def start_ggufd(model: Path, args, workdir: Path, tree: Path | None = None, name
     # the families are built in; an older checkout (before ggufd/families/) finds them in its plugins folder
     plugins = f'plugins_dir = "{tree / "plugins"}"\n' if tree is not None and (tree / "plugins" / "gemma.py").exists() else ""
     config.write_text(
-        f'models_dir = "{models}"
-{plugins}log_level = "warning"
-max_queue = 64
-'
+        f'models_dir = "{models}"\n{plugins}log_level = "warning"\nmax_queue = 64\n'
         f"[llama]\nn_ctx = {args.n_ctx}\nn_threads = {args.threads}\nparallel = {max(args.concurrency)}\nn_gpu_layers = {args.n_gpu_layers}\n"
         f'[models."{model.stem}"]\npath = "{model}"\n'
     )
