@@ -11,7 +11,8 @@ your plugin beside ggufd's built-in ones, and render a chat the way the daemon d
     prompt = ggufd.testing.render(plugins, model, [{"role": "user", "content": "hi"}])
     assert prompt.text == "<|user|>\\nhi\\n<|assistant|>\\n"
 
-Nothing here loads a model or starts a server; everything runs in microseconds.
+Nothing here loads a model or starts a server. :class:`FakeEngine` (from :mod:`ggufd.engine.fake`) is an
+engine with scripted answers, to run the HTTP API in-process without llama.cpp.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from types import ModuleType
 from typing import Any, Mapping, Sequence
 
 from ggufd.chat_template import render_chat_template
+from ggufd.engine.fake import FakeEngine  # re-exported: the engine to put under make_app in a test
 from ggufd.gguf_metadata import GGUFMetadata
 from ggufd.plugins import (
     DEFAULT_PLUGINS,
@@ -31,10 +33,10 @@ from ggufd.plugins import (
     _register_builtin,
     _register_families,
 )
-from ggufd.protocol.openai import normalise_messages
+from ggufd.protocol.openai_chat import normalise_messages
 from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
 
-__all__ = ["gguf_metadata", "model_info", "model_spec", "plugin_manager", "render", "render_template"]
+__all__ = ["FakeEngine", "gguf_metadata", "model_info", "model_spec", "plugin_manager", "render", "render_template"]
 
 
 def gguf_metadata(
