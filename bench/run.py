@@ -111,7 +111,7 @@ class Server:
 
     def __init__(self, name: str, cmd: list[str], port: int, env: dict | None = None, cwd: Path | None = None) -> None:
         self.name, self.cmd, self.port = name, cmd, port
-        self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)  # noqa: SIM115 (lives with the server)
         started = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd)
         self.startup_s = self._wait_ready(started)
@@ -452,7 +452,7 @@ class InProcessBatched:
             generation = Generation(self.loop)
             request = GenerationRequest(chat_prompt(self.model, messages_for(i, tag)), self.sampling, max_tokens=max_tokens)
             future = self.loaded.runner.submit(generation, request)[0]
-            future.add_done_callback(lambda _, key=id(generation): finished.setdefault(key, time.perf_counter()))
+            future.add_done_callback(lambda _, key=id(generation): finished.setdefault(key, time.perf_counter()))  # noqa: B008 (bound per job)
             jobs.append((generation, future))
         self.loaded.runner.run()
         wall = time.perf_counter() - started
@@ -579,7 +579,7 @@ def paired_ratios(rounds: dict[str, list[Round]], a: str, b: str, concurrency: i
     def values(system):
         return [r.summary()[key] for r in rounds.get(system, []) if r.concurrency == concurrency]
 
-    return [x / y for x, y in zip(values(a), values(b)) if x and y]
+    return [x / y for x, y in zip(values(a), values(b), strict=False) if x and y]
 
 
 def targets(rows: list[dict], rounds: dict[str, list[Round]], idle: dict | None) -> dict:

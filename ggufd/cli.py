@@ -115,9 +115,9 @@ def _serve(args, config, pm, registry) -> int:
     import structlog
 
     from ggufd.api.app import AppState, make_engine, serve
-    from ggufd.config import apply_process_environment, load_config
     from ggufd.api.metrics import Metrics
     from ggufd.api.security import is_loopback
+    from ggufd.config import apply_process_environment, load_config
     from ggufd.systemd import Notifier
 
     def inherited_sockets_expected() -> bool:  # socket activation: systemd decides where we listen

@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
+import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from typing import Any
 
 from ggufd.errors import ConfigError
 from ggufd.sizes import parse_size
@@ -197,7 +193,7 @@ def load_config(
         if doc.get(key):  # "" (plugins_dir) means "none"
             doc[key] = str(_resolve(doc[key], file_base))
     models = copy.deepcopy(doc.get("models", {}))
-    for model_id, table in models.items():
+    for table in models.values():
         for key in MODEL_PATH_KEYS:
             if key in table:
                 table[key] = str(_resolve(table[key], file_base))

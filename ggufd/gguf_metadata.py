@@ -33,9 +33,10 @@ import errno
 import os
 import stat
 import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any
 
 __all__ = ["GGUFFormatError", "GGUFMetadata", "read_metadata"]
 
@@ -64,7 +65,7 @@ _T_FLOAT32, _T_BOOL, _T_STRING, _T_ARRAY = 6, 7, 8, 9
 _T_UINT64, _T_INT64, _T_FLOAT64 = 10, 11, 12
 
 # value type -> (unpack_from, size)
-_SCALARS: Dict[int, Tuple[Callable[[bytes, int], Tuple[Any, ...]], int]] = {
+_SCALARS: dict[int, tuple[Callable[[bytes, int], tuple[Any, ...]], int]] = {
     t: (struct.Struct(fmt).unpack_from, struct.calcsize(fmt))
     for t, fmt in (
         (_T_UINT8, "<B"),
@@ -80,7 +81,7 @@ _SCALARS: Dict[int, Tuple[Callable[[bytes, int], Tuple[Any, ...]], int]] = {
         (_T_FLOAT64, "<d"),
     )
 }
-_FIXED_SIZES: Dict[int, int] = {t: size for t, (_, size) in _SCALARS.items()}
+_FIXED_SIZES: dict[int, int] = {t: size for t, (_, size) in _SCALARS.items()}
 
 _U32 = struct.Struct("<I").unpack_from
 _U64 = struct.Struct("<Q").unpack_from
@@ -88,7 +89,7 @@ _U64 = struct.Struct("<Q").unpack_from
 # ggml tensor type -> (elements per block, bytes per block).  Types missing
 # here (newer than this table) are accepted, but their data size is unknown,
 # so only their start offset is checked against the file size.
-_GGML_BLOCKS: Dict[int, Tuple[int, int]] = {
+_GGML_BLOCKS: dict[int, tuple[int, int]] = {
     0: (1, 4),  # F32
     1: (1, 2),  # F16
     2: (32, 18),  # Q4_0
@@ -125,7 +126,7 @@ _GGML_BLOCKS: Dict[int, Tuple[int, int]] = {
 
 _TOKENS_KEY = "tokenizer.ggml.tokens"
 
-ScalarValue = Union[str, int, float, bool]
+ScalarValue = str | int | float | bool
 
 
 class GGUFFormatError(ValueError):
@@ -145,27 +146,27 @@ class GGUFMetadata:
     tensor_count: int
     values: Mapping[str, ScalarValue]
     array_lengths: Mapping[str, int]
-    bos_token: Optional[str]
-    eos_token: Optional[str]
+    bos_token: str | None
+    eos_token: str | None
 
-    def _str(self, key: str) -> Optional[str]:
+    def _str(self, key: str) -> str | None:
         v = self.values.get(key)
         return v if isinstance(v, str) else None
 
     @property
-    def architecture(self) -> Optional[str]:
+    def architecture(self) -> str | None:
         return self._str("general.architecture")
 
     @property
-    def name(self) -> Optional[str]:
+    def name(self) -> str | None:
         return self._str("general.name")
 
     @property
-    def chat_template(self) -> Optional[str]:
+    def chat_template(self) -> str | None:
         return self._str("tokenizer.chat_template")
 
     @property
-    def context_length(self) -> Optional[int]:
+    def context_length(self) -> int | None:
         arch = self.architecture
         if arch is None:
             return None
@@ -208,7 +209,7 @@ class _Reader:
     def _fill(self, pos: int, n: int) -> bytes:
         want = min(max(n, _CHUNK), self.size - pos)
         self._f.seek(pos)
-        parts: List[bytes] = []
+        parts: list[bytes] = []
         got = 0
         while got < want:
             part = self._f.read(want - got)
@@ -223,7 +224,7 @@ class _Reader:
         self._start = pos
         return data
 
-    def view(self, pos: int, n: int) -> Tuple[bytes, int]:
+    def view(self, pos: int, n: int) -> tuple[bytes, int]:
         """(buf, off) with file bytes [pos, pos+n) at buf[off:off+n].
 
         The caller has checked that pos+n <= size.
@@ -234,7 +235,7 @@ class _Reader:
             return buf, rel
         return self._fill(pos, n), 0
 
-    def take(self, n: int) -> Tuple[bytes, int]:
+    def take(self, n: int) -> tuple[bytes, int]:
         pos = self.pos
         if n > self.size - pos:
             raise self.truncated()
@@ -382,9 +383,9 @@ def _parse(r: _Reader) -> GGUFMetadata:
         )
 
     # -- key/value pairs ---------------------------------------------------
-    values: Dict[str, ScalarValue] = {}
-    arrays: Dict[str, int] = {}
-    tokens_at: Optional[Tuple[int, int]] = None
+    values: dict[str, ScalarValue] = {}
+    arrays: dict[str, int] = {}
+    tokens_at: tuple[int, int] | None = None
     scalars = _SCALARS
     for i in range(kv_count):
         r.what = f"key #{i}"
@@ -427,7 +428,7 @@ def _parse(r: _Reader) -> GGUFMetadata:
             f"truncated: the header declares {tensor_count} tensors, more than "
             f"the remaining {size - r.pos} bytes can hold"
         )
-    tensors: List[Tuple[str, int, int, Optional[int]]] = []
+    tensors: list[tuple[str, int, int, int | None]] = []
     for j in range(tensor_count):
         r.what = f"tensor info #{j}"
         name = r.string(MAX_KEY_LENGTH, f"the name of tensor #{j}")
@@ -441,7 +442,7 @@ def _parse(r: _Reader) -> GGUFMetadata:
         dims = struct.unpack_from(f"<{n_dims}Q", buf, off)
         ggml_type = r.u32()
         offset = r.u64()
-        nbytes: Optional[int] = None
+        nbytes: int | None = None
         block = _GGML_BLOCKS.get(ggml_type)
         if block is not None:
             block_elems, block_bytes = block
@@ -457,7 +458,7 @@ def _parse(r: _Reader) -> GGUFMetadata:
             nbytes = elems // block_elems * block_bytes
         tensors.append((name, ggml_type, offset, nbytes))
     data_start = -(-r.pos // alignment) * alignment
-    for name, ggml_type, offset, nbytes in tensors:
+    for name, _ggml_type, offset, nbytes in tensors:
         end = data_start + offset + (nbytes or 0)
         if end > size:
             raise GGUFFormatError(
@@ -488,12 +489,12 @@ def _parse(r: _Reader) -> GGUFMetadata:
     )
 
 
-def _token_texts(r: _Reader, start: int, ids: List[int]) -> Dict[int, str]:
+def _token_texts(r: _Reader, start: int, ids: list[int]) -> dict[int, str]:
     """Texts of the tokens with the given (sorted, in-range) indices."""
     r.what = f"key {_q(_TOKENS_KEY)}"
     r.pos = start
     index = 0
-    out: Dict[int, str] = {}
+    out: dict[int, str] = {}
     for tid in ids:
         r.skip_strings(tid - index)
         out[tid] = r.string(MAX_STRING_LENGTH, f"token {tid}")
@@ -501,7 +502,7 @@ def _token_texts(r: _Reader, start: int, ids: List[int]) -> Dict[int, str]:
     return out
 
 
-def read_metadata(path: Union[str, "os.PathLike[str]"]) -> GGUFMetadata:
+def read_metadata(path: str | os.PathLike[str]) -> GGUFMetadata:
     """Read the metadata of the GGUF file at ``path``.
 
     Raises :class:`GGUFFormatError` if the file's content is not a readable

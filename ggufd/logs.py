@@ -78,7 +78,7 @@ def journal_stream_matches(stream, environ) -> bool:
 class JournalLogger:
     """The structlog "logger" of journald mode: hands the event dict and its name to the sender."""
 
-    def __init__(self, sender: "JournalSender", name: str | None) -> None:
+    def __init__(self, sender: JournalSender, name: str | None) -> None:
         self._sender, self._name = sender, name
 
     def msg(self, event_dict: dict) -> None:

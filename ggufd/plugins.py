@@ -28,9 +28,10 @@ import importlib
 import importlib.metadata
 import importlib.util
 import sys
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 import structlog
@@ -142,7 +143,7 @@ def _load_dir_module(path: Path) -> ModuleType:
     return module
 
 
-def _register(pm: pluggy.PluginManager, plugin: ModuleType, name: str, where: str) -> None:
+def _register(pm: pluggy.PluginManager, plugin: object, name: str, where: str) -> None:
     """Register, turning a bad hook signature or a name clash into a :class:`PluginError`."""
     taken = pm.get_plugin(name)
     if taken is not None:

@@ -8,9 +8,10 @@ a file: lookups go through a dict of discovered models, never through the filesy
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import structlog
 

@@ -17,9 +17,10 @@ engine with scripted answers, to run the HTTP API in-process without llama.cpp.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ggufd.chat_template import render_chat_template
 from ggufd.engine.fake import FakeEngine  # re-exported: the engine to put under make_app in a test
@@ -166,7 +167,7 @@ def plugin_manager(*plugins: object, builtins: bool = True) -> Plugins:
     names = [_plugin_name(plugin) for plugin in plugins]
     if builtins:
         _register_families(result, (), {name: "a test plugin" for name in names if name})
-    for plugin, name in zip(plugins, names):
+    for plugin, name in zip(plugins, names, strict=True):
         if name is None:
             name = result.manager.get_canonical_name(plugin)
         _register(result.manager, plugin, name, f"test plugin {name}")

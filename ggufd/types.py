@@ -5,9 +5,10 @@ Plugins see these types and nothing of the engine or of HTTP.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 from ggufd.gguf_metadata import GGUFMetadata
 

@@ -78,7 +78,7 @@ class Daemon:
         self._listening = threading.Event()
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60) -> "Daemon":
+    def start(self, timeout: float = 60) -> Daemon:
         cmd = [sys.executable, "-m", "ggufd", "--config", str(self.config), "--port", "0", *self.args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, cwd=REPO)
         threading.Thread(target=self._read, daemon=True).start()

@@ -34,11 +34,10 @@ from __future__ import annotations
 import os
 import pathlib
 import sys
-from typing import Iterable, Sequence
-
-import numpy as np
+from collections.abc import Iterable, Sequence
 
 import gguf
+import numpy as np
 
 __all__ = [
     "DEFAULT_CHAT_TEMPLATE",
@@ -74,29 +73,9 @@ BYTE_TOKEN_OFFSET = 5  # <0xNN> has id BYTE_TOKEN_OFFSET + NN
 
 SPIECE_UNDERLINE = "\u2581"  # "▁"
 
-_COMMON_WORDS = """
-the of and to a in is it you that he was for on are with as I his they be at
-one have this from or had by hot word but what some we can out other were all
-there when up use your how said an each she which do their time if will way
-about many then them write would like so these her long make thing see him
-two has look more day could go come did number sound no most people my over
-know water than call first who may down side been now find any new work part
-take get place made live where after back little only round man year came show
-every good me give our under name very through just form sentence great think
-say help low line differ turn cause much mean before move right boy old too
-same tell does set three want air well also play small end put home read hand
-port large spell add even land here must big high such follow act why ask men
-change went light kind off need house picture try us again animal point mother
-world near build self earth father head stand own page should country found
-answer school grow study still learn plant cover food sun four between state
-keep eye never last let thought city tree cross farm hard start might story saw
-far sea draw left late run don't while press close night real life few north
-hello Hello The It This What Yes No OK assistant user system model
-""".split()
+_COMMON_WORDS = ["the", "of", "and", "to", "a", "in", "is", "it", "you", "that", "he", "was", "for", "on", "are", "with", "as", "I", "his", "they", "be", "at", "one", "have", "this", "from", "or", "had", "by", "hot", "word", "but", "what", "some", "we", "can", "out", "other", "were", "all", "there", "when", "up", "use", "your", "how", "said", "an", "each", "she", "which", "do", "their", "time", "if", "will", "way", "about", "many", "then", "them", "write", "would", "like", "so", "these", "her", "long", "make", "thing", "see", "him", "two", "has", "look", "more", "day", "could", "go", "come", "did", "number", "sound", "no", "most", "people", "my", "over", "know", "water", "than", "call", "first", "who", "may", "down", "side", "been", "now", "find", "any", "new", "work", "part", "take", "get", "place", "made", "live", "where", "after", "back", "little", "only", "round", "man", "year", "came", "show", "every", "good", "me", "give", "our", "under", "name", "very", "through", "just", "form", "sentence", "great", "think", "say", "help", "low", "line", "differ", "turn", "cause", "much", "mean", "before", "move", "right", "boy", "old", "too", "same", "tell", "does", "set", "three", "want", "air", "well", "also", "play", "small", "end", "put", "home", "read", "hand", "port", "large", "spell", "add", "even", "land", "here", "must", "big", "high", "such", "follow", "act", "why", "ask", "men", "change", "went", "light", "kind", "off", "need", "house", "picture", "try", "us", "again", "animal", "point", "mother", "world", "near", "build", "self", "earth", "father", "head", "stand", "own", "page", "should", "country", "found", "answer", "school", "grow", "study", "still", "learn", "plant", "cover", "food", "sun", "four", "between", "state", "keep", "eye", "never", "last", "let", "thought", "city", "tree", "cross", "farm", "hard", "start", "might", "story", "saw", "far", "sea", "draw", "left", "late", "run", "don't", "while", "press", "close", "night", "real", "life", "few", "north", "hello", "Hello", "The", "It", "This", "What", "Yes", "No", "OK", "assistant", "user", "system", "model"]
 
-_SUBWORDS = """
-ing ed er es ly tion s re un able ment ness th he in an on at en nd st
-""".split()
+_SUBWORDS = ["ing", "ed", "er", "es", "ly", "tion", "s", "re", "un", "able", "ment", "ness", "th", "he", "in", "an", "on", "at", "en", "nd", "st"]
 
 # Multi-byte UTF-8 pieces: some are whole tokens, others (not listed here) can
 # only be produced through byte tokens.

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gguf_factory
 import jinja2
 import pytest
 
-import gguf_factory
 from ggufd.chat_template import adds_bos, compile_template, render_chat_template
 from ggufd.default_plugins import gguf_template
 from ggufd.errors import InvalidRequest

@@ -9,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import gguf_factory  # tests/gguf_factory.py
+import pytest
 from conftest import REPO, write_config
+
 from ggufd import __version__
 from ggufd.plugins import BUILTIN_ORIGIN
 

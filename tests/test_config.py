@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from ggufd.config import ENV_OVERRIDES, Config, LlamaSettings, load_config
 from ggufd.errors import ConfigError
 

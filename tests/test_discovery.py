@@ -10,10 +10,10 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
-
 import gguf_factory
+import pytest
 from http_helpers import chat, request
+
 from ggufd.config import load_config
 from ggufd.default_plugins.directory_discovery import glob_match
 from ggufd.default_plugins.ollama_discovery import model_id as ollama_id

@@ -35,7 +35,7 @@ def client(daemon):
 
 
 def cosine(a, b) -> float:
-    return sum(x * y for x, y in zip(a, b))
+    return sum(x * y for x, y in zip(a, b, strict=True))
 
 
 def test_embeddings_are_unit_vectors_and_deterministic(client):
@@ -64,7 +64,7 @@ def test_base64_encoding(daemon):
     plain = json.loads(request(daemon.url, "POST", "/v1/embeddings", {"model": "embed", "input": "hello"})[2])["data"][0]["embedding"]
     raw = base64.b64decode(json.loads(body)["data"][0]["embedding"])
     decoded = struct.unpack(f"<{len(raw) // 4}f", raw)
-    assert status == 200 and all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7) for a, b in zip(decoded, plain))
+    assert status == 200 and all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7) for a, b in zip(decoded, plain, strict=True))
 
 
 def test_chat_model_refuses_embeddings_and_embedding_model_refuses_chat(daemon):

@@ -209,7 +209,6 @@ def test_cli(tmp_path, model_path):
 def test_synthetic_model_of_realistic_shape_is_loadable(tmp_path):
     """A scaled-down synthetic model (same code path as the 1.1B benchmark model)."""
     import llama_cpp
-
     from gguf_factory import EOS_ID, IM_END_ID, write_synthetic_llama
 
     path = write_synthetic_llama(tmp_path / "syn.gguf", n_embd=128, n_layer=2, n_head=4, n_head_kv=2, n_ff=256, vocab_size=5000)

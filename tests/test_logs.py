@@ -16,8 +16,8 @@ import urllib.request
 
 import pytest
 import structlog
-
 from conftest import REPO, write_config
+
 from ggufd.logs import configure_logging
 
 
@@ -139,7 +139,7 @@ def test_priorities_and_traceback(journal):
     log.error("e")
     log.critical("c")
     try:
-        1 / 0
+        raise ZeroDivisionError("division by zero")
     except ZeroDivisionError:
         log.exception("boom", request_id="req_x")
     entries = journal.entries(5)
@@ -288,7 +288,7 @@ def test_daemon_logs_requests_to_journal(journal, tiny_model, tmp_path):
             while time.monotonic() < deadline:
                 try:
                     entry = journal.entries()[0]
-                except socket.timeout:
+                except TimeoutError:
                     entry = None
                 if entry is not None:
                     seen.append(entry)

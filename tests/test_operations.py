@@ -51,7 +51,7 @@ class NotifySocket:
         while True:
             try:
                 self.messages.append(self.sock.recv(65536).decode())
-            except (socket.timeout, BlockingIOError):
+            except (TimeoutError, BlockingIOError):
                 return self.messages
 
     def wait_for(self, text: str, timeout: float = 10) -> None:

@@ -9,15 +9,23 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from ggufd import hookspecs
 from ggufd.config import Config
 from ggufd.gguf_metadata import read_metadata
-from ggufd.plugins import BUILTIN_ORIGIN, DEFAULT_PLUGINS, FAMILY_PLUGINS, PluginError, describe_plugins, make_plugin_manager
+from ggufd.plugins import (
+    BUILTIN_ORIGIN,
+    DEFAULT_PLUGINS,
+    FAMILY_PLUGINS,
+    PluginError,
+    describe_plugins,
+    make_plugin_manager,
+)
 from ggufd.registry import build_registry
 from ggufd.testing import model_info, render
 from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
+
 
 @pytest.fixture(autouse=True)
 def no_installed_plugins(monkeypatch):

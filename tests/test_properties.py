@@ -17,15 +17,15 @@ import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
 
+from http_helpers import request  # noqa: E402  (tests/ is on sys.path, see conftest.py)
 from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from ggufd.engine.text_stream import TextAssembler  # noqa: E402
 from ggufd.errors import InvalidRequest  # noqa: E402
 from ggufd.protocol.body import decode_json_body  # noqa: E402
 from ggufd.protocol.openai_chat import parse_chat_request  # noqa: E402
 from ggufd.protocol.openai_completions import parse_completion_request  # noqa: E402
-from ggufd.engine.text_stream import TextAssembler  # noqa: E402
-from http_helpers import request  # noqa: E402  (tests/ is on sys.path, see conftest.py)
 
 PURE = settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 E2E = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -332,7 +332,7 @@ utf8ish = st.one_of(
 def assembler_case(draw):
     data = draw(utf8ish)
     cuts = sorted(set(draw(st.lists(st.integers(0, len(data)), max_size=10))))
-    pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+    pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
     text = data.decode("utf-8", errors="replace")
     # stop strings: some taken from the text itself (so they match), some arbitrary
     from_text = st.builds(lambda i, n: text[i:i + n], st.integers(0, max(len(text) - 1, 0)), st.integers(0, 5))

@@ -8,9 +8,9 @@ import os
 import shutil
 from pathlib import Path
 
+import gguf_factory
 import pytest
 
-import gguf_factory
 from ggufd.config import load_config
 from ggufd.errors import ConfigError, ModelNotFound
 from ggufd.plugins import FAMILY_PLUGINS, make_plugin_manager

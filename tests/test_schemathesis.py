@@ -15,6 +15,7 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed (pip install -e '.[test]')")
 
+from http_helpers import request  # noqa: E402  (tests/ is on sys.path, see conftest.py)
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
@@ -25,7 +26,6 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 )
 
 from ggufd.api.openapi import openapi_document  # noqa: E402
-from http_helpers import request  # noqa: E402  (tests/ is on sys.path, see conftest.py)
 
 pytestmark = pytest.mark.e2e
 

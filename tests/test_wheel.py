@@ -21,7 +21,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, Daemon
 from http_helpers import request
 
@@ -68,7 +67,7 @@ class InstalledDaemon(Daemon):
         self.command, self.cwd = command, cwd
         self.env = {**outside_env(), "GGUFD_LOG_LEVEL": "debug"}
 
-    def start(self, timeout: float = 120) -> "InstalledDaemon":
+    def start(self, timeout: float = 120) -> InstalledDaemon:
         import threading
 
         self.proc = subprocess.Popen([str(self.command), "--port", "0", *self.args], stdout=subprocess.PIPE,

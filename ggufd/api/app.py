@@ -18,17 +18,17 @@ import tornado.netutil
 import tornado.web
 
 from ggufd import __version__
-from ggufd.config import Config
-from ggufd.engine.lifecycle import Engine, Limits
-from ggufd.errors import ApiError, ConfigError
 from ggufd.api.base import NotFoundHandler
 from ggufd.api.embeddings import EmbeddingsHandler
 from ggufd.api.generation import ChatCompletionsHandler, CompletionsHandler
+from ggufd.api.metrics import Metrics
 from ggufd.api.models import AdminModelHandler, ModelsHandler
 from ggufd.api.operations import HealthHandler, MetricsHandler, OpenAPIHandler, PluginsHandler
 from ggufd.api.state import AppState
 from ggufd.api.tokenize import TokenizeHandler
-from ggufd.api.metrics import Metrics
+from ggufd.config import Config
+from ggufd.engine.lifecycle import Engine, Limits
+from ggufd.errors import ApiError, ConfigError
 from ggufd.registry import build_registry
 from ggufd.systemd import inherited_sockets, watchdog_seconds
 

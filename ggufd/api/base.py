@@ -15,6 +15,7 @@ import structlog
 import tornado.web
 
 from ggufd import __version__
+from ggufd.api.security import check_bearer, cors_origin
 from ggufd.errors import (
     ApiError,
     BodyTooLarge,
@@ -24,7 +25,6 @@ from ggufd.errors import (
     UnsupportedMediaType,
     from_http_status,
 )
-from ggufd.api.security import check_bearer, cors_origin
 from ggufd.protocol.body import decode_json_body, dumps
 
 if TYPE_CHECKING:

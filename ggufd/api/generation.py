@@ -78,7 +78,7 @@ class GenerationHandler(BaseHandler):
         timeout = self.state.config.queue_timeout or None
         try:
             events = await asyncio.wait_for(self.generation.next_events(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.generation.cancel()
             raise Overloaded(f"The request waited more than {timeout:g} s for the model '{plan.model.id}'; try again shortly.") from None
         first = events[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from typing import Sequence
+from collections.abc import Sequence
 
 from ggufd.errors import InvalidApiKey
 

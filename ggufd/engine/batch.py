@@ -152,7 +152,7 @@ class BatchRunner:
         else an empty or the least recently used one; the rest of its cache is cleared."""
         def common(seq_id: int) -> int:
             n = 0
-            for a, b in zip(self._cached[seq_id], tokens):
+            for a, b in zip(self._cached[seq_id], tokens, strict=False):  # the shorter one ends the prefix
                 if a != b:
                     break
                 n += 1

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import structlog
 
@@ -401,7 +402,7 @@ class Engine:
             waiter = self._capacity()
             try:
                 await asyncio.wait_for(waiter.wait(), timeout=0.25)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             return False
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import llama_cpp
 import numpy as np

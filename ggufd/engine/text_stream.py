@@ -14,7 +14,7 @@ same text.
 from __future__ import annotations
 
 import codecs
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class TextAssembler:

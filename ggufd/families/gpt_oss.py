@@ -233,7 +233,10 @@ def _opening(text: str) -> bool | None:
     if "to=".startswith(rest):
         return None
     if rest.startswith("to="):  # " to=functions.x<|channel|>commentary json<|message|>..."
-        tail = rest[ROLE_RECIPIENT.match(rest).end():]
+        recipient = ROLE_RECIPIENT.match(rest)
+        if recipient is None:
+            return False
+        tail = rest[recipient.end():]
         if not tail or CHANNEL.startswith(tail):
             return None
         return tail.startswith(CHANNEL)

@@ -59,10 +59,9 @@ def detect_family(metadata, spec):
     template = metadata.chat_template or ""
     if "<|im_start|>" in template and IM_SEP in template:
         return FAMILY  # Phi-4, also as a "llamafied" conversion under another architecture
-    if metadata.architecture in PHI_ARCHITECTURES:
-        # a Phi fine-tune in another format (ChatML, ...) is left to its own template
-        if not template or (END in template and "<|assistant|>" in template):
-            return FAMILY
+    # a Phi fine-tune in another format (ChatML, ...) is left to its own template
+    if metadata.architecture in PHI_ARCHITECTURES and (not template or (END in template and "<|assistant|>" in template)):
+        return FAMILY
     return None
 
 

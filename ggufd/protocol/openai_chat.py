@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ggufd.errors import ApiError, InvalidRequest
 from ggufd.protocol.answer import AnswerAssembler, Outcome, Piece
@@ -33,7 +34,7 @@ class ChatRequest(GenerationOptions):
     tool_policy: ToolPolicy | None = None  # tools may be called
 
 
-def normalise_messages(messages: list[dict]) -> tuple[dict, ...]:
+def normalise_messages(messages: Sequence[Mapping[str, Any]]) -> tuple[dict, ...]:
     """Content arrays of text parts are joined into one string; other part types are refused."""
     result = []
     for i, message in enumerate(messages):

@@ -7,8 +7,9 @@ of them (:func:`with_model_defaults`, :func:`apply_server_limits`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from ggufd.errors import InvalidRequest
 from ggufd.types import SamplingParams

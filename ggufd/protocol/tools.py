@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ggufd.errors import InvalidRequest
 from ggufd.protocol.structured_output import grammar_for

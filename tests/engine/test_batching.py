@@ -43,7 +43,7 @@ async def run_alone_then_together(tiny_model, parallel: int):
 @pytest.mark.parametrize("parallel", [1, 4])
 def test_batched_outputs_equal_solo_outputs(tiny_model, parallel):
     alone, together = asyncio.run(run_alone_then_together(tiny_model, parallel))
-    for solo, batched in zip(alone, together):
+    for solo, batched in zip(alone, together, strict=True):
         assert text_of(batched) == text_of(solo) and text_of(solo)
         assert batched[-1] == solo[-1]
     assert alone[3][-1].reason == "stop"  # the stop string ended that one early

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from ggufd.engine.memory import (
+    OVERHEAD_BYTES,
+    estimate_model_bytes,
+    kv_cache_bytes,
+    model_files,
+    parse_size,
+    weights_bytes,
+)
 from ggufd.gguf_metadata import read_metadata
-from ggufd.engine.memory import OVERHEAD_BYTES, estimate_model_bytes, kv_cache_bytes, model_files, parse_size, weights_bytes
 
 
 @pytest.mark.parametrize("text, expected", [("512MiB", 512 * 1024**2), ("20GiB", 20 * 1024**3), ("1.5 GB", 1_500_000_000), ("4096", 4096), (123, 123), ("2g", 2 * 1000**3)])

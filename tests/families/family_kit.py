@@ -9,10 +9,11 @@ Imported by the modules in this folder as ``family_kit`` (pytest puts the folder
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ggufd.gguf_metadata import GGUFMetadata
 from ggufd.testing import gguf_metadata, model_info, render_template

@@ -6,10 +6,10 @@ are in test_family_contract.py), conservative family detection, and the Hermes-s
 from __future__ import annotations
 
 import gguf
-import pytest
-
 import gguf_factory
+import pytest
 from family_kit import CHATML, QWEN25_TEMPLATE, TEXT_CHATS, hf_messages, published
+
 from ggufd.config import load_config
 from ggufd.default_plugins import gguf_template
 from ggufd.gguf_metadata import read_metadata

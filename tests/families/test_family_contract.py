@@ -13,10 +13,10 @@ import ast
 from pathlib import Path
 
 import pytest
+from family_kit import FAMILIES, PUBLISHED, TEXT_CHATS, Family
 
 import ggufd
 import ggufd.families
-from family_kit import FAMILIES, PUBLISHED, TEXT_CHATS, Family
 from ggufd.plugins import BUILTIN_ORIGIN, FAMILY_PLUGINS
 from ggufd.testing import gguf_metadata, model_spec, plugin_manager, render
 from ggufd.types import ChatPrompt, PassThrough
@@ -163,7 +163,7 @@ def test_its_models_are_detected_as_its_family(family, plugin, plugins):
 @pytest.mark.parametrize(
     "family,owner,meta",
     [(family, owner, meta) for family in FAMILIES.values() for owner, meta in LOOKALIKES if owner != family.name],
-    ids=[f"{family.plugin}-vs-{lid}" for family in FAMILIES.values() for (owner, _), lid in zip(LOOKALIKES, LOOKALIKE_IDS) if owner != family.name],
+    ids=[f"{family.plugin}-vs-{lid}" for family in FAMILIES.values() for (owner, _), lid in zip(LOOKALIKES, LOOKALIKE_IDS, strict=True) if owner != family.name],
 )
 def test_no_family_claims_another_familys_model(family, owner, meta, plugin, plugins):
     spec = model_spec()

@@ -7,19 +7,25 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import gguf_factory
+import pytest
 from family_kit import (
     DEEPSEEK,
-    DEEPSEEK_BOS as BOS,
-    DEEPSEEK_EOS as EOS,
-    DEEPSEEK_V2_TEMPLATE as V2_TEMPLATE,
     DISTILL_TEMPLATE,
     R1_TEMPLATE,
     TEXT_CHATS,
     published,
 )
+from family_kit import (
+    DEEPSEEK_BOS as BOS,
+)
+from family_kit import (
+    DEEPSEEK_EOS as EOS,
+)
+from family_kit import (
+    DEEPSEEK_V2_TEMPLATE as V2_TEMPLATE,
+)
+
 from ggufd.errors import InvalidRequest
 from ggufd.gguf_metadata import read_metadata
 from ggufd.testing import render_template

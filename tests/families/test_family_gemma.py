@@ -5,8 +5,8 @@ the real gemma vocabulary (turn markers are single special tokens, end of turn e
 from __future__ import annotations
 
 import pytest
-
 from family_kit import GEMMA, GEMMA3_TEMPLATE, TEXT_CHATS
+
 from ggufd.errors import InvalidRequest
 from ggufd.gguf_metadata import read_metadata
 from ggufd.testing import render_template

@@ -8,10 +8,11 @@ from __future__ import annotations
 import datetime
 import random
 
-import pytest
-
 import gguf_factory
-from family_kit import GPT_OSS, GPT_OSS_DATE as DATE, HARMONY_TEMPLATE, TEXT_CHATS
+import pytest
+from family_kit import GPT_OSS, HARMONY_TEMPLATE, TEXT_CHATS
+from family_kit import GPT_OSS_DATE as DATE
+
 from ggufd.errors import InvalidRequest
 from ggufd.gguf_metadata import read_metadata
 from ggufd.types import ChatPrompt, ModelSpec
@@ -394,7 +395,7 @@ def test_answer_filter_random_splits(gpt_oss):
             text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
         whole = run_filter(gpt_oss.HarmonyFilter, [text])
         cuts = sorted(rng.randint(0, len(text)) for _ in range(rng.randint(0, 8)))
-        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
         assert run_filter(gpt_oss.HarmonyFilter, pieces) == whole, (text, pieces)
         assert all(isinstance(part, str) for part in whole)
 

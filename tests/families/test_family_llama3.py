@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-import pytest
-
 import gguf_factory
+import pytest
 from family_kit import LLAMA3, LLAMA3_TEMPLATE, LLAMA31_TEMPLATE, TEXT_CHATS
+
 from ggufd.config import load_config
 from ggufd.default_plugins import gguf_template
 from ggufd.gguf_metadata import read_metadata

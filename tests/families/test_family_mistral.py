@@ -5,10 +5,10 @@ test_family_contract.py), family detection, and the ``[TOOL_CALLS]`` syntax."""
 
 from __future__ import annotations
 
-import pytest
-
 import gguf_factory
+import pytest
 from family_kit import MISTRAL, MISTRAL_TEKKEN_PRE, MISTRAL_V3_TEMPLATE, TEXT_CHATS, hf_messages, published
+
 from ggufd.config import load_config
 from ggufd.default_plugins import gguf_template
 from ggufd.errors import InvalidRequest

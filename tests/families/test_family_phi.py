@@ -4,10 +4,10 @@ test_family_contract.py), the style fingerprints, family detection, and stop str
 
 from __future__ import annotations
 
-import pytest
-
 import gguf_factory
+import pytest
 from family_kit import PHI, PHI4_MINI_TEMPLATE, PHI4_TEMPLATE, PHI35_TEMPLATE, TEXT_CHATS, published
+
 from ggufd.errors import InvalidRequest
 from ggufd.gguf_metadata import read_metadata
 from ggufd.testing import render_template

@@ -12,7 +12,6 @@ from ggufd.protocol import body as body_module
 from ggufd.protocol.body import decode_json_body, dumps
 from ggufd.protocol.openai_chat import ChatOutput
 
-
 # --- decode_json_body
 
 
@@ -116,10 +115,10 @@ def test_non_object_bodies(raw):
 
 def test_dumps_is_compact_strict_utf8_and_keeps_non_ascii():
     out = dumps({"text": "héllo 😀 日本", "n": [1, 2]})
-    assert out == '{"text":"héllo 😀 日本","n":[1,2]}'.encode("utf-8")
+    assert out == '{"text":"héllo 😀 日本","n":[1,2]}'.encode()
     assert b"\\u" not in out
     assert out.decode("utf-8", errors="strict")
     content = ChatOutput("id", "m", created=0).content("ünïcödé")
-    assert "ünïcödé".encode("utf-8") in content
+    assert "ünïcödé".encode() in content
     with pytest.raises(UnicodeEncodeError):
         dumps({"text": "\ud800"})  # strict: never writes invalid UTF-8

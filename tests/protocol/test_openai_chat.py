@@ -10,7 +10,7 @@ import pytest
 
 from ggufd.errors import InvalidRequest
 from ggufd.protocol.answer import Outcome
-from ggufd.protocol.body import decode_json_body, dumps
+from ggufd.protocol.body import decode_json_body
 from ggufd.protocol.openai_chat import (
     ChatOutput,
     ChatRequest,
