@@ -54,7 +54,9 @@ def chat_prompt(model: Path, messages: list[dict]):
         pm = make_plugin_manager(Config(models_dir=model.parent))  # as start_ggufd: the built-in families
         spec = ModelSpec(id=model.stem, path=model)
         metadata = read_metadata(model)
-        info = ModelInfo(spec=spec, metadata=metadata, family=pm.hook.detect_family(metadata=metadata, spec=spec) or "generic")
+        info = ModelInfo(
+            spec=spec, metadata=metadata, family=pm.hook.detect_family(metadata=metadata, spec=spec) or "generic"
+        )
         _formatter[model] = (pm, info)
     pm, info = _formatter[model]
     return pm.hook.format_chat(model=info, messages=messages)
@@ -113,7 +115,9 @@ class Server:
         self.name, self.cmd, self.port = name, cmd, port
         self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)  # noqa: SIM115 (lives with the server)
         started = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd
+        )
         self.startup_s = self._wait_ready(started)
 
     @property
@@ -163,14 +167,18 @@ def start_ggufd(model: Path, args, workdir: Path, tree: Path | None = None, name
     models.mkdir(exist_ok=True)
     config = workdir / f"{name}.toml"
     # the families are built in; an older checkout (before ggufd/families/) finds them in its plugins folder
-    plugins = f'plugins_dir = "{tree / "plugins"}"\n' if tree is not None and (tree / "plugins" / "gemma.py").exists() else ""
+    plugins = (
+        f'plugins_dir = "{tree / "plugins"}"\n' if tree is not None and (tree / "plugins" / "gemma.py").exists() else ""
+    )
     config.write_text(
         f'models_dir = "{models}"\n{plugins}log_level = "warning"\nmax_queue = 64\n'
         f"[llama]\nn_ctx = {args.n_ctx}\nn_threads = {args.threads}\nparallel = {max(args.concurrency)}\nn_gpu_layers = {args.n_gpu_layers}\n"
         f'[models."{model.stem}"]\npath = "{model}"\n'
     )
     env = {"PYTHONPATH": str(tree)} if tree is not None else None
-    return Server(name, [sys.executable, "-m", "ggufd", "--config", str(config), "--port", str(port)], port, env=env, cwd=tree)
+    return Server(
+        name, [sys.executable, "-m", "ggufd", "--config", str(config), "--port", str(port)], port, env=env, cwd=tree
+    )
 
 
 # Runs a Python server (a module or a script) with llama.cpp's extra weight buffers off: every
@@ -239,17 +247,34 @@ def llama_server_flags(binary: str) -> list[str]:
     except (OSError, subprocess.TimeoutExpired):
         help_text = ""
     if "--no-repack" not in help_text:
-        print(f"  note: {binary} lists no --no-repack: it keeps llama.cpp's extra weight buffers (not the same kernels as the others)",
-              flush=True)
+        print(
+            f"  note: {binary} lists no --no-repack: it keeps llama.cpp's extra weight buffers (not the same kernels as the others)",
+            flush=True,
+        )
         return []
     return ["--no-repack"]
 
 
 def start_llama_cpp_server(model: Path, args) -> Server:
     port = free_port()
-    cmd = python_server("-m", "llama_cpp.server", "--model", str(model), "--model_alias", model.stem,
-           "--n_ctx", str(args.n_ctx), "--n_threads", str(args.threads), "--chat_format", "gemma",
-           "--host", "127.0.0.1", "--port", str(port))
+    cmd = python_server(
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--model_alias",
+        model.stem,
+        "--n_ctx",
+        str(args.n_ctx),
+        "--n_threads",
+        str(args.threads),
+        "--chat_format",
+        "gemma",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    )
     return Server("llama_cpp.server", cmd, port)
 
 
@@ -266,14 +291,24 @@ def start_example_server(model: Path, args, workdir: Path) -> Server:
     template = PEER_TEMPLATE
     config = {
         "server": {"host": "127.0.0.1", "port": port},
-        "model": {"alias": model.stem, "path": str(model), "chat_template": template, "n_ctx": args.n_ctx * max(args.concurrency),
-                  "n_seq_max": max(args.concurrency), "n_batch": 512, "n_ubatch": 512, "threads": args.threads,
-                  "threads_batch": args.threads},
+        "model": {
+            "alias": model.stem,
+            "path": str(model),
+            "chat_template": template,
+            "n_ctx": args.n_ctx * max(args.concurrency),
+            "n_seq_max": max(args.concurrency),
+            "n_batch": 512,
+            "n_ubatch": 512,
+            "threads": args.threads,
+            "threads_batch": args.threads,
+        },
     }
     path = workdir / "example-server.json"
     path.write_text(json.dumps(config))
     script = Path(args.example_server).resolve()
-    return Server("example server (batched)", python_server("script", str(script), "-C", str(path)), port, cwd=script.parent)
+    return Server(
+        "example server (batched)", python_server("script", str(script), "-C", str(path)), port, cwd=script.parent
+    )
 
 
 def start_llama_server(model: Path, args, workdir: Path) -> Server:
@@ -281,16 +316,44 @@ def start_llama_server(model: Path, args, workdir: Path) -> Server:
     n = max(args.concurrency)
     template = workdir / "peer-template.jinja"
     template.write_text(PEER_TEMPLATE)
-    cmd = [args.llama_server, "-m", str(model), "-a", model.stem, "-c", str(args.n_ctx * n), "--parallel", str(n),
-           "-t", str(args.threads), "-ngl", str(args.n_gpu_layers), "--jinja", "--chat-template-file", str(template),
-           "--host", "127.0.0.1", "--port", str(port), *llama_server_flags(args.llama_server)]
+    cmd = [
+        args.llama_server,
+        "-m",
+        str(model),
+        "-a",
+        model.stem,
+        "-c",
+        str(args.n_ctx * n),
+        "--parallel",
+        str(n),
+        "-t",
+        str(args.threads),
+        "-ngl",
+        str(args.n_gpu_layers),
+        "--jinja",
+        "--chat-template-file",
+        str(template),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *llama_server_flags(args.llama_server),
+    ]
     return Server("llama-server", cmd, port)
 
 
 # --- load generation
 
 
-def stream_one(client, model: str, messages: list[dict], max_tokens: int, counter, result: StreamResult, start_gate: threading.Barrier) -> None:
+def stream_one(
+    client,
+    model: str,
+    messages: list[dict],
+    max_tokens: int,
+    counter,
+    result: StreamResult,
+    start_gate: threading.Barrier,
+) -> None:
     start_gate.wait()
     sent = time.perf_counter()
     first = last = None
@@ -298,8 +361,15 @@ def stream_one(client, model: str, messages: list[dict], max_tokens: int, counte
     usage = None
     try:
         extra = {"logit_bias": {str(k): v for k, v in LOGIT_BIAS.items()}} if LOGIT_BIAS else {}
-        stream = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0,
-                                                stream=True, stream_options={"include_usage": True}, **extra)
+        stream = client.chat.completions.create(
+            model=model,
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+            **extra,
+        )
         for chunk in stream:
             if chunk.usage is not None:
                 usage = chunk.usage.completion_tokens
@@ -334,7 +404,9 @@ def run_round(system: str, client, model: str, concurrency: int, max_tokens: int
     gate = threading.Barrier(concurrency + 1)
     threads = []
     for i in range(concurrency):
-        t = threading.Thread(target=stream_one, args=(client, model, messages_for(i, tag), max_tokens, counter, results[i], gate))
+        t = threading.Thread(
+            target=stream_one, args=(client, model, messages_for(i, tag), max_tokens, counter, results[i], gate)
+        )
         t.start()
         threads.append(t)
     gate.wait()
@@ -373,8 +445,14 @@ class InProcess:
 
         self.model, self.counter = model, counter
         # use_extra_bufts follows EXTRA_BUFTS: without_extra_bufts() patched the defaults Llama starts from
-        self.llm = llama_cpp.Llama(str(model), n_ctx=args.n_ctx, n_threads=args.threads, n_threads_batch=args.threads,
-                                   n_gpu_layers=args.n_gpu_layers, verbose=False)
+        self.llm = llama_cpp.Llama(
+            str(model),
+            n_ctx=args.n_ctx,
+            n_threads=args.threads,
+            n_threads_batch=args.threads,
+            n_gpu_layers=args.n_gpu_layers,
+            verbose=False,
+        )
 
     def round(self, concurrency: int, max_tokens: int, tag: str) -> Round:
         prompt = chat_prompt(self.model, messages_for(0, tag))
@@ -382,8 +460,14 @@ class InProcess:
         started = time.perf_counter()
         first = last = finish = None
         text = []
-        for chunk in self.llm.create_completion(prompt.text, max_tokens=max_tokens, temperature=0, stream=True,
-                                                stop=list(prompt.stop) or None, logit_bias=LOGIT_BIAS or None):
+        for chunk in self.llm.create_completion(
+            prompt.text,
+            max_tokens=max_tokens,
+            temperature=0,
+            stream=True,
+            stop=list(prompt.stop) or None,
+            logit_bias=LOGIT_BIAS or None,
+        ):
             choice = chunk["choices"][0]
             finish = choice["finish_reason"] or finish
             if choice["text"]:
@@ -423,7 +507,9 @@ class InProcessBatched:
 
         configure_llama("error")
         placement = Placement("gpu" if args.n_gpu_layers else "cpu", args.n_gpu_layers)
-        settings = LlamaSettings(n_ctx=args.n_ctx, n_threads=args.threads, parallel=max(args.concurrency), n_gpu_layers=args.n_gpu_layers)
+        settings = LlamaSettings(
+            n_ctx=args.n_ctx, n_threads=args.threads, parallel=max(args.concurrency), n_gpu_layers=args.n_gpu_layers
+        )
         self.model = model
         self.loaded = load_model(str(model), settings, placement)
         self.sampling = SamplingParams(temperature=0, logit_bias=tuple(LOGIT_BIAS.items()))
@@ -450,7 +536,9 @@ class InProcessBatched:
         jobs = []
         for i in range(concurrency):
             generation = Generation(self.loop)
-            request = GenerationRequest(chat_prompt(self.model, messages_for(i, tag)), self.sampling, max_tokens=max_tokens)
+            request = GenerationRequest(
+                chat_prompt(self.model, messages_for(i, tag)), self.sampling, max_tokens=max_tokens
+            )
             future = self.loaded.runner.submit(generation, request)[0]
             future.add_done_callback(lambda _, key=id(generation): finished.setdefault(key, time.perf_counter()))  # noqa: B008 (bound per job)
             jobs.append((generation, future))
@@ -461,7 +549,9 @@ class InProcessBatched:
             first, end = self.first_text.get(id(generation)), finished[id(generation)]
             tokens = future.result().completion_tokens
             rate = (tokens - 1) / (end - first) if first is not None and tokens > 1 and end > first else None
-            results.append(StreamResult(ttft=(first - started) if first is not None else None, tokens=tokens, decode_rate=rate))
+            results.append(
+                StreamResult(ttft=(first - started) if first is not None else None, tokens=tokens, decode_rate=rate)
+            )
         return Round(self.name, concurrency, wall, results)
 
     def close(self) -> None:
@@ -482,7 +572,9 @@ def prefix_reuse(server: Server, model: Path, args) -> dict:
     def ttft(messages) -> float:
         started = time.perf_counter()
         first = None
-        for chunk in client.chat.completions.create(model=model.stem, messages=messages, max_tokens=4, temperature=0, stream=True):
+        for chunk in client.chat.completions.create(
+            model=model.stem, messages=messages, max_tokens=4, temperature=0, stream=True
+        ):
             if first is None and chunk.choices and chunk.choices[0].delta.content:
                 first = time.perf_counter() - started
         return first if first is not None else time.perf_counter() - started  # read to the end: a client that
@@ -492,7 +584,12 @@ def prefix_reuse(server: Server, model: Path, args) -> dict:
     for i in range(3):
         unique = [{"role": "system", "content": f"Session {time.time_ns()} {i}. " + convo[0]["content"]}] + convo[1:]
         colds.append(ttft(unique))  # a prefix nobody has seen
-        warms.append(ttft(unique + [{"role": "assistant", "content": "Water regularly."}, {"role": "user", "content": "And peppers?"}]))
+        warms.append(
+            ttft(
+                unique
+                + [{"role": "assistant", "content": "Water regularly."}, {"role": "user", "content": "And peppers?"}]
+            )
+        )
     return {"cold_ttft_ms": 1000 * statistics.median(colds), "warm_ttft_ms": 1000 * statistics.median(warms)}
 
 
@@ -510,15 +607,26 @@ def idle_footprint(model: Path, args, workdir: Path) -> dict:
 def machine() -> dict:
     cpu = "unknown"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     import llama_cpp
 
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_gb, 1), "python": platform.python_version(),
-            "llama_cpp_python": llama_cpp.__version__, "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
-            "extra_bufts": EXTRA_BUFTS["on"], "extra_bufts_reason": EXTRA_BUFTS["reason"]}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_gb, 1),
+        "python": platform.python_version(),
+        "llama_cpp_python": llama_cpp.__version__,
+        "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
+        "extra_bufts": EXTRA_BUFTS["on"],
+        "extra_bufts_reason": EXTRA_BUFTS["reason"],
+    }
 
 
 def fmt(value, digits=1) -> str:
@@ -565,17 +673,24 @@ def report(results: dict, args) -> str:
         lines.append(f"- {name}: {fmt(value, 2)}{over} (target {target}) — {'met' if passed else 'NOT met'}")
     extra = results.get("prefix_reuse")
     if extra:
-        lines += ["", f"Multi-turn prefix reuse (ggufd): time to first token {fmt(extra['cold_ttft_ms'])} ms with a new conversation prefix, "
-                      f"{fmt(extra['warm_ttft_ms'])} ms when the conversation continues (cached prefix)."]
+        lines += [
+            "",
+            f"Multi-turn prefix reuse (ggufd): time to first token {fmt(extra['cold_ttft_ms'])} ms with a new conversation prefix, "
+            f"{fmt(extra['warm_ttft_ms'])} ms when the conversation continues (cached prefix).",
+        ]
     idle = results.get("idle")
     if idle:
-        lines += ["", f"Idle ggufd (no model loaded): start to listening {fmt(idle['startup_s'], 2)} s, RSS {fmt(idle['idle_rss_mb'])} MB."]
+        lines += [
+            "",
+            f"Idle ggufd (no model loaded): start to listening {fmt(idle['startup_s'], 2)} s, RSS {fmt(idle['idle_rss_mb'])} MB.",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def paired_ratios(rounds: dict[str, list[Round]], a: str, b: str, concurrency: int, key: str) -> list[float]:
     """``a``'s value over ``b``'s for each repeat: rounds of the same repeat ran within moments of each other,
     so a drift of the machine's speed cancels out of each ratio."""
+
     def values(system):
         return [r.summary()[key] for r in rounds.get(system, []) if r.concurrency == concurrency]
 
@@ -584,6 +699,7 @@ def paired_ratios(rounds: dict[str, list[Round]], a: str, b: str, concurrency: i
 
 def targets(rows: list[dict], rounds: dict[str, list[Round]], idle: dict | None) -> dict:
     """name -> (value, spread or None, target text, met)."""
+
     def get(system, c, key):
         return next((r[key] for r in rows if r["system"] == system and r["concurrency"] == c), None)
 
@@ -608,12 +724,19 @@ def targets(rows: list[dict], rounds: dict[str, list[Round]], idle: dict | None)
     g1 = get("ggufd", 1, "aggregate_tok_s")
     for c, threshold in ((4, 1.5), (8, 2.0)):
         ratio(f"ggufd {c} streams / ggufd 1 stream", get("ggufd", c, "aggregate_tok_s"), g1, threshold)
-        ratio(f"in-process llama_decode loop {c} / 1 streams (the machine's batching gain)", get(batched, c, "aggregate_tok_s"), get(batched, 1, "aggregate_tok_s"), threshold)
+        ratio(
+            f"in-process llama_decode loop {c} / 1 streams (the machine's batching gain)",
+            get(batched, c, "aggregate_tok_s"),
+            get(batched, 1, "aggregate_tok_s"),
+            threshold,
+        )
         for peer in ("example server (batched)", "llama-server", "llama_cpp.server"):
             paired(f"ggufd / {peer}, {c} streams", "ggufd", peer, c, 1.0)
     for c in (1, 4, 8):  # this checkout against another one (--ggufd-tree), same rounds
         paired(f"ggufd / {BASELINE_GGUFD}, {c} stream(s)", "ggufd", BASELINE_GGUFD, c, 0.95)
-    paired("ggufd / in-process llama_decode loop, one stream (decode rate)", "ggufd", batched, 1, 0.95, "stream_tok_s_p50")
+    paired(
+        "ggufd / in-process llama_decode loop, one stream (decode rate)", "ggufd", batched, 1, 0.95, "stream_tok_s_p50"
+    )
     for c in sorted({r["concurrency"] for r in rows if r["system"] == batched and r["concurrency"] > 1}):
         paired(f"ggufd / in-process llama_decode loop, {c} streams", "ggufd", batched, c, 0.9)
     ttft8 = get("ggufd", 8, "ttft_ms_p50")
@@ -621,7 +744,12 @@ def targets(rows: list[dict], rounds: dict[str, list[Round]], idle: dict | None)
         result["ggufd TTFT p50 at 8 streams (ms)"] = (ttft8, None, "< 100", ttft8 < 100)
     floor = get(batched, 8, "ttft_ms_p50")
     if floor is not None:  # all 8 prompts submitted in the same instant and prefilled in one step
-        result["in-process llama_decode loop TTFT p50 at 8 streams (ms; the machine's prefill floor)"] = (floor, None, "< 100", floor < 100)
+        result["in-process llama_decode loop TTFT p50 at 8 streams (ms; the machine's prefill floor)"] = (
+            floor,
+            None,
+            "< 100",
+            floor < 100,
+        )
     if idle:
         result["idle RSS (MB)"] = (idle["idle_rss_mb"], None, "< 80", idle["idle_rss_mb"] < 80)
         result["start to listening (s)"] = (idle["startup_s"], None, "< 1", idle["startup_s"] < 1)
@@ -655,13 +783,20 @@ def main(argv=None) -> int:
     parser.add_argument("--n-ctx", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--n-gpu-layers", type=int, default=0, help="layers on the GPU for every system (-1 = all)")
-    parser.add_argument("--suppress-eos", default="auto",
-                        help="token ids given logit bias -100 so that every generation is --max-tokens long: "
-                             "'auto' (the model's end-of-generation tokens), 'none', or comma-separated ids")
+    parser.add_argument(
+        "--suppress-eos",
+        default="auto",
+        help="token ids given logit bias -100 so that every generation is --max-tokens long: "
+        "'auto' (the model's end-of-generation tokens), 'none', or comma-separated ids",
+    )
     parser.add_argument("--systems", default="inprocess,inprocess-batched,ggufd,llama_cpp.server,example,llama-server")
     parser.add_argument("--example-server", help="examples/server/server.py from llama-cpp-python's source package")
     parser.add_argument("--llama-server", help="llama.cpp's llama-server binary")
-    parser.add_argument("--ggufd-tree", type=Path, help="another checkout of ggufd (e.g. the commit before a change), measured beside this one")
+    parser.add_argument(
+        "--ggufd-tree",
+        type=Path,
+        help="another checkout of ggufd (e.g. the commit before a change), measured beside this one",
+    )
     parser.add_argument("--no-prefix-reuse", action="store_true", help="skip the multi-turn measurement")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--write-benchmarks", action="store_true", help="also write BENCHMARKS.md")
@@ -690,8 +825,12 @@ def main(argv=None) -> int:
         "inprocess-batched": lambda: InProcessBatched(model, args),
         "ggufd": lambda: ServerSystem(start_ggufd(model, args, workdir), model, counter),
         "llama_cpp.server": lambda: ServerSystem(start_llama_cpp_server(model, args), model, counter),
-        "example": (lambda: ServerSystem(start_example_server(model, args, workdir), model, counter)) if args.example_server else None,
-        "llama-server": (lambda: ServerSystem(start_llama_server(model, args, workdir), model, counter)) if args.llama_server else None,
+        "example": (lambda: ServerSystem(start_example_server(model, args, workdir), model, counter))
+        if args.example_server
+        else None,
+        "llama-server": (lambda: ServerSystem(start_llama_server(model, args, workdir), model, counter))
+        if args.llama_server
+        else None,
     }
     if args.ggufd_tree is not None:  # another checkout of ggufd, measured in the same rounds
         tree, name = args.ggufd_tree.resolve(), BASELINE_GGUFD
@@ -713,11 +852,13 @@ def main(argv=None) -> int:
         for concurrency in args.concurrency:
             repeats = args.repeats if concurrency == 1 else args.repeats_concurrent
             for repeat in range(repeats):
-                turn = systems[repeat % len(systems):] + systems[:repeat % len(systems)]  # who goes first rotates
+                turn = systems[repeat % len(systems) :] + systems[: repeat % len(systems)]  # who goes first rotates
                 for system in turn:
                     if concurrency <= system.max_concurrency:
                         print(f"  {system.name}: {concurrency} stream(s), round {repeat + 1}/{repeats}", flush=True)
-                        rounds[system.name].append(system.round(concurrency, args.max_tokens, f"{concurrency}-{repeat}"))
+                        rounds[system.name].append(
+                            system.round(concurrency, args.max_tokens, f"{concurrency}-{repeat}")
+                        )
         ggufd = next((s for s in systems if s.name == "ggufd"), None)
         if ggufd is not None and not args.no_prefix_reuse:
             prefix = prefix_reuse(ggufd.server, model, args)
@@ -734,10 +875,23 @@ def main(argv=None) -> int:
             row = median_summary([r for r in system_rounds if r.concurrency == concurrency])
             row["peak_rss_mb"] = rss.get(system)
             rows.append(row)
-    results = {"model": model.name, "machine": machine(), "rows": rows, "prefix_reuse": prefix, "idle": idle,
-               "settings": {"max_tokens": args.max_tokens, "n_ctx": args.n_ctx, "threads": args.threads, "concurrency": args.concurrency,
-                            "repeats": args.repeats, "repeats_concurrent": args.repeats_concurrent, "suppressed_tokens": sorted(LOGIT_BIAS)},
-               "rounds": {name: [r.summary() for r in rs] for name, rs in rounds.items()}}
+    results = {
+        "model": model.name,
+        "machine": machine(),
+        "rows": rows,
+        "prefix_reuse": prefix,
+        "idle": idle,
+        "settings": {
+            "max_tokens": args.max_tokens,
+            "n_ctx": args.n_ctx,
+            "threads": args.threads,
+            "concurrency": args.concurrency,
+            "repeats": args.repeats,
+            "repeats_concurrent": args.repeats_concurrent,
+            "suppressed_tokens": sorted(LOGIT_BIAS),
+        },
+        "rounds": {name: [r.summary() for r in rs] for name, rs in rounds.items()},
+    }
     results["targets"] = targets(rows, rounds, idle)
     table = report(results, args)
     args.out.mkdir(parents=True, exist_ok=True)

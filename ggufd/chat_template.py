@@ -33,7 +33,9 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False) -> str:
+def _tojson(
+    value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False
+) -> str:
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
@@ -84,5 +86,5 @@ def render_chat_template(
         raise InvalidRequest(f"The model's chat template rejected the messages: {exc}", param="messages") from None
     add_bos = adds_bos(metadata)
     if add_bos and bos and text.startswith(bos):
-        text = text[len(bos):]
+        text = text[len(bos) :]
     return ChatPrompt(text=text, add_bos=add_bos)

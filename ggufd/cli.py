@@ -1,9 +1,9 @@
 """Command line: argument parsing and wiring only.
 
-    ggufd [--config FILE] [--host H] [--port P] [--models-dir DIR]   serve (the default)
-    ggufd --check-config [--config FILE]                              validate, list models, exit
-    ggufd plugins [--config FILE]                                     list plugins and their hooks
-    ggufd models [--config FILE]                                      list the models that would be served
+ggufd [--config FILE] [--host H] [--port P] [--models-dir DIR]   serve (the default)
+ggufd --check-config [--config FILE]                              validate, list models, exit
+ggufd plugins [--config FILE]                                     list plugins and their hooks
+ggufd models [--config FILE]                                      list the models that would be served
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", help="address to bind (overrides the config file and GGUFD_HOST)")
     parser.add_argument("--port", type=int, help="port to bind (overrides the config file and GGUFD_PORT)")
     parser.add_argument("--models-dir", help="folder with .gguf files (overrides the config file and GGUF_MODELS_DIR)")
-    parser.add_argument("--check-config", action="store_true", help="validate the config, list the models, exit non-zero on any problem")
+    parser.add_argument(
+        "--check-config", action="store_true", help="validate the config, list the models, exit non-zero on any problem"
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output for plugins/models/--check-config")
     parser.add_argument("--version", action="version", version=f"ggufd {__version__}")
     return parser.parse_args(argv)
@@ -91,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             for failure in pm.failures:
                 print(f"! plugin {failure['name']} not loaded: {failure['error']}")
             if registry.skipped or pm.failures:
-                print(f"ggufd: {len(registry.skipped)} model file(s) cannot be served, {len(pm.failures)} plugin(s) "
-                      "failed to load (see above)", file=sys.stderr)
+                print(
+                    f"ggufd: {len(registry.skipped)} model file(s) cannot be served, {len(pm.failures)} plugin(s) "
+                    "failed to load (see above)",
+                    file=sys.stderr,
+                )
                 return 1
             print(f"config OK: {config.source or 'built-in defaults'}", file=sys.stderr)
         return 0
@@ -123,13 +128,20 @@ def _serve(args, config, pm, registry) -> int:
     def inherited_sockets_expected() -> bool:  # socket activation: systemd decides where we listen
         return os.environ.get("LISTEN_PID") == str(os.getpid())
 
-    missing = [model_id for model_id in config.preload if model_id not in registry.models and model_id not in registry.aliases]
+    missing = [
+        model_id for model_id in config.preload if model_id not in registry.models and model_id not in registry.aliases
+    ]
     if missing:
-        print(f"ggufd: configuration error: {config.source or 'config'}: preload: not served: {', '.join(missing)}", file=sys.stderr)
+        print(
+            f"ggufd: configuration error: {config.source or 'config'}: preload: not served: {', '.join(missing)}",
+            file=sys.stderr,
+        )
         return 2
     if not config.api_keys and not is_loopback(config.host) and not inherited_sockets_expected():
-        message = (f"listening on {config.host} (beyond this machine) without any API key: anyone who can reach "
-                   "the port can use the models; set api_keys, api_key_file or GGUFD_API_KEYS")
+        message = (
+            f"listening on {config.host} (beyond this machine) without any API key: anyone who can reach "
+            "the port can use the models; set api_keys, api_key_file or GGUFD_API_KEYS"
+        )
         if config.unauthenticated_remote == "refuse":
             print(f"ggufd: refusing to start: {message}", file=sys.stderr)
             return 2
@@ -148,7 +160,9 @@ def _serve(args, config, pm, registry) -> int:
         notifier=Notifier(),
     )
     gpu = state.engine.gpu_report()  # llama.cpp starts now, not during the first /health
-    log_gpu = structlog.get_logger("ggufd").info if gpu.offload or not gpu.backends else structlog.get_logger("ggufd").warning
+    log_gpu = (
+        structlog.get_logger("ggufd").info if gpu.offload or not gpu.backends else structlog.get_logger("ggufd").warning
+    )
     log_gpu(gpu.summary(), gpu_offload=gpu.offload, gpus=[d.description for d in gpu.devices])
     pm.startup(config)
     try:

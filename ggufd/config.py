@@ -226,7 +226,9 @@ def load_config(
         source=source,
         host=doc.get("host", Config.host),
         port=doc.get("port", Config.port),
-        models_dir=Path(doc["models_dir"]) if "models_dir" in doc else _resolve("models", file_base.parent if source else Path.cwd()),
+        models_dir=Path(doc["models_dir"])
+        if "models_dir" in doc
+        else _resolve("models", file_base.parent if source else Path.cwd()),
         recursive=doc.get("recursive", False),
         models_include=tuple(doc.get("models_include", Config.models_include)),
         models_exclude=tuple(doc.get("models_exclude", ())),
@@ -308,13 +310,17 @@ def _finish_model(model_id: str, table: dict, source: str) -> Mapping[str, Any]:
 
 def _check_files(config: Config, source: str, origins: Mapping[str, str]) -> None:
     if not config.models_dir.is_dir():
-        raise ConfigError(f"{_where(origins.get('models_dir', source), 'models_dir')}: {config.models_dir} is not a folder")
+        raise ConfigError(
+            f"{_where(origins.get('models_dir', source), 'models_dir')}: {config.models_dir} is not a folder"
+        )
     for key in ("ollama_models_dir", "hf_cache_dir"):
         folder = getattr(config, key)
         if folder is not None and not folder.is_dir():
             raise ConfigError(f"{_where(origins.get(key, source), key)}: {folder} is not a folder")
     if config.plugins_dir is not None and not config.plugins_dir.is_dir():
-        raise ConfigError(f"{_where(origins.get('plugins_dir', source), 'plugins_dir')}: {config.plugins_dir} is not a folder")
+        raise ConfigError(
+            f"{_where(origins.get('plugins_dir', source), 'plugins_dir')}: {config.plugins_dir} is not a folder"
+        )
     for model_id, table in config.models.items():
         path = table.get("path")
         if path is not None and not path.is_file():

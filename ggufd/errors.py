@@ -54,7 +54,9 @@ class ModelNotFound(ApiError):
 
     def __init__(self, model: str, message: str | None = None) -> None:
         # Echo the name only when it looks like a model id, never a path or junk.
-        looks_like_id = 0 < len(model) <= 128 and model.isprintable() and not model.startswith("/") and ".." not in model
+        looks_like_id = (
+            0 < len(model) <= 128 and model.isprintable() and not model.startswith("/") and ".." not in model
+        )
         name = f"The model '{model}'" if looks_like_id else "The requested model"
         super().__init__(
             404,
@@ -94,8 +96,11 @@ class ModelLoadFailed(ServerError):
     llama.cpp gave a reason the engine recognises; otherwise the message points to the log."""
 
     def __init__(self, model_id: str, reason: str | None = None) -> None:
-        super().__init__(f"The model '{model_id}' failed to load: {reason}." if reason else
-                         f"The model '{model_id}' failed to load; see the server log.")
+        super().__init__(
+            f"The model '{model_id}' failed to load: {reason}."
+            if reason
+            else f"The model '{model_id}' failed to load; see the server log."
+        )
         self.model_id = model_id
         self.reason = reason
 
@@ -104,7 +109,9 @@ class Overloaded(ApiError):
     """503 + Retry-After: the model's queue is full, or the server is draining."""
 
     def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(503, message, type="server_error", code="server_is_overloaded", headers={"Retry-After": str(retry_after)})
+        super().__init__(
+            503, message, type="server_error", code="server_is_overloaded", headers={"Retry-After": str(retry_after)}
+        )
 
 
 class ModelTooLarge(ApiError):
@@ -142,7 +149,11 @@ class ModelBusy(ApiError):
     """409: an unload was asked for while the model has running or queued requests."""
 
     def __init__(self, model_id: str) -> None:
-        super().__init__(409, f"The model '{model_id}' has running or queued requests; it is unloaded only when idle.", code="model_busy")
+        super().__init__(
+            409,
+            f"The model '{model_id}' has running or queued requests; it is unloaded only when idle.",
+            code="model_busy",
+        )
 
 
 class BodyTooLarge(ApiError):

@@ -271,8 +271,7 @@ class _Reader:
         self.budget -= count
         if self.budget < 0:
             raise GGUFFormatError(
-                f"too many array elements to walk (limit {MAX_WALKED_ELEMENTS}) "
-                f"while reading {self.what}"
+                f"too many array elements to walk (limit {MAX_WALKED_ELEMENTS}) while reading {self.what}"
             )
 
     def skip_strings(self, count: int) -> None:
@@ -303,10 +302,7 @@ class _Reader:
                 # its length without reading it.
                 n = unpack(buf, off)[0]
                 if n > MAX_STRING_LENGTH:
-                    raise GGUFFormatError(
-                        f"a string in {self.what} is {n} bytes long "
-                        f"(limit {MAX_STRING_LENGTH})"
-                    )
+                    raise GGUFFormatError(f"a string in {self.what} is {n} bytes long (limit {MAX_STRING_LENGTH})")
                 if n > size - pos - 8:
                     raise self.truncated()
                 new = pos + 8 + n
@@ -321,20 +317,14 @@ class _Reader:
             self.skip(count * size)
         elif elem_type == _T_STRING:
             if count > (self.size - self.pos) // 8:
-                raise self.truncated(
-                    f" ({count} strings cannot fit in {self.size - self.pos} bytes)"
-                )
+                raise self.truncated(f" ({count} strings cannot fit in {self.size - self.pos} bytes)")
             self.spend(count)
             self.skip_strings(count)
         elif elem_type == _T_ARRAY:
             if depth >= MAX_ARRAY_DEPTH:
-                raise GGUFFormatError(
-                    f"arrays nested more than {MAX_ARRAY_DEPTH} deep in {self.what}"
-                )
+                raise GGUFFormatError(f"arrays nested more than {MAX_ARRAY_DEPTH} deep in {self.what}")
             if count > (self.size - self.pos) // 12:
-                raise self.truncated(
-                    f" ({count} arrays cannot fit in {self.size - self.pos} bytes)"
-                )
+                raise self.truncated(f" ({count} arrays cannot fit in {self.size - self.pos} bytes)")
             self.spend(count)
             for _ in range(count):
                 et = self.u32()
@@ -362,24 +352,19 @@ def _parse(r: _Reader) -> GGUFMetadata:
         swapped = int.from_bytes(version.to_bytes(4, "little"), "big")
         if swapped in SUPPORTED_VERSIONS:
             raise GGUFFormatError("big-endian GGUF files are not supported")
-        raise GGUFFormatError(
-            f"unsupported GGUF version {version} (supported: 2 and 3)"
-        )
+        raise GGUFFormatError(f"unsupported GGUF version {version} (supported: 2 and 3)")
     r.what = "the header (tensor count)"
     tensor_count = r.u64()
     r.what = "the header (key count)"
     kv_count = r.u64()
     if tensor_count > MAX_TENSOR_COUNT:
-        raise GGUFFormatError(
-            f"tensor count {tensor_count} is too large (limit {MAX_TENSOR_COUNT})"
-        )
+        raise GGUFFormatError(f"tensor count {tensor_count} is too large (limit {MAX_TENSOR_COUNT})")
     if kv_count > MAX_KV_COUNT:
         raise GGUFFormatError(f"key count {kv_count} is too large (limit {MAX_KV_COUNT})")
     # Each pair needs at least 8 (key length) + 4 (type) + 1 (value) bytes.
     if kv_count > (size - r.pos) // 13:
         raise GGUFFormatError(
-            f"truncated: the header declares {kv_count} keys, more than the "
-            f"remaining {size - r.pos} bytes can hold"
+            f"truncated: the header declares {kv_count} keys, more than the remaining {size - r.pos} bytes can hold"
         )
 
     # -- key/value pairs ---------------------------------------------------
@@ -414,12 +399,7 @@ def _parse(r: _Reader) -> GGUFMetadata:
 
     # -- tensor infos --------------------------------------------------------
     alignment = values.get("general.alignment", DEFAULT_ALIGNMENT)
-    if (
-        not isinstance(alignment, int)
-        or isinstance(alignment, bool)
-        or alignment <= 0
-        or alignment & (alignment - 1)
-    ):
+    if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0 or alignment & (alignment - 1):
         raise GGUFFormatError(f"general.alignment {alignment!r} is not a power of two")
     # Each tensor info needs at least 8 (name length) + 4 (n_dims) + 4 (type)
     # + 8 (offset) bytes.
@@ -435,9 +415,7 @@ def _parse(r: _Reader) -> GGUFMetadata:
         r.what = f"the info of tensor {_q(name)}"
         n_dims = r.u32()
         if n_dims > MAX_TENSOR_DIMS:
-            raise GGUFFormatError(
-                f"tensor {_q(name)} has {n_dims} dimensions (limit {MAX_TENSOR_DIMS})"
-            )
+            raise GGUFFormatError(f"tensor {_q(name)} has {n_dims} dimensions (limit {MAX_TENSOR_DIMS})")
         buf, off = r.take(8 * n_dims)
         dims = struct.unpack_from(f"<{n_dims}Q", buf, off)
         ggml_type = r.u32()
@@ -449,8 +427,7 @@ def _parse(r: _Reader) -> GGUFMetadata:
             ne0 = dims[0] if dims else 1
             if ne0 % block_elems:
                 raise GGUFFormatError(
-                    f"tensor {_q(name)}: first dimension {ne0} is not a multiple "
-                    f"of its type's block size {block_elems}"
+                    f"tensor {_q(name)}: first dimension {ne0} is not a multiple of its type's block size {block_elems}"
                 )
             elems = 1
             for d in dims:
@@ -462,8 +439,7 @@ def _parse(r: _Reader) -> GGUFMetadata:
         end = data_start + offset + (nbytes or 0)
         if end > size:
             raise GGUFFormatError(
-                f"truncated: the data of tensor {_q(name)} ends at byte {end}, "
-                f"past the end of the file ({size} bytes)"
+                f"truncated: the data of tensor {_q(name)} ends at byte {end}, past the end of the file ({size} bytes)"
             )
 
     # -- bos / eos token text ----------------------------------------------

@@ -45,7 +45,9 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream=None, envir
         def factory(*args):  # structlog.get_logger("ggufd.http") -> LOGGER=ggufd.http
             return JournalLogger(sender, args[0] if args else None)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False) if fmt == "console" else structlog.processors.JSONRenderer()
+        renderer = (
+            structlog.dev.ConsoleRenderer(colors=False) if fmt == "console" else structlog.processors.JSONRenderer()
+        )
         factory = structlog.WriteLoggerFactory(file=stream)
     structlog.configure(
         processors=[
@@ -116,8 +118,12 @@ class JournalSender:
         pairs = " ".join(f"{k}={_quoted(_text(v))}" for k, v in fields.items())
         message = f"{event} {pairs}" if pairs else event
         exc = event_dict.get("exception")
-        entries = [("MESSAGE", f"{message}\n{exc}" if exc else message), ("EVENT", event),
-                   ("PRIORITY", str(PRIORITIES.get(str(event_dict.get("level")), 6))), ("SYSLOG_IDENTIFIER", "ggufd")]
+        entries = [
+            ("MESSAGE", f"{message}\n{exc}" if exc else message),
+            ("EVENT", event),
+            ("PRIORITY", str(PRIORITIES.get(str(event_dict.get("level")), 6))),
+            ("SYSLOG_IDENTIFIER", "ggufd"),
+        ]
         if logger:
             entries.append(("LOGGER", logger))
         if exc:
@@ -130,7 +136,13 @@ class JournalSender:
 
 
 def _text(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value, default=str) if isinstance(value, (bool, list, tuple, dict)) else str(value)
+    return (
+        value
+        if isinstance(value, str)
+        else json.dumps(value, default=str)
+        if isinstance(value, (bool, list, tuple, dict))
+        else str(value)
+    )
 
 
 def _quoted(text: str) -> str:

@@ -147,7 +147,9 @@ def _register(pm: pluggy.PluginManager, plugin: object, name: str, where: str) -
     """Register, turning a bad hook signature or a name clash into a :class:`PluginError`."""
     taken = pm.get_plugin(name)
     if taken is not None:
-        raise PluginError(f"{where}: the name {name!r} is already taken by {getattr(taken, '__file__', None) or taken!r}")
+        raise PluginError(
+            f"{where}: the name {name!r} is already taken by {getattr(taken, '__file__', None) or taken!r}"
+        )
     try:
         pm.register(plugin, name=name)
     except (pluggy.PluginValidationError, ValueError) as exc:
@@ -273,5 +275,7 @@ def describe_plugins(plugins: Plugins) -> list[dict]:
             continue
         hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or ())
         origin = origins.get(name) or getattr(plugin, "__file__", "") or ""
-        result.append({"name": name, "hooks": hooks, "origin": str(origin), "version": getattr(plugin, "__version__", None)})
+        result.append(
+            {"name": name, "hooks": hooks, "origin": str(origin), "version": getattr(plugin, "__version__", None)}
+        )
     return result

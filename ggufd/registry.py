@@ -84,7 +84,9 @@ def build_registry(config, plugins) -> ModelRegistry:
             metadata = read_metadata(spec.path)
         except (GGUFFormatError, OSError) as exc:
             reason = str(exc) if isinstance(exc, GGUFFormatError) else (exc.strerror or type(exc).__name__)
-            log.warning("skipping model file that is not a readable GGUF", model=model_id, file=spec.path.name, reason=reason)
+            log.warning(
+                "skipping model file that is not a readable GGUF", model=model_id, file=spec.path.name, reason=reason
+            )
             skipped.append(SkippedModel(model_id, str(spec.path), reason))
             continue
         family = spec.options.get("family") or plugins.detect_family(metadata, spec)

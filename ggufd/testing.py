@@ -73,7 +73,9 @@ def gguf_metadata(
         if value is not None:
             keys[key] = value
     keys.update(values or {})
-    return GGUFMetadata(version=3, tensor_count=0, values=keys, array_lengths={}, bos_token=bos_token, eos_token=eos_token)
+    return GGUFMetadata(
+        version=3, tensor_count=0, values=keys, array_lengths={}, bos_token=bos_token, eos_token=eos_token
+    )
 
 
 def model_spec(

@@ -45,7 +45,9 @@ def validator(schema_name: str) -> jsonschema.protocols.Validator:
     text = resources.files("ggufd.schemas").joinpath(f"{schema_name}.json").read_text("utf-8")
     schema = json.loads(text)
     Draft202012Validator.check_schema(schema)
-    return _StrictValidator(inline_refs(schema, schema.get("$defs", {})), format_checker=Draft202012Validator.FORMAT_CHECKER)
+    return _StrictValidator(
+        inline_refs(schema, schema.get("$defs", {})), format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
 
 
 def json_path(path) -> str:
@@ -68,7 +70,9 @@ def describe(error: jsonschema.ValidationError) -> tuple[str, str]:
             path.append(missing[0])
             return json_path(path), f"'{missing[0]}' is required"
     if error.validator == "not" and isinstance(error.instance, dict):
-        return json_path(path), "the keys " + ", ".join(sorted(error.validator_value.get("required", []))) + " exclude each other"
+        return json_path(path), "the keys " + ", ".join(
+            sorted(error.validator_value.get("required", []))
+        ) + " exclude each other"
     message = error.message
     if len(message) > 300:
         message = message[:300] + "..."
@@ -76,7 +80,9 @@ def describe(error: jsonschema.ValidationError) -> tuple[str, str]:
 
 
 def first_error(doc, schema_name: str) -> tuple[str, str] | None:
-    errors = sorted(validator(schema_name).iter_errors(doc), key=lambda e: (len(e.absolute_path), str(list(e.absolute_path))))
+    errors = sorted(
+        validator(schema_name).iter_errors(doc), key=lambda e: (len(e.absolute_path), str(list(e.absolute_path)))
+    )
     if not errors:
         return None
     return describe(jsonschema.exceptions.best_match(errors))

@@ -107,8 +107,11 @@ class Daemon:
 
     def logs(self, event: str | None = None, **match) -> list[dict]:
         return [
-            e for e in list(self.lines)
-            if isinstance(e, dict) and (event is None or e.get("event") == event) and all(e.get(k) == v for k, v in match.items())
+            e
+            for e in list(self.lines)
+            if isinstance(e, dict)
+            and (event is None or e.get("event") == event)
+            and all(e.get(k) == v for k, v in match.items())
         ]
 
     def wait_for_log(self, event: str, timeout: float = 10, **match) -> dict:

@@ -7,7 +7,9 @@ import json
 from urllib.parse import urlsplit
 
 
-def request(url: str, method: str = "GET", path: str = "/", body=None, headers: dict | None = None, timeout: float = 60):
+def request(
+    url: str, method: str = "GET", path: str = "/", body=None, headers: dict | None = None, timeout: float = 60
+):
     """-> (status, headers dict (lower-case names), raw body bytes)."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
@@ -33,7 +35,7 @@ def sse_events(raw: bytes) -> list:
     events = []
     for block in text[:-2].split("\n\n"):
         assert block.startswith("data: ") and "\n" not in block, block
-        payload = block[len("data: "):]
+        payload = block[len("data: ") :]
         events.append(payload if payload == "[DONE]" else json.loads(payload))
     return events
 

@@ -23,15 +23,25 @@ from ggufd.registry import ModelRegistry
 from ggufd.types import ModelInfo, ModelSpec
 
 
-def fake_model(model_id: str, *, context_length: int = 4096, aliases: tuple[str, ...] = (), family: str = "generic") -> ModelInfo:
-    metadata = GGUFMetadata(version=3, tensor_count=0, values={"general.architecture": "llama", "llama.context_length": context_length},
-                            array_lengths={}, bos_token=None, eos_token=None)
+def fake_model(
+    model_id: str, *, context_length: int = 4096, aliases: tuple[str, ...] = (), family: str = "generic"
+) -> ModelInfo:
+    metadata = GGUFMetadata(
+        version=3,
+        tensor_count=0,
+        values={"general.architecture": "llama", "llama.context_length": context_length},
+        array_lengths={},
+        bos_token=None,
+        eos_token=None,
+    )
     return ModelInfo(ModelSpec(model_id, Path(f"/nonexistent/{model_id}.gguf"), aliases=aliases), metadata, family)
 
 
 def registry_of(*models: ModelInfo) -> ModelRegistry:
     aliases = {alias: m.id for m in models for alias in m.spec.aliases}
-    return ModelRegistry(MappingProxyType({m.id: m for m in models}), MappingProxyType(aliases), models[0].id if models else None)
+    return ModelRegistry(
+        MappingProxyType({m.id: m for m in models}), MappingProxyType(aliases), models[0].id if models else None
+    )
 
 
 class InProcessServer:
@@ -41,8 +51,13 @@ class InProcessServer:
         self.engine = engine
         self.config = replace(Config(models_dir=Path("/nonexistent")), **config)
         registry = registry or registry_of(fake_model("fake", aliases=("fake-alias",)), fake_model("embedder"))
-        self.state = AppState(config=self.config, registry=registry, plugins=make_plugin_manager(self.config), engine=engine,
-                              metrics=Metrics())
+        self.state = AppState(
+            config=self.config,
+            registry=registry,
+            plugins=make_plugin_manager(self.config),
+            engine=engine,
+            metrics=Metrics(),
+        )
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None

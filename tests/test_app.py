@@ -102,8 +102,21 @@ def test_stream_without_usage_has_no_usage_chunk(client):
 def test_raw_sse_wire_format_with_curl(tiny_daemon):
     body = json.dumps({"model": "tiny", "messages": MESSAGES, "max_tokens": 8, "stream": True, "temperature": 0})
     out = subprocess.run(
-        ["curl", "-sS", "-N", "-D", "-", "-H", "Content-Type: application/json", "-d", body, tiny_daemon.url + "/v1/chat/completions"],
-        capture_output=True, check=True, timeout=60,
+        [
+            "curl",
+            "-sS",
+            "-N",
+            "-D",
+            "-",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+            tiny_daemon.url + "/v1/chat/completions",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=60,
     ).stdout
     head, _, payload = out.partition(b"\r\n\r\n")
     head = head.decode().lower()
@@ -121,7 +134,9 @@ def test_curl_non_streaming(tiny_daemon):
     body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
     out = subprocess.run(
         ["curl", "-sS", "-H", "Content-Type: application/json", "-d", body, tiny_daemon.url + "/v1/chat/completions"],
-        capture_output=True, check=True, timeout=60,
+        capture_output=True,
+        check=True,
+        timeout=60,
     ).stdout
     doc = json.loads(out)
     assert doc["model"] == "tiny" and doc["usage"]["completion_tokens"] == 4  # no model -> default model
@@ -147,7 +162,11 @@ def test_max_completion_tokens_is_accepted(client):
 
 def test_content_as_text_parts(client):
     parts = [{"type": "text", "text": "Say hello "}, {"type": "text", "text": "in French."}]
-    a = complete(client, messages=[{"role": "system", "content": "You are terse."}, {"role": "user", "content": parts}], max_tokens=10)
+    a = complete(
+        client,
+        messages=[{"role": "system", "content": "You are terse."}, {"role": "user", "content": parts}],
+        max_tokens=10,
+    )
     b = complete(client, max_tokens=10)
     assert a.choices[0].message.content == b.choices[0].message.content
 
@@ -163,7 +182,7 @@ def test_stop_strings_across_token_boundaries(client):
     reference = complete(client, max_tokens=80).choices[0].message.content
     checked = 0
     for start in range(5, len(reference) - 6, 7):
-        stop = reference[start:start + 3]
+        stop = reference[start : start + 3]
         if not stop.strip():
             continue
         expected = reference[: reference.find(stop)]
@@ -181,7 +200,16 @@ def test_stream_is_always_valid_utf8(tiny_daemon):
     """Sampling at temperature 1 makes the tiny model emit lone byte tokens; the wire stays valid UTF-8."""
     saw_non_ascii = saw_replacement = 0
     for seed in range(12):
-        body = {"messages": MESSAGES, "max_tokens": 120, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0, "seed": seed, "stream": True}
+        body = {
+            "messages": MESSAGES,
+            "max_tokens": 120,
+            "temperature": 1.0,
+            "top_k": 0,
+            "top_p": 1.0,
+            "min_p": 0,
+            "seed": seed,
+            "stream": True,
+        }
         status, _, raw = chat(tiny_daemon.url, body)
         assert status == 200
         events = sse_events(raw)  # decodes strictly
@@ -259,9 +287,18 @@ def test_non_object_body(tiny_daemon, body):
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"n": 3}, "n"),
         ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools.0.function.name"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
+            },
+            "tool_choice",
+        ),
         ({"tool_choice": "required"}, "tool_choice"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages.0.content.0"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "messages.0.content.0",
+        ),
     ],
 )
 def test_bad_parameters_are_400_with_param(tiny_daemon, patch, param):
@@ -282,7 +319,10 @@ def test_lone_surrogate_is_400(tiny_daemon):
 
 
 def test_unknown_fields_are_ignored(tiny_daemon):
-    status, _, body = chat(tiny_daemon.url, {"messages": MESSAGES, "max_tokens": 2, "user": "u1", "x_custom": {"a": 1}, "parallel_tool_calls": False})
+    status, _, body = chat(
+        tiny_daemon.url,
+        {"messages": MESSAGES, "max_tokens": 2, "user": "u1", "x_custom": {"a": 1}, "parallel_tool_calls": False},
+    )
     assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 2
 
 
@@ -296,7 +336,9 @@ def test_unknown_model_is_404(client):
 @pytest.mark.parametrize("stream", [False, True])
 def test_context_length_exceeded_before_first_byte(tiny_daemon, stream):
     long_text = "hello " * 600
-    status, headers, _ = response = chat(tiny_daemon.url, {"messages": [{"role": "user", "content": long_text}], "stream": stream})
+    status, headers, _ = response = chat(
+        tiny_daemon.url, {"messages": [{"role": "user", "content": long_text}], "stream": stream}
+    )
     error = error_of(response)
     assert status == 400 and error["code"] == "context_length_exceeded" and error["param"] == "messages"
     assert "512" in error["message"]
@@ -309,7 +351,9 @@ def test_prompt_plus_max_tokens_over_context(tiny_daemon):
 
 
 def test_wrong_content_type_is_415(tiny_daemon):
-    status, _, _ = response = chat(tiny_daemon.url, b"messages=hi", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    status, _, _ = response = chat(
+        tiny_daemon.url, b"messages=hi", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
     assert status == 415 and "application/json" in error_of(response)["message"]
 
 
@@ -328,7 +372,9 @@ def test_errors_never_leak_paths_or_tracebacks(tiny_daemon):
 
 
 def test_request_id_is_echoed_and_logged(tiny_daemon):
-    status, headers, _ = chat(tiny_daemon.url, {"messages": MESSAGES, "max_tokens": 3}, headers={"X-Request-ID": "abc-123"})
+    status, headers, _ = chat(
+        tiny_daemon.url, {"messages": MESSAGES, "max_tokens": 3}, headers={"X-Request-ID": "abc-123"}
+    )
     assert status == 200 and headers["x-request-id"] == "abc-123"
     line = tiny_daemon.wait_for_log("request", request_id="abc-123")
     assert line["model"] == "tiny" and line["status"] == 200

@@ -13,16 +13,39 @@ from conftest import REPO
 
 def test_the_benchmark_measures_every_system_in_turns(tiny_model, tmp_path):
     out = tmp_path / "results"
-    command = [sys.executable, str(REPO / "bench" / "run.py"), "--model", str(tiny_model), "--systems", "inprocess,inprocess-batched,ggufd",
-               "--concurrency", "1,3", "--repeats", "2", "--repeats-concurrent", "1", "--max-tokens", "12", "--n-ctx", "512", "--out", str(out)]
+    command = [
+        sys.executable,
+        str(REPO / "bench" / "run.py"),
+        "--model",
+        str(tiny_model),
+        "--systems",
+        "inprocess,inprocess-batched,ggufd",
+        "--concurrency",
+        "1,3",
+        "--repeats",
+        "2",
+        "--repeats-concurrent",
+        "1",
+        "--max-tokens",
+        "12",
+        "--n-ctx",
+        "512",
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     results = json.loads((out / "latest.json").read_text())
 
     assert results["settings"]["suppressed_tokens"] == [2, 4]  # the tiny model's </s> and <|im_end|>
     rows = {(row["system"], row["concurrency"]): row for row in results["rows"]}
-    assert set(rows) == {("llama-cpp-python in-process", 1), ("llama_decode loop in-process (batched)", 1), ("llama_decode loop in-process (batched)", 3),
-                         ("ggufd", 1), ("ggufd", 3)}
+    assert set(rows) == {
+        ("llama-cpp-python in-process", 1),
+        ("llama_decode loop in-process (batched)", 1),
+        ("llama_decode loop in-process (batched)", 3),
+        ("ggufd", 1),
+        ("ggufd", 3),
+    }
     for (system, streams), row in rows.items():
         assert row["errors"] == 0, system
         assert row["tokens"] == 12 * streams, system  # end of generation suppressed: the whole budget

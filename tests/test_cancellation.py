@@ -26,8 +26,12 @@ def slow_daemon(tmp_path_factory):
     from conftest import Daemon, write_config
 
     folder = tmp_path_factory.mktemp("slow")
-    gguf_factory.write_tiny_llama(folder / "slow.gguf", n_embd=256, n_layer=4, n_ff=1024, n_head=4, n_head_kv=4, context_length=N_CTX)
-    config = write_config(folder / "ggufd.toml", {"models_dir": str(folder), "llama": {"n_ctx": N_CTX, "n_threads": 1, "parallel": 1}})
+    gguf_factory.write_tiny_llama(
+        folder / "slow.gguf", n_embd=256, n_layer=4, n_ff=1024, n_head=4, n_head_kv=4, context_length=N_CTX
+    )
+    config = write_config(
+        folder / "ggufd.toml", {"models_dir": str(folder), "llama": {"n_ctx": N_CTX, "n_threads": 1, "parallel": 1}}
+    )
     daemon = Daemon(config).start()
     yield daemon
     daemon.stop()
@@ -77,7 +81,11 @@ def test_request_whose_client_left_while_queued_never_runs(slow_daemon):
     results = {}
 
     def first():
-        results["first"] = chat(slow_daemon.url, {"messages": MESSAGES, "max_tokens": 3000, "temperature": 0}, headers={"X-Request-ID": "busy"})
+        results["first"] = chat(
+            slow_daemon.url,
+            {"messages": MESSAGES, "max_tokens": 3000, "temperature": 0},
+            headers={"X-Request-ID": "busy"},
+        )
 
     runner = threading.Thread(target=first)
     runner.start()
@@ -92,4 +100,6 @@ def test_request_whose_client_left_while_queued_never_runs(slow_daemon):
     # Cancelling the queued request did not disturb the running one.
     status, _, body = results["first"]
     doc = json.loads(body)
-    assert status == 200 and doc["usage"]["completion_tokens"] == 3000 and doc["choices"][0]["finish_reason"] == "length"
+    assert (
+        status == 200 and doc["usage"]["completion_tokens"] == 3000 and doc["choices"][0]["finish_reason"] == "length"
+    )

@@ -53,7 +53,9 @@ def plain_model(tmp_path_factory) -> Path:
 
 
 def model_info(path: Path, family: str, model_id: str = "m", **options) -> ModelInfo:
-    return ModelInfo(spec=ModelSpec(id=model_id, path=path, options=options), metadata=read_metadata(path), family=family)
+    return ModelInfo(
+        spec=ModelSpec(id=model_id, path=path, options=options), metadata=read_metadata(path), family=family
+    )
 
 
 # --------------------------------------------------------------------------- rendering
@@ -73,7 +75,9 @@ def test_without_generation_prompt(tiny_metadata):
 
 
 def test_trim_blocks_and_lstrip_blocks_like_transformers(tiny_metadata):
-    source = "{% for m in messages %}\n    {% if m.role == 'user' %}\n[{{ m.content }}]\n    {% endif %}\n{% endfor %}\n"
+    source = (
+        "{% for m in messages %}\n    {% if m.role == 'user' %}\n[{{ m.content }}]\n    {% endif %}\n{% endfor %}\n"
+    )
     text = render_chat_template(source, CONVERSATION, tiny_metadata).text
     assert text == "[Hi!]\n[Café? 日本]\n"
 
@@ -174,7 +178,9 @@ def test_sandbox_blocks_unsafe_access(tiny_metadata, source):
     assert messages == CONVERSATION
 
 
-@pytest.mark.parametrize("source", ["{{ messages.__class__ }}", "{{ raise_exception.__globals__ }}", "{{ ''.__doc__ }}"])
+@pytest.mark.parametrize(
+    "source", ["{{ messages.__class__ }}", "{{ raise_exception.__globals__ }}", "{{ ''.__doc__ }}"]
+)
 def test_sandbox_never_leaks_internals(tiny_metadata, source):
     try:
         text = render_chat_template(source, CONVERSATION, tiny_metadata).text
@@ -239,7 +245,9 @@ def test_gguf_template_detect_family(tiny_model, plain_model):
 
 
 def test_config_template_beats_the_family_plugin_and_the_gguf_template(pm, tiny_model):
-    override = "{% for m in messages %}<<{{ m.role }}:{{ m.content }}>>{% endfor %}{% if add_generation_prompt %}GO{% endif %}"
+    override = (
+        "{% for m in messages %}<<{{ m.role }}:{{ m.content }}>>{% endfor %}{% if add_generation_prompt %}GO{% endif %}"
+    )
     messages = [{"role": "user", "content": "Hi"}]
     for family in ("gemma", "gguf-template", "generic"):
         info = model_info(tiny_model, family=family, chat_template=override)

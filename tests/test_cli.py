@@ -60,7 +60,10 @@ def test_check_config_lists_each_model_with_family_and_path(good_config, served)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [f"* tiny  family=gguf-template  {served / 'tiny.gguf'}"]
     gpu = next(line for line in result.stderr.splitlines() if line.startswith("GPU offload: "))
-    assert gpu.startswith("GPU offload: no - this llama-cpp-python build is CPU-only") and 'CMAKE_ARGS="-DGGML_CUDA=on"' in gpu
+    assert (
+        gpu.startswith("GPU offload: no - this llama-cpp-python build is CPU-only")
+        and 'CMAKE_ARGS="-DGGML_CUDA=on"' in gpu
+    )
     assert f"config OK: {good_config}" in result.stderr
 
 
@@ -73,7 +76,10 @@ def test_check_config_lists_configured_models_and_aliases(served, tmp_path):
         {
             "models_dir": str(served),
             "default_model": "tiny-alias",
-            "models": {"tiny": {"aliases": ["tiny-alias"]}, "extra": {"path": "elsewhere/second.gguf", "family": "custom"}},
+            "models": {
+                "tiny": {"aliases": ["tiny-alias"]},
+                "extra": {"path": "elsewhere/second.gguf", "family": "custom"},
+            },
         },
     )
     result = ggufd("--check-config", "-c", str(config))
@@ -104,7 +110,9 @@ def test_check_config_json(served, good_config):
     assert result.returncode == 1
     doc = json.loads(result.stdout)
     assert doc["default_model"] == "tiny"
-    assert doc["models"] == [{"id": "tiny", "family": "gguf-template", "path": str(served / "tiny.gguf"), "aliases": []}]
+    assert doc["models"] == [
+        {"id": "tiny", "family": "gguf-template", "path": str(served / "tiny.gguf"), "aliases": []}
+    ]
     assert [(s["id"], s["path"]) for s in doc["skipped"]] == [("junk", str(served / "junk.gguf"))]
     assert "not a GGUF file" in doc["skipped"][0]["reason"]
     assert doc["gpu"] == {"offload": False, "backends": [], "devices": [], "problems": []}
@@ -153,12 +161,20 @@ def test_default_model_naming_an_absent_model_exits_2(served, tmp_path):
 def test_a_broken_plugin_fails_check_config_and_exits_2_when_plugins_are_required(served, tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
-    (plugins / "badsig.py").write_text("import ggufd\n@ggufd.hookimpl\ndef detect_family(metadata, spec, extra):\n    return None\n")
+    (plugins / "badsig.py").write_text(
+        "import ggufd\n@ggufd.hookimpl\ndef detect_family(metadata, spec, extra):\n    return None\n"
+    )
     config = write_config(tmp_path / "ggufd.toml", {"models_dir": str(served), "plugins_dir": str(plugins)})
     result = ggufd("--check-config", "--config", str(config))
-    assert result.returncode == 1 and "plugin badsig not loaded" in result.stdout and str(plugins / "badsig.py") in result.stdout
+    assert (
+        result.returncode == 1
+        and "plugin badsig not loaded" in result.stdout
+        and str(plugins / "badsig.py") in result.stdout
+    )
     assert "tiny" in result.stdout  # the models are still listed
-    config = write_config(tmp_path / "ggufd.toml", {"models_dir": str(served), "plugins_dir": str(plugins), "plugins_required": True})
+    config = write_config(
+        tmp_path / "ggufd.toml", {"models_dir": str(served), "plugins_dir": str(plugins), "plugins_required": True}
+    )
     result = ggufd("--check-config", "--config", str(config))
     assert result.returncode == 2
     assert result.stderr.startswith("ggufd: configuration error: ")
@@ -174,7 +190,9 @@ def test_environment_variables_reach_the_command(served, tmp_path):
     # --models-dir beats the environment
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = ggufd("models", "--models-dir", str(empty), env=clean_env(GGUFD_CONFIG=str(config), GGUF_MODELS_DIR=str(served)))
+    result = ggufd(
+        "models", "--models-dir", str(empty), env=clean_env(GGUFD_CONFIG=str(config), GGUF_MODELS_DIR=str(served))
+    )
     assert result.stdout.strip() == "no models found"
 
 
@@ -207,9 +225,7 @@ def test_plugins_json(good_config):
 
 
 def test_plugins_respects_disable_plugins(served, tmp_path):
-    config = write_config(
-        tmp_path / "ggufd.toml", {"models_dir": str(served), "disable_plugins": ["gemma"]}
-    )
+    config = write_config(tmp_path / "ggufd.toml", {"models_dir": str(served), "disable_plugins": ["gemma"]})
     result = ggufd("plugins", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert not any(line.startswith("gemma") for line in result.stdout.splitlines())
@@ -222,7 +238,9 @@ def test_json_models_parses(served, good_config):
     doc = json.loads(result.stdout)
     assert set(doc) == {"default_model", "models", "skipped"}
     assert doc["default_model"] == "tiny"
-    assert [(m["id"], m["family"], m["path"]) for m in doc["models"]] == [("tiny", "gguf-template", str(served / "tiny.gguf"))]
+    assert [(m["id"], m["family"], m["path"]) for m in doc["models"]] == [
+        ("tiny", "gguf-template", str(served / "tiny.gguf"))
+    ]
     assert [s["id"] for s in doc["skipped"]] == ["junk"]
 
 

@@ -37,7 +37,16 @@ def test_default_max_tokens_is_16_like_openai(client):
 
 def test_streaming_equals_plain_and_reports_usage(client):
     plain = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=40, temperature=0).choices[0].text
-    chunks = list(client.completions.create(model="tiny", prompt=PROMPT, max_tokens=40, temperature=0, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model="tiny",
+            prompt=PROMPT,
+            max_tokens=40,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == plain
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
     assert chunks[-1].usage.completion_tokens == 40 and chunks[-1].choices == []
@@ -49,14 +58,24 @@ def test_raw_sse_format(tiny_daemon):
     events = sse_events(raw)
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
     assert events[-1] == "[DONE]"
-    assert all(e["object"] == "text_completion" and set(e["choices"][0]) == {"index", "text", "logprobs", "finish_reason"} for e in events[:-1])
+    assert all(
+        e["object"] == "text_completion" and set(e["choices"][0]) == {"index", "text", "logprobs", "finish_reason"}
+        for e in events[:-1]
+    )
 
 
 def test_echo_returns_the_prompt_first(client):
     plain = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=8, temperature=0).choices[0].text
-    echoed = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=8, temperature=0, echo=True).choices[0].text
+    echoed = (
+        client.completions.create(model="tiny", prompt=PROMPT, max_tokens=8, temperature=0, echo=True).choices[0].text
+    )
     assert echoed == PROMPT + plain
-    streamed = "".join(c.choices[0].text for c in client.completions.create(model="tiny", prompt=PROMPT, max_tokens=8, temperature=0, echo=True, stream=True))
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model="tiny", prompt=PROMPT, max_tokens=8, temperature=0, echo=True, stream=True
+        )
+    )
     assert streamed == PROMPT + plain
 
 
@@ -96,5 +115,12 @@ def test_unknown_model_and_long_prompt(tiny_daemon):
 def test_the_prompt_is_not_chat_formatted(tiny_daemon):
     """The same text as a completion prompt uses fewer tokens than as a chat message (no turn markers)."""
     completion = json.loads(post(tiny_daemon.url, {"prompt": PROMPT, "max_tokens": 1})[2])["usage"]["prompt_tokens"]
-    chat = json.loads(request(tiny_daemon.url, "POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 1})[2])
+    chat = json.loads(
+        request(
+            tiny_daemon.url,
+            "POST",
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 1},
+        )[2]
+    )
     assert completion < chat["usage"]["prompt_tokens"]

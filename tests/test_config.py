@@ -36,7 +36,9 @@ def config_file(tmp_path: Path, text: str, name: str = "ggufd.toml") -> Path:
 def load_text(tmp_path: Path, text: str, **kwargs) -> Config:
     """Load a config whose models_dir is the (existing) ``models`` folder beside it."""
     (tmp_path / "models").mkdir(exist_ok=True)
-    return load_config(config_file(tmp_path, 'models_dir = "models"\n' + text), environ=kwargs.pop("environ", {}), **kwargs)
+    return load_config(
+        config_file(tmp_path, 'models_dir = "models"\n' + text), environ=kwargs.pop("environ", {}), **kwargs
+    )
 
 
 def config_error(tmp_path: Path, text: str, **kwargs) -> str:
@@ -71,7 +73,12 @@ def test_builtin_defaults_without_a_file(tmp_path, monkeypatch):
 def test_empty_file_gives_the_same_defaults(tmp_path):
     config = load_text(tmp_path, "")
     assert (config.host, config.port) == ("127.0.0.1", 8000)
-    assert (config.llama.n_ctx, config.llama.n_gpu_layers, config.llama.n_batch, config.llama.n_threads) == (4096, -1, 512, 0)
+    assert (config.llama.n_ctx, config.llama.n_gpu_layers, config.llama.n_batch, config.llama.n_threads) == (
+        4096,
+        -1,
+        512,
+        0,
+    )
 
 
 def test_models_dir_default_with_a_file_is_models_beside_the_config_folder(tmp_path):
@@ -164,7 +171,9 @@ def test_paths_from_environment_and_command_line_resolve_against_cwd(tmp_path, m
         ("port", 9001, "GGUFD_PORT", "9002", 9003),
     ],
 )
-def test_command_line_beats_environment_beats_file_beats_default(tmp_path, key, file_value, env_name, env_value, cli_value):
+def test_command_line_beats_environment_beats_file_beats_default(
+    tmp_path, key, file_value, env_name, env_value, cli_value
+):
     default = getattr(Config, key)
     assert getattr(load_text(tmp_path, ""), key) == default
     text = f"{key} = {json.dumps(file_value)}\n"
@@ -202,7 +211,9 @@ SEED_VARIABLES = [
 ]
 
 
-@pytest.mark.parametrize("variable, toml, file_value, env_value, expected, get", SEED_VARIABLES, ids=[v[0] for v in SEED_VARIABLES])
+@pytest.mark.parametrize(
+    "variable, toml, file_value, env_value, expected, get", SEED_VARIABLES, ids=[v[0] for v in SEED_VARIABLES]
+)
 def test_seed_variables_beat_the_file(tmp_path, variable, toml, file_value, env_value, expected, get):
     assert variable in ENV_OVERRIDES
     assert get(load_text(tmp_path, toml)) == file_value
@@ -223,7 +234,9 @@ def test_environment_changes_one_llama_key_and_keeps_the_others(tmp_path):
 
 
 def test_empty_variables_count_as_unset(tmp_path):
-    config = load_text(tmp_path, "[llama]\nn_ctx = 1024\n", environ={"LLAMA_N_CTX": "", "GGUFD_PORT": "", "GGUFD_HOST": ""})
+    config = load_text(
+        tmp_path, "[llama]\nn_ctx = 1024\n", environ={"LLAMA_N_CTX": "", "GGUFD_PORT": "", "GGUFD_HOST": ""}
+    )
     assert (config.llama.n_ctx, config.port, config.host) == (1024, 8000, "127.0.0.1")
 
 
@@ -233,7 +246,9 @@ def test_empty_cuda_visible_devices_is_kept_it_hides_every_gpu(tmp_path):
 
 
 def test_disable_plugins_variable_is_comma_separated(tmp_path):
-    config = load_text(tmp_path, 'disable_plugins = ["x"]\n', environ={"GGUFD_DISABLE_PLUGINS": "gemma, gguf_template,,"})
+    config = load_text(
+        tmp_path, 'disable_plugins = ["x"]\n', environ={"GGUFD_DISABLE_PLUGINS": "gemma, gguf_template,,"}
+    )
     assert config.disable_plugins == ("gemma", "gguf_template")
 
 
@@ -344,7 +359,9 @@ def test_models_dir_error_from_the_environment_names_the_variable(tmp_path, monk
     path = config_file(tmp_path, 'models_dir = "models"\n')
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={"GGUF_MODELS_DIR": "missing"})
-    assert str(info.value) == f"environment variable GGUF_MODELS_DIR: models_dir: {tmp_path / 'missing'} is not a folder"
+    assert (
+        str(info.value) == f"environment variable GGUF_MODELS_DIR: models_dir: {tmp_path / 'missing'} is not a folder"
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={}, overrides={"models_dir": "missing"})
     assert str(info.value).startswith("command-line option --models-dir: models_dir: ")
@@ -362,17 +379,23 @@ def test_model_path_missing(tmp_path):
 
 def test_chat_template_file_unreadable(tmp_path):
     message = config_error(tmp_path, 'models_dir = "."\n[models."x"]\nchat_template_file = "missing.jinja"\n')
-    assert message.startswith(f"{tmp_path / 'ggufd.toml'}: models.x.chat_template_file: cannot read {tmp_path / 'missing.jinja'}")
+    assert message.startswith(
+        f"{tmp_path / 'ggufd.toml'}: models.x.chat_template_file: cannot read {tmp_path / 'missing.jinja'}"
+    )
 
 
 def test_chat_template_and_chat_template_file_together(tmp_path):
     (tmp_path / "t.jinja").write_text("x")
-    message = config_error(tmp_path, 'models_dir = "."\n[models."x"]\nchat_template = "y"\nchat_template_file = "t.jinja"\n')
+    message = config_error(
+        tmp_path, 'models_dir = "."\n[models."x"]\nchat_template = "y"\nchat_template_file = "t.jinja"\n'
+    )
     assert message.startswith(f"{tmp_path / 'ggufd.toml'}: models.x: ")
     assert "chat_template, chat_template_file" in message
 
 
-@pytest.mark.parametrize("variable", ["LLAMA_N_CTX", "LLAMA_N_GPU_LAYERS", "LLAMA_N_BATCH", "LLAMA_N_THREADS", "GGUFD_PORT"])
+@pytest.mark.parametrize(
+    "variable", ["LLAMA_N_CTX", "LLAMA_N_GPU_LAYERS", "LLAMA_N_BATCH", "LLAMA_N_THREADS", "GGUFD_PORT"]
+)
 def test_non_integer_environment_value_names_the_variable(tmp_path, variable):
     with pytest.raises(ConfigError) as info:
         load_text(tmp_path, "", environ={variable: "lots"})
@@ -407,7 +430,10 @@ def test_chat_template_file_content_becomes_chat_template(tmp_path):
 
 
 def test_model_tables_are_frozen_with_tuple_aliases(tmp_path):
-    config = load_text(tmp_path, '[models."x"]\naliases = ["a", "b"]\nfamily = "gemma"\n[models."x".sampling]\ntemperature = 0.2\nstop = ["END"]\n')
+    config = load_text(
+        tmp_path,
+        '[models."x"]\naliases = ["a", "b"]\nfamily = "gemma"\n[models."x".sampling]\ntemperature = 0.2\nstop = ["END"]\n',
+    )
     options = config.models["x"]
     assert options["aliases"] == ("a", "b")
     assert options["family"] == "gemma"
@@ -425,7 +451,9 @@ def test_model_settings_override_the_global_llama_table(tmp_path):
         "[llama]\nn_ctx = 2048\nn_gpu_layers = 7\nn_batch = 256\nn_threads = 4\n"
         '[models."big"]\nn_ctx = 8192\nn_threads = 1\n',
     )
-    assert config.model_settings(config.models["big"]) == LlamaSettings(n_ctx=8192, n_gpu_layers=7, n_batch=256, n_threads=1)
+    assert config.model_settings(config.models["big"]) == LlamaSettings(
+        n_ctx=8192, n_gpu_layers=7, n_batch=256, n_threads=1
+    )
     assert config.model_settings({}) == LlamaSettings(n_ctx=2048, n_gpu_layers=7, n_batch=256, n_threads=4)
     assert config.model_settings({"n_gpu_layers": 0}).n_gpu_layers == 0  # a falsy value still overrides
 
@@ -453,7 +481,16 @@ def test_example_config_values_are_the_builtin_defaults(tmp_path):
     """The example says "the values shown are the defaults unless marked example"."""
     config = _example(tmp_path)
     defaults = Config()
-    for key in ("host", "port", "recursive", "disable_plugins", "log_level", "llama_log_level", "log_format", "max_body_bytes"):
+    for key in (
+        "host",
+        "port",
+        "recursive",
+        "disable_plugins",
+        "log_level",
+        "llama_log_level",
+        "log_format",
+        "max_body_bytes",
+    ):
         assert getattr(config, key) == getattr(defaults, key), key
     assert config.llama == LlamaSettings()
 
@@ -496,7 +533,7 @@ def test_example_config_mentions_every_schema_key():
 
 def test_schema_key_check_would_notice_a_missing_key(tmp_path):
     """Guard for the test above: its pattern does not match keys that merely appear in prose."""
-    text = "# the n_ctx value and the sampling table\nfoo = 1\n[models.\"sampling-model\"]\n"
+    text = '# the n_ctx value and the sampling table\nfoo = 1\n[models."sampling-model"]\n'
     assert not re.search(r"^\s*(#\s*)?n_ctx\s*=", text, re.MULTILINE)
     assert not re.search(r"^\s*(#\s*)?\[([^\]\n]*\.)?sampling(\.[^\]\n]*)?\]", text, re.MULTILINE)
     assert re.search(r"^\s*(#\s*)?\[([^\]\n]*\.)?sampling(\.[^\]\n]*)?\]", '[models."m".sampling]', re.MULTILINE)

@@ -13,8 +13,24 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False}
-TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {"q": {"enum": ["a", "b"]}}, "required": ["q"], "additionalProperties": False}}}
+SCHEMA = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}},
+    "required": ["ok"],
+    "additionalProperties": False,
+}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "lookup",
+        "parameters": {
+            "type": "object",
+            "properties": {"q": {"enum": ["a", "b"]}},
+            "required": ["q"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +40,14 @@ def daemon(tiny_model, gemma_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("conformance")
     shutil.copy(tiny_model, folder / "tiny.gguf")
     shutil.copy(tiny_model, folder / "tiny-embed.gguf")
-    config = write_config(folder / "ggufd.toml", {
-        "models_dir": str(folder), "llama": {"n_ctx": 1024, "n_threads": 2},
-        "models": {"tiny-embed": {"embedding": True}, "gemma": {"path": str(gemma_model)}},
-    })
+    config = write_config(
+        folder / "ggufd.toml",
+        {
+            "models_dir": str(folder),
+            "llama": {"n_ctx": 1024, "n_threads": 2},
+            "models": {"tiny-embed": {"embedding": True}, "gemma": {"path": str(gemma_model)}},
+        },
+    )
     d = Daemon(config).start()
     yield d
     d.stop()
@@ -37,14 +57,29 @@ async def exercise(url: str, model: str) -> dict:
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
     messages = [{"role": "user", "content": "Say something."}]
     results = {}
-    results["chat"] = await client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2)
-    stream = await client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True})
+    results["chat"] = await client.chat.completions.create(
+        model=model, messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2
+    )
+    stream = await client.chat.completions.create(
+        model=model, messages=messages, max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True}
+    )
     results["chat_stream"] = [chunk async for chunk in stream]
-    results["json"] = await client.chat.completions.create(model=model, messages=messages, max_tokens=40, temperature=0,
-                                                           response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": SCHEMA}})
-    results["tool"] = await client.chat.completions.create(model=model, messages=messages, max_tokens=60, temperature=0, tools=[TOOL], tool_choice="required")
-    results["completion"] = await client.completions.create(model=model, prompt="Once upon a time", max_tokens=6, temperature=0, logprobs=1)
-    stream = await client.completions.create(model=model, prompt="Once upon a time", max_tokens=6, temperature=0, stream=True)
+    results["json"] = await client.chat.completions.create(
+        model=model,
+        messages=messages,
+        max_tokens=40,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": SCHEMA}},
+    )
+    results["tool"] = await client.chat.completions.create(
+        model=model, messages=messages, max_tokens=60, temperature=0, tools=[TOOL], tool_choice="required"
+    )
+    results["completion"] = await client.completions.create(
+        model=model, prompt="Once upon a time", max_tokens=6, temperature=0, logprobs=1
+    )
+    stream = await client.completions.create(
+        model=model, prompt="Once upon a time", max_tokens=6, temperature=0, stream=True
+    )
     results["completion_stream"] = [chunk async for chunk in stream]
     results["model"] = await client.models.retrieve(model)
     await client.close()
@@ -59,7 +94,10 @@ def test_async_client_through_every_endpoint(daemon, model):
     assert chat.usage.total_tokens == chat.usage.prompt_tokens + chat.usage.completion_tokens
     assert "".join(e.token for e in chat.choices[0].logprobs.content) == chat.choices[0].message.content
     streamed = "".join(c.choices[0].delta.content or "" for c in r["chat_stream"] if c.choices)
-    assert streamed == chat.choices[0].message.content and r["chat_stream"][-1].usage.completion_tokens == chat.usage.completion_tokens
+    assert (
+        streamed == chat.choices[0].message.content
+        and r["chat_stream"][-1].usage.completion_tokens == chat.usage.completion_tokens
+    )
     jsonschema.validate(json.loads(r["json"].choices[0].message.content), SCHEMA)
     call = r["tool"].choices[0].message.tool_calls[0]
     assert r["tool"].choices[0].finish_reason == "tool_calls" and call.function.name == "lookup"

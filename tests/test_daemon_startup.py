@@ -33,9 +33,14 @@ def test_daemon_starts_with_corrupt_truncated_and_split_files(tiny_model, tmp_pa
     assert {s["id"] for s in health["skipped_files"]} == {"junk", "truncated", "empty"}
     assert all(s["reason"] for s in health["skipped_files"])
     assert daemon.logs("skipping incomplete split model", model="half")
-    status, _, body = chat(daemon.url, {"model": "good", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+    status, _, body = chat(
+        daemon.url, {"model": "good", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    )
     assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 3
-    assert error_of(chat(daemon.url, {"model": "junk", "messages": [{"role": "user", "content": "hi"}]}))["code"] == "model_not_found"
+    assert (
+        error_of(chat(daemon.url, {"model": "junk", "messages": [{"role": "user", "content": "hi"}]}))["code"]
+        == "model_not_found"
+    )
 
 
 def test_environment_overrides_the_file(tiny_model, tmp_path, make_daemon):
@@ -57,12 +62,16 @@ def test_command_line_overrides_environment(tiny_model, tmp_path, make_daemon):
     models = tmp_path / "cli-models"
     models.mkdir()
     shutil.copy(tiny_model, models / "from-cli.gguf")
-    daemon = make_daemon({"models_dir": str(tmp_path)}, env={"GGUF_MODELS_DIR": str(tmp_path)}, args=("--models-dir", str(models)))
+    daemon = make_daemon(
+        {"models_dir": str(tmp_path)}, env={"GGUF_MODELS_DIR": str(tmp_path)}, args=("--models-dir", str(models))
+    )
     assert json.loads(request(daemon.url, path="/health")[2])["models"] == ["from-cli"]
 
 
 def run_ggufd(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "ggufd", *args], capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "ggufd", *args], capture_output=True, text=True, timeout=60, cwd=REPO, env=env
+    )
 
 
 @pytest.mark.parametrize(
@@ -100,12 +109,19 @@ def test_sigterm_exits_zero(tiny_model, tmp_path, make_daemon):
 def test_model_sampling_defaults_apply_and_requests_win(tiny_model, tmp_path, make_daemon):
     shutil.copy(tiny_model, tmp_path / "m.gguf")
     daemon = make_daemon(
-        {"models_dir": str(tmp_path), "llama": {"n_ctx": 256, "n_threads": 1}, "models": {"m": {"sampling": {"max_tokens": 7, "temperature": 0}}}}
+        {
+            "models_dir": str(tmp_path),
+            "llama": {"n_ctx": 256, "n_threads": 1},
+            "models": {"m": {"sampling": {"max_tokens": 7, "temperature": 0}}},
+        }
     )
     body = {"messages": [{"role": "user", "content": "hi"}]}
     first = json.loads(chat(daemon.url, body)[2])
     assert first["usage"]["completion_tokens"] == 7
-    assert json.loads(chat(daemon.url, body)[2])["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+    assert (
+        json.loads(chat(daemon.url, body)[2])["choices"][0]["message"]["content"]
+        == first["choices"][0]["message"]["content"]
+    )
     assert json.loads(chat(daemon.url, {**body, "max_tokens": 3})[2])["usage"]["completion_tokens"] == 3
     assert json.loads(chat(daemon.url, {**body, "max_tokens": -1})[2])["choices"][0]["finish_reason"] == "length"
     assert json.loads(chat(daemon.url, {**body, "max_tokens": -1})[2])["usage"]["total_tokens"] == 256

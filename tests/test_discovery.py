@@ -32,7 +32,12 @@ def registry_for(tmp_path: Path, **settings):
         empty.mkdir(exist_ok=True)
         settings["models_dir"] = empty
     config_path = tmp_path / "ggufd.toml"
-    config_path.write_text("".join(f"{key} = {json.dumps(value if isinstance(value, (bool, list)) else str(value))}\n" for key, value in settings.items()))
+    config_path.write_text(
+        "".join(
+            f"{key} = {json.dumps(value if isinstance(value, (bool, list)) else str(value))}\n"
+            for key, value in settings.items()
+        )
+    )
     config = load_config(config_path, environ={})
     return build_registry(config, make_plugin_manager(config))
 
@@ -192,7 +197,11 @@ def manifest(model_digest: str, size: int = 1) -> dict:
     return {
         "schemaVersion": 2,
         "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": "sha256:" + "0" * 64, "size": 10},
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "digest": "sha256:" + "0" * 64,
+            "size": 10,
+        },
         "layers": [
             {"mediaType": "application/vnd.ollama.image.license", "digest": "sha256:" + "1" * 64, "size": 5},
             {"mediaType": "application/vnd.ollama.image.model", "digest": model_digest, "size": size},
@@ -217,7 +226,9 @@ def ollama_store(tmp_path, blobs_src) -> Path:
     add_manifest(store, "registry.ollama.ai/library/wrongshape/latest", '["a list"]')
     add_manifest(store, "registry.ollama.ai/library/gone/1b", manifest("sha256:" + "f" * 64))
     nomodel = manifest(d1)
-    nomodel["layers"] = [layer for layer in nomodel["layers"] if layer["mediaType"] != "application/vnd.ollama.image.model"]
+    nomodel["layers"] = [
+        layer for layer in nomodel["layers"] if layer["mediaType"] != "application/vnd.ollama.image.model"
+    ]
     add_manifest(store, "registry.ollama.ai/library/nomodel/latest", nomodel)
     add_manifest(store, "registry.ollama.ai/library/.hidden/latest", manifest(d1))
     (store / "manifests" / "registry.ollama.ai" / "library" / "shallow").write_text("a file where a folder belongs")
@@ -235,8 +246,17 @@ def test_ollama_store_ids_paths_and_metadata(ollama_store, tmp_path, blobs_src):
     assert registry.get("someone/tiny-chat").id == "someone/tiny-chat:latest"  # ":latest" may be left out
     assert registry.get("hf.co/org/repo-GGUF:Q4_K_M").path == info.path  # one blob, two names
     assert registry.skipped == ()
-    for name in ("evil:latest", "evil2:latest", "broken:latest", "wrongshape:latest", "gone:1b", "nomodel:latest",
-                 ".hidden:latest", "llama3.2", "library/llama3.2:3b"):
+    for name in (
+        "evil:latest",
+        "evil2:latest",
+        "broken:latest",
+        "wrongshape:latest",
+        "gone:1b",
+        "nomodel:latest",
+        ".hidden:latest",
+        "llama3.2",
+        "library/llama3.2:3b",
+    ):
         with pytest.raises(ModelNotFound):
             registry.get(name)
 
@@ -341,7 +361,14 @@ def test_hf_cache_ids_snapshots_and_confinement(hf_cache, tmp_path):
     info = registry.get("TheBloke/Mistral-7B-Instruct-v0.2-GGUF/mistral-7b-instruct-v0.2.Q4_K_M")
     assert info.spec.source == "hf-cache" and info.metadata.architecture == "llama"
     # the snapshot path (a symlink) is served, so llama.cpp finds split shards beside it
-    assert info.path == hf_cache / "models--TheBloke--Mistral-7B-Instruct-v0.2-GGUF" / "snapshots" / REV_MAIN / "mistral-7b-instruct-v0.2.Q4_K_M.gguf"
+    assert (
+        info.path
+        == hf_cache
+        / "models--TheBloke--Mistral-7B-Instruct-v0.2-GGUF"
+        / "snapshots"
+        / REV_MAIN
+        / "mistral-7b-instruct-v0.2.Q4_K_M.gguf"
+    )
     assert registry.get("org/Split-GGUF/Q4_K_M/big").path.name == "big-00001-of-00002.gguf"
     assert registry.skipped == ()
 
@@ -362,7 +389,9 @@ def test_store_paths_resolve_against_the_config_folder_and_home(tmp_path, monkey
     (tmp_path / "models").mkdir()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     path = tmp_path / "conf" / "ggufd.toml"
-    path.write_text('models_dir = "../models"\nollama_models_dir = "ollama"\nhf_cache_dir = "~/.cache/huggingface/hub"\n')
+    path.write_text(
+        'models_dir = "../models"\nollama_models_dir = "ollama"\nhf_cache_dir = "~/.cache/huggingface/hub"\n'
+    )
     config = load_config(path, environ={})
     assert config.ollama_models_dir == (tmp_path / "conf" / "ollama").resolve()
     assert config.hf_cache_dir == (tmp_path / "home" / ".cache" / "huggingface" / "hub").resolve()
@@ -405,7 +434,9 @@ def test_discovery_keys_are_validated(tmp_path, line, key):
 def test_daemon_serves_an_ollama_model(ollama_store, tmp_path, make_daemon):
     empty = tmp_path / "empty-models"
     empty.mkdir()
-    daemon = make_daemon({"models_dir": str(empty), "ollama_models_dir": str(ollama_store), "llama": {"n_ctx": 256, "n_threads": 1}})
+    daemon = make_daemon(
+        {"models_dir": str(empty), "ollama_models_dir": str(ollama_store), "llama": {"n_ctx": 256, "n_threads": 1}}
+    )
 
     status, _, body = request(daemon.url, path="/v1/models")
     assert status == 200
@@ -416,7 +447,9 @@ def test_daemon_serves_an_ollama_model(ollama_store, tmp_path, make_daemon):
     status, _, body = request(daemon.url, path="/v1/models/someone/tiny-chat:latest")
     assert status == 200 and json.loads(body)["id"] == "someone/tiny-chat:latest"
 
-    status, _, body = chat(daemon.url, {"model": "llama3.2:3b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    status, _, body = chat(
+        daemon.url, {"model": "llama3.2:3b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    )
     assert status == 200, body
     answer = json.loads(body)
     assert answer["model"] == "llama3.2:3b"

@@ -22,8 +22,10 @@ def daemon(tiny_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("embed")
     shutil.copy(tiny_model, folder / "chat.gguf")
     shutil.copy(tiny_model, folder / "embed.gguf")
-    config = write_config(folder / "ggufd.toml", {"models_dir": str(folder),
-                                                  "llama": {"n_ctx": 256, "n_threads": 1}, "models": {"embed": {"embedding": True}}})
+    config = write_config(
+        folder / "ggufd.toml",
+        {"models_dir": str(folder), "llama": {"n_ctx": 256, "n_threads": 1}, "models": {"embed": {"embedding": True}}},
+    )
     d = Daemon(config).start()
     yield d
     d.stop()
@@ -60,11 +62,17 @@ def test_a_single_string_and_token_ids(client, tiny_model):
 
 
 def test_base64_encoding(daemon):
-    status, _, body = request(daemon.url, "POST", "/v1/embeddings", {"model": "embed", "input": "hello", "encoding_format": "base64"})
-    plain = json.loads(request(daemon.url, "POST", "/v1/embeddings", {"model": "embed", "input": "hello"})[2])["data"][0]["embedding"]
+    status, _, body = request(
+        daemon.url, "POST", "/v1/embeddings", {"model": "embed", "input": "hello", "encoding_format": "base64"}
+    )
+    plain = json.loads(request(daemon.url, "POST", "/v1/embeddings", {"model": "embed", "input": "hello"})[2])["data"][
+        0
+    ]["embedding"]
     raw = base64.b64decode(json.loads(body)["data"][0]["embedding"])
     decoded = struct.unpack(f"<{len(raw) // 4}f", raw)
-    assert status == 200 and all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7) for a, b in zip(decoded, plain, strict=True))
+    assert status == 200 and all(
+        math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7) for a, b in zip(decoded, plain, strict=True)
+    )
 
 
 def test_chat_model_refuses_embeddings_and_embedding_model_refuses_chat(daemon):
@@ -76,14 +84,17 @@ def test_chat_model_refuses_embeddings_and_embedding_model_refuses_chat(daemon):
     assert capabilities["embeddings"] is True and capabilities["chat"] is False and capabilities["parallel"] == 1
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"model": "embed"}, "input"),
-    ({"model": "embed", "input": ""}, "input"),
-    ({"model": "embed", "input": []}, "input"),
-    ({"model": "embed", "input": "x", "dimensions": 8}, "dimensions"),
-    ({"model": "embed", "input": "x " * 400}, "input"),
-    ({"model": "embed", "input": [99999999]}, "input"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"model": "embed"}, "input"),
+        ({"model": "embed", "input": ""}, "input"),
+        ({"model": "embed", "input": []}, "input"),
+        ({"model": "embed", "input": "x", "dimensions": 8}, "dimensions"),
+        ({"model": "embed", "input": "x " * 400}, "input"),
+        ({"model": "embed", "input": [99999999]}, "input"),
+    ],
+)
 def test_bad_embedding_requests_are_400(daemon, body, param):
     status, _, _ = response = request(daemon.url, "POST", "/v1/embeddings", body)
     assert status == 400 and error_of(response)["param"] == param

@@ -17,7 +17,9 @@ MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "errors.py")
 def offences(path: Path) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(path.read_text("utf-8"))):
-        if isinstance(node, ast.ClassDef) and any(getattr(base, "id", getattr(base, "attr", None)) in ("ApiError",) for base in node.bases):
+        if isinstance(node, ast.ClassDef) and any(
+            getattr(base, "id", getattr(base, "attr", None)) in ("ApiError",) for base in node.bases
+        ):
             found.append(f"class {node.name}(ApiError) at line {node.lineno}")
         if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "ApiError":
             found.append(f"ApiError(...) at line {node.lineno}")
@@ -36,8 +38,15 @@ def test_the_check_finds_an_error_defined_elsewhere(tmp_path):
 
 
 def test_every_error_has_the_openai_shape():
-    for error in (errors.WrongModelType("m", "chat"), errors.ModelBusy("m"), errors.BodyTooLarge(10), errors.PathNotFound("/x"),
-                  errors.UnsupportedMediaType("text/plain"), errors.Overloaded("busy"), errors.InvalidApiKey("no")):
+    for error in (
+        errors.WrongModelType("m", "chat"),
+        errors.ModelBusy("m"),
+        errors.BodyTooLarge(10),
+        errors.PathNotFound("/x"),
+        errors.UnsupportedMediaType("text/plain"),
+        errors.Overloaded("busy"),
+        errors.InvalidApiKey("no"),
+    ):
         body = error.to_dict()
         assert set(body["error"]) == {"message", "type", "param", "code"} and body["error"]["message"]
         assert 400 <= error.status < 600

@@ -102,7 +102,9 @@ def test_health_and_models_answer_fast_while_a_model_loads(gemma_daemon, client)
     from http_helpers import request
 
     assert request(gemma_daemon.url, "POST", "/admin/models/gemma/unload", body=b"")[0] == 200
-    loader = threading.Thread(target=lambda: client.chat.completions.create(model="gemma", messages=FEW_SHOT, max_tokens=2))
+    loader = threading.Thread(
+        target=lambda: client.chat.completions.create(model="gemma", messages=FEW_SHOT, max_tokens=2)
+    )
     loader.start()
     gemma_daemon.wait_for_log("loading model", model="gemma-3-270m-q4_k_m", timeout=10)
     timings = []

@@ -158,9 +158,7 @@ def test_eog_logit_bias_makes_model_stop(tmp_path):
     p = gf.write_tiny_llama(tmp_path / "stop.gguf", eog_logit_bias=12.0)
     m = Llama(str(p), n_ctx=256, verbose=False)
     try:
-        r = m.create_chat_completion(
-            [{"role": "user", "content": "hello"}], max_tokens=20, temperature=0.0
-        )
+        r = m.create_chat_completion([{"role": "user", "content": "hello"}], max_tokens=20, temperature=0.0)
         assert r["choices"][0]["finish_reason"] == "stop"
         assert r["usage"]["completion_tokens"] == 0
     finally:
@@ -169,9 +167,7 @@ def test_eog_logit_bias_makes_model_stop(tmp_path):
 
 def test_chat_completion_runs(llm):
     llm.reset()
-    r = llm.create_chat_completion(
-        [{"role": "user", "content": "hello"}], max_tokens=16, temperature=0.0
-    )
+    r = llm.create_chat_completion([{"role": "user", "content": "hello"}], max_tokens=16, temperature=0.0)
     assert r["choices"][0]["finish_reason"] == "length"
     assert r["usage"]["completion_tokens"] == 16
 
@@ -200,9 +196,7 @@ def test_cli(tmp_path, model_path):
     import subprocess
 
     out = tmp_path / "cli.gguf"
-    subprocess.run(
-        [sys.executable, gf.__file__, str(out)], check=True, capture_output=True
-    )
+    subprocess.run([sys.executable, gf.__file__, str(out)], check=True, capture_output=True)
     assert out.read_bytes() == model_path.read_bytes()
 
 
@@ -211,7 +205,9 @@ def test_synthetic_model_of_realistic_shape_is_loadable(tmp_path):
     import llama_cpp
     from gguf_factory import EOS_ID, IM_END_ID, write_synthetic_llama
 
-    path = write_synthetic_llama(tmp_path / "syn.gguf", n_embd=128, n_layer=2, n_head=4, n_head_kv=2, n_ff=256, vocab_size=5000)
+    path = write_synthetic_llama(
+        tmp_path / "syn.gguf", n_embd=128, n_layer=2, n_head=4, n_head_kv=2, n_ff=256, vocab_size=5000
+    )
     llm = llama_cpp.Llama(str(path), n_ctx=256, verbose=False, logits_all=False)
     assert llm.n_vocab() == 5000
     tokens = llm.tokenize(b"hello", add_bos=True)

@@ -524,9 +524,7 @@ def test_fifo_is_rejected_without_blocking(tmp_path):
     assert str(expect_error(fifo)) == "not a regular file"
 
 
-@pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can read anything"
-)
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can read anything")
 def test_unreadable_file_raises_oserror(tmp_path, valid_bytes):
     path = tmp_path / "secret.gguf"
     path.write_bytes(valid_bytes)

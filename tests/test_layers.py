@@ -39,9 +39,17 @@ def imports(source: str, module: str, is_package: bool = False) -> list[tuple[in
             if node.level:  # relative: from the module's package, one level up per extra dot
                 base = ".".join(package[: len(package) - (node.level - 1)] + ([base] if base else []))
             names = [base] + [f"{base}.{alias.name}" for alias in node.names if alias.name != "*"]
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             function = node.func
-            if (function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", None)) not in ("import_module", "__import__"):
+            if (function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", None)) not in (
+                "import_module",
+                "__import__",
+            ):
                 continue
             names = [node.args[0].value]
         else:
@@ -87,7 +95,7 @@ def test_the_layers_are_where_the_rules_look():
 
 
 def test_the_check_sees_every_kind_of_import():
-    source = '''
+    source = """
 import os
 import tornado.web
 from typing import TYPE_CHECKING
@@ -107,7 +115,7 @@ def later():
     from ggufd.api import handlers  # a function-local import counts too
     importlib.import_module("tornado.httpserver")
     return __import__("ggufd.protocol.tools")
-'''
+"""
     engine = "the engine knows neither HTTP nor a wire format"
     assert violations("ggufd/engine/example.py", source) == [
         f"ggufd/engine/example.py:3: `import tornado.web` imports tornado.web: {engine}",
@@ -121,11 +129,21 @@ def later():
         f"ggufd/engine/example.py:20: `__import__('ggufd.protocol.tools')` imports ggufd.protocol.tools: {engine}",
     ]
     assert violations("ggufd/engine/__init__.py", "from . import lifecycle\nfrom .. import api\n") == [
-        f"ggufd/engine/__init__.py:2: `from .. import api` imports ggufd.api: {engine}"]  # a package's own dots
+        f"ggufd/engine/__init__.py:2: `from .. import api` imports ggufd.api: {engine}"
+    ]  # a package's own dots
     assert violations("ggufd/api/example.py", source) == []  # the HTTP layer may import all of it
-    assert violations("ggufd/protocol/example.py", "from ..engine import lifecycle\nfrom ggufd.engine.events import Started\n") == []
-    assert violations("ggufd/cli.py", "def main():\n    from ggufd.api.app import serve\n") == []  # the wiring may use api
+    assert (
+        violations(
+            "ggufd/protocol/example.py", "from ..engine import lifecycle\nfrom ggufd.engine.events import Started\n"
+        )
+        == []
+    )
+    assert (
+        violations("ggufd/cli.py", "def main():\n    from ggufd.api.app import serve\n") == []
+    )  # the wiring may use api
     assert violations("ggufd/cli.py", "def main():\n    import tornado.ioloop\n") == [
-        "ggufd/cli.py:2: `import tornado.ioloop` imports tornado.ioloop: Tornado lives only in ggufd/api/"]
+        "ggufd/cli.py:2: `import tornado.ioloop` imports tornado.ioloop: Tornado lives only in ggufd/api/"
+    ]
     assert violations("ggufd/registry.py", "import tornado\n") == [
-        "ggufd/registry.py:1: `import tornado` imports tornado: Tornado lives only in ggufd/api/"]
+        "ggufd/registry.py:1: `import tornado` imports tornado: Tornado lives only in ggufd/api/"
+    ]

@@ -37,7 +37,9 @@ def model_variants(tmp_path_factory) -> list[Path]:
 @pytest.fixture(scope="module")
 def slow_model(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("slowlc")
-    return gguf_factory.write_tiny_llama(folder / "slow.gguf", n_embd=256, n_layer=4, n_ff=1024, n_head=4, n_head_kv=4, context_length=8192)
+    return gguf_factory.write_tiny_llama(
+        folder / "slow.gguf", n_embd=256, n_layer=4, n_ff=1024, n_head=4, n_head_kv=4, context_length=8192
+    )
 
 
 def models_folder(tmp_path: Path, *paths: Path) -> Path:
@@ -83,7 +85,9 @@ def test_twenty_concurrent_requests_across_three_models_with_two_slots(model_var
 
 def test_full_queue_answers_503_with_retry_after(slow_model, tmp_path, make_daemon):
     folder = models_folder(tmp_path, slow_model)
-    daemon = make_daemon({"models_dir": str(folder), "max_queue": 1, "llama": {"n_ctx": 4096, "n_threads": 1, "parallel": 1}})
+    daemon = make_daemon(
+        {"models_dir": str(folder), "max_queue": 1, "llama": {"n_ctx": 4096, "n_threads": 1, "parallel": 1}}
+    )
     answer(daemon.url, "slow", 2)  # loaded
     responses = []
 
@@ -121,14 +125,27 @@ def test_queue_timeout_answers_503(slow_model, tmp_path, make_daemon):
     import http.client
 
     folder = models_folder(tmp_path, slow_model)
-    daemon = make_daemon({"models_dir": str(folder), "queue_timeout": 0.3, "preload": ["slow"],
-                          "llama": {"n_ctx": 4096, "n_threads": 1, "parallel": 1}})
+    daemon = make_daemon(
+        {
+            "models_dir": str(folder),
+            "queue_timeout": 0.3,
+            "preload": ["slow"],
+            "llama": {"n_ctx": 4096, "n_threads": 1, "parallel": 1},
+        }
+    )
     deadline = time.monotonic() + 120
-    while "slow" not in json.loads(request(daemon.url, path="/health")[2])["loaded_models"] and time.monotonic() < deadline:
+    while (
+        "slow" not in json.loads(request(daemon.url, path="/health")[2])["loaded_models"]
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=60)
-    conn.request("POST", "/v1/chat/completions", body=json.dumps({"messages": MESSAGES, "max_tokens": 4000, "stream": True}),
-                 headers={"Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        body=json.dumps({"messages": MESSAGES, "max_tokens": 4000, "stream": True}),
+        headers={"Content-Type": "application/json"},
+    )
     stream = conn.getresponse()
     assert stream.status == 200 and stream.read1(64).startswith(b"data: ")
     status, headers, _ = response = chat(daemon.url, {"messages": MESSAGES, "max_tokens": 5})
@@ -164,7 +181,11 @@ def test_admin_load_unload_and_memory_returns(slow_model, tmp_path, make_daemon)
         admin("unload")
     after = rss_kib(pid)
     percents = [line["percent"] for line in daemon.logs("loading model progress", model="slow")]
-    assert percents and percents[-1] == 100 and percents == sorted(percents[: percents.index(100) + 1]) + percents[percents.index(100) + 1:]
+    assert (
+        percents
+        and percents[-1] == 100
+        and percents == sorted(percents[: percents.index(100) + 1]) + percents[percents.index(100) + 1 :]
+    )
     assert loaded - baseline > 20_000  # a loaded model (9 MB weights + 8k KV cache) is visible in RSS
     assert after - baseline < 15_000, (baseline, loaded, after)  # 50 cycles gave it back
     assert error_of(request(daemon.url, "POST", "/admin/models/nope/load", body=b""))["code"] == "model_not_found"
@@ -178,8 +199,12 @@ def test_admin_unload_refuses_a_busy_model(slow_model, tmp_path, make_daemon):
     folder = models_folder(tmp_path, slow_model)
     daemon = make_daemon({"models_dir": str(folder), "llama": {"n_ctx": 4096, "n_threads": 1}})
     conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=60)
-    conn.request("POST", "/v1/chat/completions", body=json.dumps({"messages": MESSAGES, "max_tokens": 4000, "stream": True}),
-                 headers={"Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        body=json.dumps({"messages": MESSAGES, "max_tokens": 4000, "stream": True}),
+        headers={"Content-Type": "application/json"},
+    )
     stream = conn.getresponse()
     assert stream.status == 200 and stream.read1(64).startswith(b"data: ")
     status, _, _ = response = request(daemon.url, "POST", "/admin/models/slow/unload", body=b"")
@@ -195,8 +220,11 @@ def test_hundred_cancel_resubmit_cycles_leave_the_daemon_healthy(tiny_model, tmp
     payload = json.dumps({"messages": MESSAGES, "stream": True, "max_tokens": 1500}).encode()
     for i in range(100):
         sock = socket.create_connection(("127.0.0.1", daemon.port))
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
         if i % 2:
             sock.recv(100)  # some leave after the first bytes, some before any
         sock.close()
@@ -225,7 +253,9 @@ def test_sigterm_drains_running_requests_and_refuses_new_ones(slow_model, tmp_pa
     import http.client
 
     folder = models_folder(tmp_path, slow_model)
-    daemon = make_daemon({"models_dir": str(folder), "shutdown_timeout": DRAIN_TIMEOUT, "llama": {"n_ctx": 8192, "n_threads": 1}})
+    daemon = make_daemon(
+        {"models_dir": str(folder), "shutdown_timeout": DRAIN_TIMEOUT, "llama": {"n_ctx": 8192, "n_threads": 1}}
+    )
     answer(daemon.url, "slow", 2)  # loaded
     started = time.monotonic()
     status, _, body = chat(daemon.url, {"messages": MESSAGES, "max_tokens": DRAIN_PROBE_TOKENS, "temperature": 0})
@@ -236,8 +266,12 @@ def test_sigterm_drains_running_requests_and_refuses_new_ones(slow_model, tmp_pa
 
     def stream() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=DRAIN_TIMEOUT)
-        conn.request("POST", "/v1/chat/completions", body=json.dumps({"messages": MESSAGES, "max_tokens": max_tokens, "stream": True}),
-                     headers={"Content-Type": "application/json", "X-Request-ID": "drained"})
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=json.dumps({"messages": MESSAGES, "max_tokens": max_tokens, "stream": True}),
+            headers={"Content-Type": "application/json", "X-Request-ID": "drained"},
+        )
         response = conn.getresponse()
         first = response.readline()  # the first event: the generation has started
         running.set()
@@ -260,7 +294,9 @@ def test_sigterm_drains_running_requests_and_refuses_new_ones(slow_model, tmp_pa
     assert b'"finish_reason":"length"' in raw
     lines = [line for line in daemon.lines if isinstance(line, dict)]
     draining = next(i for i, line in enumerate(lines) if line.get("event") == "shutting down: draining")
-    finished = next(i for i, line in enumerate(lines) if line.get("event") == "request" and line.get("request_id") == "drained")
+    finished = next(
+        i for i, line in enumerate(lines) if line.get("event") == "request" and line.get("request_id") == "drained"
+    )
     assert draining < finished  # it ran to its end during the drain
     assert not daemon.logs("cancelling requests still running at the shutdown deadline")
 
@@ -270,7 +306,9 @@ def test_shutdown_deadline_cancels_and_second_signal_exits_at_once(slow_model, t
     daemon = make_daemon({"models_dir": str(folder), "shutdown_timeout": 0.5, "llama": {"n_ctx": 8192, "n_threads": 1}})
     answer(daemon.url, "slow", 2)
     cut = {}
-    runner = threading.Thread(target=lambda: cut.update(response=chat(daemon.url, {"messages": MESSAGES, "max_tokens": 8000})))
+    runner = threading.Thread(
+        target=lambda: cut.update(response=chat(daemon.url, {"messages": MESSAGES, "max_tokens": 8000}))
+    )
     runner.start()
     wait_until_running(daemon.url)
     started = time.monotonic()
@@ -285,7 +323,9 @@ def test_shutdown_deadline_cancels_and_second_signal_exits_at_once(slow_model, t
     again = make_daemon({"models_dir": str(folder), "shutdown_timeout": 30, "llama": {"n_ctx": 8192, "n_threads": 1}})
     answer(again.url, "slow", 2)
     cut_off = (OSError, http.client.HTTPException)  # the connection is cut when the daemon exits
-    runner = threading.Thread(target=lambda: pytest.raises(cut_off, chat, again.url, {"messages": MESSAGES, "max_tokens": 8000}))
+    runner = threading.Thread(
+        target=lambda: pytest.raises(cut_off, chat, again.url, {"messages": MESSAGES, "max_tokens": 8000})
+    )
     runner.start()
     wait_until_running(again.url)
     again.proc.send_signal(signal.SIGTERM)
@@ -345,7 +385,13 @@ def test_preload_of_an_unknown_model_is_a_config_error(tmp_path):
     from conftest import REPO, write_config
 
     config = write_config(tmp_path / "c.toml", {"models_dir": str(tmp_path), "preload": ["ghost"]})
-    result = subprocess.run([sys.executable, "-m", "ggufd", "--config", str(config), "--port", "0"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "ggufd", "--config", str(config), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert result.returncode == 2 and "preload" in result.stderr and "ghost" in result.stderr
 
 
@@ -354,7 +400,9 @@ def test_changed_settings_apply_on_the_next_load(model_variants, tmp_path, make_
     daemon = make_daemon({"models_dir": str(folder), "llama": {"n_ctx": 256, "n_threads": 1}})
     too_long = {"messages": MESSAGES, "max_tokens": 300}
     assert "256 tokens" in error_of(chat(daemon.url, too_long))["message"]
-    daemon.config.write_text(daemon.config.read_text().replace('"n_ctx" = 256', '"n_ctx" = 512').replace("n_ctx = 256", "n_ctx = 512"))
+    daemon.config.write_text(
+        daemon.config.read_text().replace('"n_ctx" = 256', '"n_ctx" = 512').replace("n_ctx = 256", "n_ctx = 512")
+    )
     before = len(daemon.logs("reloaded"))
     daemon.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 10

@@ -19,7 +19,9 @@ def client(tiny_daemon):
 
 
 def test_chat_logprobs_describe_the_generated_tokens(client):
-    response = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3)
+    response = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3
+    )
     choice = response.choices[0]
     entries = choice.logprobs.content
     assert len(entries) == 8
@@ -36,7 +38,12 @@ def test_chat_logprobs_describe_the_generated_tokens(client):
 def test_streamed_logprobs_equal_plain_ones(client):
     kwargs = dict(model="tiny", messages=MESSAGES, max_tokens=10, temperature=0, logprobs=True, top_logprobs=2)
     plain = client.chat.completions.create(**kwargs).choices[0].logprobs.content
-    streamed = [e for c in client.chat.completions.create(stream=True, **kwargs) if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    streamed = [
+        e
+        for c in client.chat.completions.create(stream=True, **kwargs)
+        if c.choices and c.choices[0].logprobs
+        for e in c.choices[0].logprobs.content
+    ]
     assert [(e.token, round(e.logprob, 5)) for e in streamed] == [(e.token, round(e.logprob, 5)) for e in plain]
 
 

@@ -32,9 +32,9 @@ def parse_entry(data: bytes) -> dict:
             i = nl + 1
         else:  # binary form: NAME\n<u64 le length><bytes>\n
             name = line
-            (size,) = struct.unpack("<Q", data[nl + 1:nl + 9])
-            value = data[nl + 9:nl + 9 + size]
-            assert data[nl + 9 + size:nl + 10 + size] == b"\n"
+            (size,) = struct.unpack("<Q", data[nl + 1 : nl + 9])
+            value = data[nl + 9 : nl + 9 + size]
+            assert data[nl + 9 + size : nl + 10 + size] == b"\n"
             i = nl + 10 + size
         assert name not in fields, f"duplicate field {name!r}"
         fields[name.decode()] = value.decode()
@@ -90,8 +90,15 @@ def test_request_line_becomes_journal_fields(journal):
     stream = io.StringIO()
     configure_logging("info", "journald", stream=stream, environ=journal.env)
     structlog.get_logger("ggufd.http").info(
-        "request", request_id="req_1", model="m", status=200, duration_ms=12.5,
-        prompt_tokens=3, completion_tokens=4, ttft_ms=1.5, finish_reason=None,
+        "request",
+        request_id="req_1",
+        model="m",
+        status=200,
+        duration_ms=12.5,
+        prompt_tokens=3,
+        completion_tokens=4,
+        ttft_ms=1.5,
+        finish_reason=None,
     )
     (entry,) = journal.entries()
     assert entry["PRIORITY"] == "6"
@@ -116,7 +123,10 @@ def test_field_names_are_sanitised(journal):
     configure_logging("info", "journald", stream=io.StringIO(), environ=journal.env)
     structlog.get_logger("x").info("odd keys", **{"_private": 1, "2fast": 2, "a-b.c": 3, "message": "m", "priority": 9})
     (entry,) = journal.entries()
-    assert all(name.replace("_", "A").isalnum() and name.isupper() and not name[0].isdigit() and name[0] != "_" for name in entry)
+    assert all(
+        name.replace("_", "A").isalnum() and name.isupper() and not name[0].isdigit() and name[0] != "_"
+        for name in entry
+    )
     assert entry["PRIVATE"] == "1" and entry["FAST"] == "2" and entry["A_B_C"] == "3"
     assert entry["MESSAGE_"] == "m" and entry["PRIORITY_"] == "9" and entry["PRIORITY"] == "6"
 
@@ -186,7 +196,9 @@ def test_oversized_entry_falls_back_to_json_lines(journal):
 
 def test_missing_socket_falls_back_to_json_lines(tmp_path):
     stream = io.StringIO()
-    configure_logging("info", "journald", stream=stream, environ={"GGUFD_JOURNAL_SOCKET": str(tmp_path / "absent.sock")})
+    configure_logging(
+        "info", "journald", stream=stream, environ={"GGUFD_JOURNAL_SOCKET": str(tmp_path / "absent.sock")}
+    )
     with structlog.contextvars.bound_contextvars(request_id="req_2"):
         structlog.get_logger("ggufd.http").info("request", status=500, body="a\nb")
     (line,) = stream.getvalue().splitlines()
@@ -221,7 +233,9 @@ def test_threads_each_send_one_intact_entry(journal):
 def test_auto_picks_journald_when_journal_stream_matches(journal, tmp_path):
     with open(tmp_path / "stream.log", "w") as stream:
         st = os.fstat(stream.fileno())
-        configure_logging("info", "auto", stream=stream, environ={**journal.env, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+        configure_logging(
+            "info", "auto", stream=stream, environ={**journal.env, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        )
         structlog.get_logger("x").info("hello", a=1)
     (entry,) = journal.entries()
     assert entry["EVENT"] == "hello" and entry["A"] == "1"
@@ -267,18 +281,24 @@ def test_daemon_logs_requests_to_journal(journal, tiny_model, tmp_path):
     folder = tmp_path / "served"
     folder.mkdir()
     shutil.copy(tiny_model, folder / "tiny.gguf")
-    config = write_config(tmp_path / "ggufd.toml", {
-        "models_dir": str(folder),
-        "log_format": "auto",
-        "llama": {"n_ctx": 512, "n_threads": 1},
-    })
+    config = write_config(
+        tmp_path / "ggufd.toml",
+        {
+            "models_dir": str(folder),
+            "log_format": "auto",
+            "llama": {"n_ctx": 512, "n_threads": 1},
+        },
+    )
     stdout_path = tmp_path / "stdout.log"
     with open(stdout_path, "wb") as out:
         st = os.fstat(out.fileno())
         env = {**os.environ, **journal.env, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}", "GGUFD_LOG_LEVEL": "info"}
         proc = subprocess.Popen(
             [sys.executable, "-m", "ggufd", "--config", str(config), "--port", "0"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
         )
     try:
         seen: list[dict] = []
@@ -303,7 +323,8 @@ def test_daemon_logs_requests_to_journal(journal, tiny_model, tmp_path):
 
         body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}).encode()
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=body,
             headers={"Content-Type": "application/json", "X-Request-ID": "req-e2e-journal"},
         )
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -336,6 +357,11 @@ def test_config_accepts_journald_format(tmp_path):
     from ggufd.config import load_config
     from ggufd.errors import ConfigError
 
-    assert load_config(str(write_config(tmp_path / "a.toml", {"models_dir": str(tmp_path), "log_format": "journald"}))).log_format == "journald"
+    assert (
+        load_config(
+            str(write_config(tmp_path / "a.toml", {"models_dir": str(tmp_path), "log_format": "journald"}))
+        ).log_format
+        == "journald"
+    )
     with pytest.raises(ConfigError):
         load_config(str(write_config(tmp_path / "b.toml", {"models_dir": str(tmp_path), "log_format": "syslog"})))

@@ -62,7 +62,9 @@ class NotifySocket:
 
 def test_sd_notify_ready_status_watchdog_reloading_stopping_in_order(models, tmp_path, make_daemon):
     notify = NotifySocket(tmp_path / "notify.sock")
-    daemon = make_daemon(base_settings(models, preload=["tiny"]), env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"})
+    daemon = make_daemon(
+        base_settings(models, preload=["tiny"]), env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"}
+    )
     notify.wait_for("READY=1")
     notify.wait_for("WATCHDOG=1")
     notify.wait_for("STATUS=")
@@ -80,7 +82,7 @@ def test_sd_notify_ready_status_watchdog_reloading_stopping_in_order(models, tmp
     assert sum(1 for k in kinds if k == "WATCHDOG") >= 2
     reload_at = next(i for i, m in enumerate(messages) if m.startswith("RELOADING=1"))
     assert "MONOTONIC_USEC=" in messages[reload_at]
-    assert any(m == "READY=1" for m in messages[reload_at + 1:])  # ready again after the reload
+    assert any(m == "READY=1" for m in messages[reload_at + 1 :])  # ready again after the reload
     status = [m for m in messages if m.startswith("STATUS=")]
     assert any("1 loaded (tiny)" in m for m in status), status
 
@@ -93,16 +95,20 @@ def test_a_stalled_device_thread_withholds_watchdog_pings():
     sent: list[str] = []
 
     class FakeNotifier:
-        def status(self, text): sent.append("STATUS")
+        def status(self, text):
+            sent.append("STATUS")
 
-        def watchdog(self): sent.append("WATCHDOG")
+        def watchdog(self):
+            sent.append("WATCHDOG")
 
     class FakeEngine:
         devices = executors
 
-        def loaded_models(self): return []
+        def loaded_models(self):
+            return []
 
-        def pending(self): return 0
+        def pending(self):
+            return 0
 
     class FakeState:
         notifier, engine, registry, draining = FakeNotifier(), FakeEngine(), {}, False
@@ -140,7 +146,9 @@ def test_socket_activation_serves_on_the_inherited_socket(models, tmp_path):
         f"import os, sys; os.dup2({fd}, 3); os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1'); "
         f"os.execv(sys.executable, [sys.executable, '-m', 'ggufd', '--config', {str(config)!r}])"
     )
-    proc = subprocess.Popen([sys.executable, "-c", launcher], pass_fds=(fd,), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", launcher], pass_fds=(fd,), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     listener.close()
     try:
         deadline = time.monotonic() + 30
@@ -203,7 +211,9 @@ def test_api_keys_from_config_env_and_file(models, tmp_path, make_daemon):
     )
     for key in ("key-one-123", "key-two-456", "key-three-789"):
         client = openai.OpenAI(base_url=daemon.url + "/v1", api_key=key, max_retries=0)
-        assert client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2).usage.completion_tokens == 2
+        assert (
+            client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2).usage.completion_tokens == 2
+        )
     wrong = openai.OpenAI(base_url=daemon.url + "/v1", api_key="key-one-124", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as err:
         wrong.models.list()
@@ -221,10 +231,20 @@ def test_api_keys_from_config_env_and_file(models, tmp_path, make_daemon):
 
 def test_remote_bind_without_keys_warns_or_refuses(models, tmp_path, make_daemon):
     daemon = make_daemon(base_settings(models, host="0.0.0.0"))
-    assert daemon.logs("SECURITY: listening on 0.0.0.0 (beyond this machine) without any API key: anyone who can reach "
-                       "the port can use the models; set api_keys, api_key_file or GGUFD_API_KEYS")
-    config = write_config(tmp_path / "refuse.toml", base_settings(models, host="0.0.0.0", unauthenticated_remote="refuse"))
-    result = subprocess.run([sys.executable, "-m", "ggufd", "--config", str(config), "--port", "0"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert daemon.logs(
+        "SECURITY: listening on 0.0.0.0 (beyond this machine) without any API key: anyone who can reach "
+        "the port can use the models; set api_keys, api_key_file or GGUFD_API_KEYS"
+    )
+    config = write_config(
+        tmp_path / "refuse.toml", base_settings(models, host="0.0.0.0", unauthenticated_remote="refuse")
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "ggufd", "--config", str(config), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert result.returncode == 2 and "without any API key" in result.stderr
 
 
@@ -233,13 +253,29 @@ def test_remote_bind_without_keys_warns_or_refuses(models, tmp_path, make_daemon
 
 def test_cors_allow_list(models, make_daemon):
     daemon = make_daemon(base_settings(models, cors_origins=["https://ui.example"], api_keys=["secret-key-1"]))
-    status, headers, _ = request(daemon.url, "OPTIONS", "/v1/chat/completions", headers={
-        "Origin": "https://ui.example", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization, content-type"})
+    status, headers, _ = request(
+        daemon.url,
+        "OPTIONS",
+        "/v1/chat/completions",
+        headers={
+            "Origin": "https://ui.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
     assert status == 204 and headers["access-control-allow-origin"] == "https://ui.example"
-    assert "Authorization" in headers["access-control-allow-headers"] and "POST" in headers["access-control-allow-methods"]
-    status, headers, _ = request(daemon.url, "OPTIONS", "/v1/chat/completions", headers={"Origin": "https://evil.example"})
+    assert (
+        "Authorization" in headers["access-control-allow-headers"] and "POST" in headers["access-control-allow-methods"]
+    )
+    status, headers, _ = request(
+        daemon.url, "OPTIONS", "/v1/chat/completions", headers={"Origin": "https://evil.example"}
+    )
     assert "access-control-allow-origin" not in headers
-    status, headers, _ = chat(daemon.url, {"messages": MESSAGES, "max_tokens": 1}, headers={"Origin": "https://ui.example", "Authorization": "Bearer secret-key-1"})
+    status, headers, _ = chat(
+        daemon.url,
+        {"messages": MESSAGES, "max_tokens": 1},
+        headers={"Origin": "https://ui.example", "Authorization": "Bearer secret-key-1"},
+    )
     assert status == 200 and headers["access-control-allow-origin"] == "https://ui.example"
 
 
@@ -259,8 +295,13 @@ def test_body_limit_is_a_json_413(models, make_daemon):
 
     conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
     payload = json.dumps(big).encode()
-    conn.request("POST", "/v1/chat/completions", body=iter([payload[i:i + 1000] for i in range(0, len(payload), 1000)]),
-                 headers={"Content-Type": "application/json"}, encode_chunked=True)
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        body=iter([payload[i : i + 1000] for i in range(0, len(payload), 1000)]),
+        headers={"Content-Type": "application/json"},
+        encode_chunked=True,
+    )
     response = conn.getresponse()
     assert response.status == 413 and json.loads(response.read())["error"]["type"] == "invalid_request_error"
     assert chat(daemon.url, {"messages": MESSAGES, "max_tokens": 1})[0] == 200
@@ -300,18 +341,31 @@ def test_no_error_body_leaks_tracebacks_paths_or_keys(models, tmp_path, make_dae
     for status, _, body in bodies:
         assert status >= 400
         text = body.decode()
-        assert "Traceback" not in text and str(tmp_path) not in text and "super-secret" not in text and "/work/" not in text
+        assert (
+            "Traceback" not in text
+            and str(tmp_path) not in text
+            and "super-secret" not in text
+            and "/work/" not in text
+        )
 
 
 def test_prompts_and_completions_are_logged_only_when_enabled(models, make_daemon):
     secret = "my secret question"
     quiet = make_daemon(base_settings(models))
-    status, _, body = chat(quiet.url, {"messages": [{"role": "user", "content": secret}], "max_tokens": 4, "temperature": 0}, headers={"X-Request-ID": "q1"})
+    status, _, body = chat(
+        quiet.url,
+        {"messages": [{"role": "user", "content": secret}], "max_tokens": 4, "temperature": 0},
+        headers={"X-Request-ID": "q1"},
+    )
     answer = json.loads(body)["choices"][0]["message"]["content"]
     line = quiet.wait_for_log("request", request_id="q1")
     assert secret not in json.dumps(quiet.lines) and "messages" not in line and "completion" not in line
     loud = make_daemon(base_settings(models, log_content=True))
-    chat(loud.url, {"messages": [{"role": "user", "content": secret}], "max_tokens": 4, "temperature": 0, "stream": True}, headers={"X-Request-ID": "l1"})
+    chat(
+        loud.url,
+        {"messages": [{"role": "user", "content": secret}], "max_tokens": 4, "temperature": 0, "stream": True},
+        headers={"X-Request-ID": "l1"},
+    )
     line = loud.wait_for_log("request", request_id="l1")
     assert line["messages"][0]["content"] == secret and line["completion"] == answer
 
@@ -319,7 +373,9 @@ def test_prompts_and_completions_are_logged_only_when_enabled(models, make_daemo
 def test_body_timeout_closes_stalled_uploads(models, make_daemon):
     daemon = make_daemon(base_settings(models, body_timeout=0.5))
     sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=5)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"mess")
+    sock.sendall(
+        b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"mess'
+    )
     started = time.monotonic()
     data = sock.recv(1000)
     assert data == b"" or data.startswith(b"HTTP/1.1 4")
@@ -331,8 +387,11 @@ def test_cancellations_are_counted(models, make_daemon):
     daemon = make_daemon({"models_dir": str(models), "metrics_public": True, "llama": {"n_ctx": 2048, "n_threads": 1}})
     payload = json.dumps({"messages": MESSAGES, "stream": True, "max_tokens": 2000}).encode()
     sock = socket.create_connection(("127.0.0.1", daemon.port))
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 + f"X-Request-ID: gone\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"X-Request-ID: gone\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
     sock.recv(100)
     sock.close()
     daemon.wait_for_log("request", request_id="gone")

@@ -26,13 +26,20 @@ def example_installed() -> bool:
     return any(ep.name == "example_family" for ep in entry_points(group="ggufd"))
 
 
-needs_example = pytest.mark.skipif(not example_installed(), reason="run `make test` (it installs plugins/examples/ggufd-example-family)")
+needs_example = pytest.mark.skipif(
+    not example_installed(), reason="run `make test` (it installs plugins/examples/ggufd-example-family)"
+)
 
 
 @needs_example
 def test_ggufd_plugins_lists_the_installed_package_with_its_version(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "ggufd", "--json", "plugins", "--models-dir", str(tmp_path)],
-                            capture_output=True, text=True, timeout=60, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "ggufd", "--json", "plugins", "--models-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     plugins = {p["name"]: p for p in json.loads(result.stdout)["plugins"]}
     assert plugins["example_family"]["origin"] == "ggufd-example-family 1.0.0"
     assert plugins["example_family"]["hooks"] == ["detect_family", "format_chat", "stop_sequences"]
@@ -53,7 +60,9 @@ def test_the_daemon_uses_the_installed_plugin(tiny_model, tmp_path, make_daemon)
     assert "example_family" in {p["name"] for p in listing["plugins"]} and listing["failed"] == []
 
     messages = [{"role": "user", "content": "hi"}]
-    usage = json.loads(chat(daemon.url, {"model": "example-family-tiny", "messages": messages, "max_tokens": 1})[2])["usage"]
+    usage = json.loads(chat(daemon.url, {"model": "example-family-tiny", "messages": messages, "max_tokens": 1})[2])[
+        "usage"
+    ]
     vocab = llama_cpp.Llama(str(tiny_model), vocab_only=True, verbose=False)
     expected = vocab.tokenize(b"### Instruction:\nhi\n\n### Response:\n", add_bos=True, special=True)
     assert usage["prompt_tokens"] == len(expected)  # the plugin's format, not the GGUF's ChatML template
@@ -68,7 +77,9 @@ def test_a_broken_plugin_does_not_take_the_daemon_down(tiny_model, tmp_path, mak
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(tiny_model, models / "tiny.gguf")
-    daemon = make_daemon({"models_dir": str(models), "plugins_dir": str(plugins), "llama": {"n_ctx": 256, "n_threads": 1}})
+    daemon = make_daemon(
+        {"models_dir": str(models), "plugins_dir": str(plugins), "llama": {"n_ctx": 256, "n_threads": 1}}
+    )
     listing = json.loads(request(daemon.url, path="/-/plugins")[2])
     assert [f["name"] for f in listing["failed"]] == ["broken"] and "frobnicate" in listing["failed"][0]["error"]
     assert {p["name"]: p["origin"] for p in listing["plugins"]}["gemma"] == str(plugins / "gemma.py")
@@ -78,7 +89,9 @@ def test_a_broken_plugin_does_not_take_the_daemon_down(tiny_model, tmp_path, mak
 
 def test_every_hook_is_documented_with_an_example_and_tested():
     text = DOCS.read_text("utf-8")
-    tests = "\n".join(p.read_text("utf-8") for p in (REPO / "tests").rglob("test_*.py") if p.name != "test_plugin_ecosystem.py")
+    tests = "\n".join(
+        p.read_text("utf-8") for p in (REPO / "tests").rglob("test_*.py") if p.name != "test_plugin_ecosystem.py"
+    )
     names = [name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "ggufd_spec")]
     assert len(names) >= 7
     for name in names:
@@ -163,7 +176,9 @@ def test_answer_filter_separates_reasoning_in_streamed_and_plain_answers(tiny_mo
     models.mkdir()
     shutil.copy(tiny_model, models / "split-tiny.gguf")
     shutil.copy(tiny_model, models / "plain-tiny.gguf")
-    daemon = make_daemon({"models_dir": str(models), "plugins_dir": str(plugins), "llama": {"n_ctx": 256, "n_threads": 1}})
+    daemon = make_daemon(
+        {"models_dir": str(models), "plugins_dir": str(plugins), "llama": {"n_ctx": 256, "n_threads": 1}}
+    )
     client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
     kwargs = dict(messages=[{"role": "user", "content": "hi"}], max_tokens=30, temperature=0)
     plain = client.chat.completions.create(model="plain-tiny", **kwargs).choices[0].message

@@ -37,7 +37,14 @@ def no_installed_plugins(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kwargs: [])
 
 
-DEFAULT_NAMES = {"directory_discovery", "config_models", "ollama_discovery", "hf_cache_discovery", "template_override", "gguf_template"}
+DEFAULT_NAMES = {
+    "directory_discovery",
+    "config_models",
+    "ollama_discovery",
+    "hf_cache_discovery",
+    "template_override",
+    "gguf_template",
+}
 FAMILY_NAMES = {"gemma", "llama3", "chatml", "mistral", "phi", "deepseek", "gpt_oss"}
 BUILTIN_NAMES = DEFAULT_NAMES | FAMILY_NAMES
 MESSAGES = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"})
@@ -135,7 +142,9 @@ def test_disable_plugins_blocks_a_plugin_by_name(tmp_path, blocked):
 
 
 def test_disable_plugins_also_accepts_the_full_module_name(tmp_path):
-    pm = make_plugin_manager(config(tmp_path, disable_plugins=("ggufd.default_plugins.config_models", "ggufd.families.phi")))
+    pm = make_plugin_manager(
+        config(tmp_path, disable_plugins=("ggufd.default_plugins.config_models", "ggufd.families.phi"))
+    )
     assert "config_models" not in names(pm)
     assert "phi" not in names(pm)
     assert names(pm) - entry_point_names(pm) == BUILTIN_NAMES - {"config_models", "phi"}
@@ -157,11 +166,14 @@ def test_a_blocked_plugins_dir_file_is_not_even_imported(tmp_path):
 
 
 def test_a_broken_plugin_is_reported_and_left_out_unless_plugins_are_required(tmp_path):
-    folder = plugin_dir(tmp_path, {
-        "broken.py": "import ggufd\nraise RuntimeError('boom at import')\n",
-        "misspelt.py": "import ggufd\n@ggufd.hookimpl\ndef formatt_chat(model, messages):\n    return None\n",
-        "fine.py": "import ggufd\n@ggufd.hookimpl\ndef stop_sequences(model):\n    return ['FINE']\n",
-    })
+    folder = plugin_dir(
+        tmp_path,
+        {
+            "broken.py": "import ggufd\nraise RuntimeError('boom at import')\n",
+            "misspelt.py": "import ggufd\n@ggufd.hookimpl\ndef formatt_chat(model, messages):\n    return None\n",
+            "fine.py": "import ggufd\n@ggufd.hookimpl\ndef stop_sequences(model):\n    return ['FINE']\n",
+        },
+    )
     pm = make_plugin_manager(config(tmp_path, plugins_dir=folder))
     assert {"fine", "gguf_template"} <= names(pm) and not {"broken", "misspelt"} & names(pm)
     failures = {f["name"]: f for f in pm.failures}
@@ -202,7 +214,9 @@ def test_an_unknown_hook_name_is_a_plugin_error(tmp_path):
 def test_a_hook_with_an_unknown_argument_is_a_plugin_error_naming_the_file(tmp_path):
     folder = plugin_dir(
         tmp_path,
-        {"badsig.py": "import ggufd\n@ggufd.hookimpl\ndef format_chat(model, messages, temperature):\n    return None\n"},
+        {
+            "badsig.py": "import ggufd\n@ggufd.hookimpl\ndef format_chat(model, messages, temperature):\n    return None\n"
+        },
     )
     with pytest.raises(PluginError) as info:
         make_plugin_manager(config(tmp_path, plugins_dir=folder, plugins_required=True))
@@ -297,8 +311,12 @@ def test_call_order_local_files_then_families_then_entry_points_then_trylast(tmp
     import importlib.metadata
 
     installed = module_from_source("installed_family", FAMILY_PLUGIN.format(marker="", family="installed"))
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kwargs: [FakeEntryPoint("installed_family", installed)])
-    folder = plugin_dir(tmp_path, {name: FAMILY_PLUGIN.format(marker="", family=name[:-3]) for name in ("local_a.py", "local_b.py")})
+    monkeypatch.setattr(
+        importlib.metadata, "entry_points", lambda **kwargs: [FakeEntryPoint("installed_family", installed)]
+    )
+    folder = plugin_dir(
+        tmp_path, {name: FAMILY_PLUGIN.format(marker="", family=name[:-3]) for name in ("local_a.py", "local_b.py")}
+    )
     pm = make_plugin_manager(config(tmp_path, plugins_dir=folder))
     called = [impl.plugin_name for impl in reversed(pm.hook.detect_family.get_hookimpls())]
     families = [name.rsplit(".", 1)[-1] for name in reversed(FAMILY_PLUGINS)]
@@ -322,7 +340,9 @@ def test_an_entry_point_named_like_a_family_replaces_it(tmp_path, monkeypatch):
 
 
 def test_a_subset_of_hook_arguments_is_accepted(tmp_path):
-    folder = plugin_dir(tmp_path, {"lean.py": "import ggufd\n@ggufd.hookimpl\ndef detect_family(metadata):\n    return None\n"})
+    folder = plugin_dir(
+        tmp_path, {"lean.py": "import ggufd\n@ggufd.hookimpl\ndef detect_family(metadata):\n    return None\n"}
+    )
     assert "lean" in names(make_plugin_manager(config(tmp_path, plugins_dir=folder)))
 
 
@@ -357,7 +377,9 @@ def format_chat(model, messages):
 
 
 def family_manager(tmp_path, marker: str = "", family: str = "fam"):
-    folder = plugin_dir(tmp_path, {f"{family}.py": FAMILY_PLUGIN.format(marker=marker, family=family)}, name=f"p-{family}")
+    folder = plugin_dir(
+        tmp_path, {f"{family}.py": FAMILY_PLUGIN.format(marker=marker, family=family)}, name=f"p-{family}"
+    )
     return make_plugin_manager(Config(models_dir=tmp_path, plugins_dir=folder))
 
 
@@ -365,7 +387,10 @@ def test_gguf_template_renders_when_no_other_plugin_answers(tiny_info, tmp_path)
     pm = make_plugin_manager(Config(models_dir=tmp_path))
     prompt = pm.hook.format_chat(model=tiny_info, messages=MESSAGES)
     assert isinstance(prompt, ChatPrompt)
-    assert prompt.text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        prompt.text
+        == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 @pytest.mark.parametrize("marker", ["", "(tryfirst=True)"])
@@ -390,7 +415,9 @@ def test_a_family_plugin_wins_detection_in_the_registry(tiny_model, tmp_path):
 
 def test_a_configured_chat_template_beats_a_tryfirst_family_plugin(tiny_info, tmp_path):
     pm = family_manager(tmp_path, "(tryfirst=True)")
-    spec = replace(tiny_info.spec, options={"chat_template": "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}>"})
+    spec = replace(
+        tiny_info.spec, options={"chat_template": "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}>"}
+    )
     info = replace(tiny_info, spec=spec, family="fam")
     assert pm.hook.format_chat(model=info, messages=MESSAGES).text == "[system]Be brief.[user]Hi>"
 
@@ -426,7 +453,10 @@ def test_read_metadata_model_info_without_the_registry(tiny_model, tmp_path):
     info = ModelInfo(spec=ModelSpec(id="t", path=tiny_model), metadata=metadata, family="generic")
     pm = make_plugin_manager(Config(models_dir=tmp_path))
     # gguf_template renders the GGUF's template whatever the family name says
-    assert pm.hook.format_chat(model=info, messages=MESSAGES[1:]).text == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        pm.hook.format_chat(model=info, messages=MESSAGES[1:]).text
+        == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 # --- describe_plugins
@@ -441,12 +471,20 @@ def test_describe_plugins_lists_hooks_per_plugin(tmp_path):
         "origin": BUILTIN_ORIGIN,
         "version": None,
     }
-    assert described["gpt_oss"]["hooks"] == ["answer_filter", "detect_family", "format_chat", "parse_tool_calls", "stop_sequences"]
+    assert described["gpt_oss"]["hooks"] == [
+        "answer_filter",
+        "detect_family",
+        "format_chat",
+        "parse_tool_calls",
+        "stop_sequences",
+    ]
     assert described["directory_discovery"]["hooks"] == ["discover_models"]
     assert described["config_models"]["hooks"] == ["discover_models"]
     assert described["template_override"]["hooks"] == ["format_chat"]
     assert described["gguf_template"]["hooks"] == ["detect_family", "format_chat"]
-    assert described["gguf_template"]["origin"].startswith("ggufd ") and described["gguf_template"]["origin"].endswith("(built-in)")
+    assert described["gguf_template"]["origin"].startswith("ggufd ") and described["gguf_template"]["origin"].endswith(
+        "(built-in)"
+    )
 
 
 def test_describe_plugins_skips_blocked_plugins(tmp_path):
@@ -459,22 +497,26 @@ def test_describe_plugins_skips_blocked_plugins(tmp_path):
 
 def hookspec_functions() -> dict:
     return {
-        name: func
-        for name, func in vars(hookspecs).items()
-        if inspect.isfunction(func) and hasattr(func, "ggufd_spec")
+        name: func for name, func in vars(hookspecs).items() if inspect.isfunction(func) and hasattr(func, "ggufd_spec")
     }
 
 
 def test_hookspecs_are_the_documented_set():
-    assert set(hookspec_functions()) == {"discover_models", "detect_family", "format_chat", "stop_sequences", "parse_tool_calls", "answer_filter", "startup", "shutdown"}
+    assert set(hookspec_functions()) == {
+        "discover_models",
+        "detect_family",
+        "format_chat",
+        "stop_sequences",
+        "parse_tool_calls",
+        "answer_filter",
+        "startup",
+        "shutdown",
+    }
 
 
 @pytest.mark.parametrize(
     "name",
-    [
-        name
-        for name in sorted(hookspec_functions())
-    ],
+    [name for name in sorted(hookspec_functions())],
 )
 def test_every_hookspec_documents_its_parameters_and_result(name):
     func = hookspec_functions()[name]

@@ -28,7 +28,12 @@ from ggufd.protocol.openai_chat import parse_chat_request  # noqa: E402
 from ggufd.protocol.openai_completions import parse_completion_request  # noqa: E402
 
 PURE = settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-E2E = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+E2E = settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # --- JSON documents --------------------------------------------------------------------
 
@@ -38,9 +43,39 @@ any_char = st.one_of(st.characters(), surrogate)
 any_text = st.text(any_char, max_size=12)
 
 #: integers around the limits of ctypes/C types and of JSON Schema ranges
-edge_ints = st.sampled_from([0, 1, -1, 2, 4, 127, 128, 255, 256, 2**15, 2**16, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**53 + 1,
-                             2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**31), -(2**31) - 1, -(2**63), -(2**63) - 1, 10**30, -(10**30)])
-edge_floats = st.sampled_from([0.0, -0.0, 0.5, 1.0, 1.5, 2.0, 2.0000001, -2.0000001, 1e-320, 5e-324, 1e308, -1e308, 100.0, -100.0, 4.0, 1e20])
+edge_ints = st.sampled_from(
+    [
+        0,
+        1,
+        -1,
+        2,
+        4,
+        127,
+        128,
+        255,
+        256,
+        2**15,
+        2**16,
+        2**31 - 1,
+        2**31,
+        2**32 - 1,
+        2**32,
+        2**53 + 1,
+        2**63 - 1,
+        2**63,
+        2**64 - 1,
+        2**64,
+        -(2**31),
+        -(2**31) - 1,
+        -(2**63),
+        -(2**63) - 1,
+        10**30,
+        -(10**30),
+    ]
+)
+edge_floats = st.sampled_from(
+    [0.0, -0.0, 0.5, 1.0, 1.5, 2.0, 2.0000001, -2.0000001, 1e-320, 5e-324, 1e308, -1e308, 100.0, -100.0, 4.0, 1e20]
+)
 
 scalars = st.one_of(
     st.none(),
@@ -58,12 +93,51 @@ json_values = st.recursive(
     max_leaves=25,
 )
 
-CHAT_FIELDS = ("model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty",
-               "presence_penalty", "frequency_penalty", "seed", "stop", "stream_options", "n", "user", "logit_bias",
-               "response_format", "tools", "functions", "logprobs", "top_logprobs")
-COMPLETION_FIELDS = ("model", "max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty",
-                     "frequency_penalty", "seed", "stop", "stream_options", "n", "user", "prompt", "echo", "suffix", "best_of",
-                     "logit_bias", "logprobs")
+CHAT_FIELDS = (
+    "model",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "stop",
+    "stream_options",
+    "n",
+    "user",
+    "logit_bias",
+    "response_format",
+    "tools",
+    "functions",
+    "logprobs",
+    "top_logprobs",
+)
+COMPLETION_FIELDS = (
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "stop",
+    "stream_options",
+    "n",
+    "user",
+    "prompt",
+    "echo",
+    "suffix",
+    "best_of",
+    "logit_bias",
+    "logprobs",
+)
 
 plausible_values = st.one_of(
     json_values,
@@ -71,13 +145,19 @@ plausible_values = st.one_of(
     edge_floats,
     st.sampled_from(["tiny", "tiny-alias", "missing", "", "../etc/passwd", "\x00", "\n"]),
     st.lists(st.text(max_size=4), max_size=6),  # stop lists (empty strings, too many)
-    st.dictionaries(st.one_of(st.from_regex(r"\A[0-9]{1,9}\Z"), any_text), st.one_of(edge_floats, edge_ints, scalars), max_size=3),  # logit_bias
-    st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object", "json_schema", "xml", ""])},
-                          optional={"json_schema": st.one_of(json_values, st.fixed_dictionaries({"schema": json_values}))}),
+    st.dictionaries(
+        st.one_of(st.from_regex(r"\A[0-9]{1,9}\Z"), any_text), st.one_of(edge_floats, edge_ints, scalars), max_size=3
+    ),  # logit_bias
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "json_object", "json_schema", "xml", ""])},
+        optional={"json_schema": st.one_of(json_values, st.fixed_dictionaries({"schema": json_values}))},
+    ),
     st.fixed_dictionaries({"include_usage": scalars}),
 )
 
-text_part = st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "", "TEXT"])}, optional={"text": st.one_of(any_text, scalars)})
+text_part = st.fixed_dictionaries(
+    {"type": st.sampled_from(["text", "image_url", "", "TEXT"])}, optional={"text": st.one_of(any_text, scalars)}
+)
 message = st.fixed_dictionaries(
     {"role": st.one_of(st.sampled_from(["system", "developer", "user", "assistant", "tool"]), any_text, scalars)},
     optional={
@@ -87,15 +167,22 @@ message = st.fixed_dictionaries(
         "tool_calls": st.one_of(st.none(), st.lists(json_values, max_size=2), scalars),
     },
 )
-valid_message = st.fixed_dictionaries({"role": st.sampled_from(["system", "developer", "user", "assistant", "tool"]), "content": st.text(max_size=40)})
+valid_message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "developer", "user", "assistant", "tool"]), "content": st.text(max_size=40)}
+)
 valid_messages = st.lists(valid_message, min_size=1, max_size=3)
 messages = st.one_of(
     valid_messages,
     st.lists(st.one_of(valid_message, message), min_size=1, max_size=3),
     st.lists(st.one_of(message, json_values), max_size=4),
 )
-prompt = st.one_of(st.text(max_size=60), st.lists(st.text(max_size=10), min_size=1, max_size=1), any_text,
-                   st.lists(st.one_of(st.text(max_size=10), json_values), max_size=3), json_values)
+prompt = st.one_of(
+    st.text(max_size=60),
+    st.lists(st.text(max_size=10), min_size=1, max_size=1),
+    any_text,
+    st.lists(st.one_of(st.text(max_size=10), json_values), max_size=3),
+    json_values,
+)
 
 #: values each field accepts (mostly), from the edges of its range
 _numbers = st.one_of(edge_floats, edge_ints, st.floats(-3, 3), st.none())
@@ -103,33 +190,86 @@ VALID_VALUES = {
     "model": st.sampled_from(["tiny", "tiny-alias", None]),
     "max_tokens": st.sampled_from([None, -1, 1, 2, 2**31, 2**63]),
     "max_completion_tokens": st.sampled_from([None, -1, 1, 2, 2**31]),
-    "temperature": _numbers, "top_p": _numbers, "min_p": _numbers, "repeat_penalty": _numbers,
-    "presence_penalty": _numbers, "frequency_penalty": _numbers,
-    "top_k": st.one_of(edge_ints, st.none()), "seed": st.one_of(edge_ints, st.integers(), st.none()),
-    "n": st.sampled_from([None, 1, 2]), "best_of": st.sampled_from([None, 1, 2]),
-    "stop": st.one_of(st.none(), st.text(min_size=1, max_size=4), st.lists(st.text(min_size=1, max_size=4), max_size=4)),
+    "temperature": _numbers,
+    "top_p": _numbers,
+    "min_p": _numbers,
+    "repeat_penalty": _numbers,
+    "presence_penalty": _numbers,
+    "frequency_penalty": _numbers,
+    "top_k": st.one_of(edge_ints, st.none()),
+    "seed": st.one_of(edge_ints, st.integers(), st.none()),
+    "n": st.sampled_from([None, 1, 2]),
+    "best_of": st.sampled_from([None, 1, 2]),
+    "stop": st.one_of(
+        st.none(), st.text(min_size=1, max_size=4), st.lists(st.text(min_size=1, max_size=4), max_size=4)
+    ),
     "stream_options": st.one_of(st.none(), st.fixed_dictionaries({"include_usage": st.booleans()})),
     "user": st.one_of(st.none(), st.text(max_size=5)),
-    "echo": st.one_of(st.none(), st.booleans()), "suffix": st.one_of(st.none(), st.text(max_size=3)),
-    "logit_bias": st.one_of(st.none(), st.dictionaries(st.from_regex(r"\A[0-9]{1,9}\Z"), st.one_of(edge_floats, st.floats(-100, 100)), max_size=3)),
+    "echo": st.one_of(st.none(), st.booleans()),
+    "suffix": st.one_of(st.none(), st.text(max_size=3)),
+    "logit_bias": st.one_of(
+        st.none(),
+        st.dictionaries(st.from_regex(r"\A[0-9]{1,9}\Z"), st.one_of(edge_floats, st.floats(-100, 100)), max_size=3),
+    ),
     "response_format": st.one_of(
         st.none(),
         st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object"])}),
-        st.fixed_dictionaries({"type": st.just("json_schema"), "json_schema": st.fixed_dictionaries({"schema": st.one_of(
-            st.fixed_dictionaries({"type": st.sampled_from(["object", "string", "integer", "array", "boolean", "null", "number"])}),
-            st.dictionaries(st.sampled_from(["type", "properties", "items", "enum", "const", "minLength", "maxItems", "pattern",
-                                             "required", "anyOf", "$ref", "additionalProperties"]), json_values, max_size=3),
-        )})}),
+        st.fixed_dictionaries(
+            {
+                "type": st.just("json_schema"),
+                "json_schema": st.fixed_dictionaries(
+                    {
+                        "schema": st.one_of(
+                            st.fixed_dictionaries(
+                                {
+                                    "type": st.sampled_from(
+                                        ["object", "string", "integer", "array", "boolean", "null", "number"]
+                                    )
+                                }
+                            ),
+                            st.dictionaries(
+                                st.sampled_from(
+                                    [
+                                        "type",
+                                        "properties",
+                                        "items",
+                                        "enum",
+                                        "const",
+                                        "minLength",
+                                        "maxItems",
+                                        "pattern",
+                                        "required",
+                                        "anyOf",
+                                        "$ref",
+                                        "additionalProperties",
+                                    ]
+                                ),
+                                json_values,
+                                max_size=3,
+                            ),
+                        )
+                    }
+                ),
+            }
+        ),
     ),
-    "tools": st.sampled_from([None, [], [{"type": "function"}]]), "functions": st.sampled_from([None, []]),
-    "logprobs": st.sampled_from([None, False, True, 1]), "top_logprobs": st.sampled_from([None, 0, 2]),
+    "tools": st.sampled_from([None, [], [{"type": "function"}]]),
+    "functions": st.sampled_from([None, []]),
+    "logprobs": st.sampled_from([None, False, True, 1]),
+    "top_logprobs": st.sampled_from([None, 0, 2]),
 }
 
 
 def request_shaped(required_key: str, required: st.SearchStrategy, fields: tuple) -> st.SearchStrategy:
     """A dict that looks like a request, then mutated: keys dropped, values replaced, junk keys added."""
     field_values = st.sampled_from(fields).flatmap(
-        lambda field: st.tuples(st.just(field), st.one_of(VALID_VALUES.get(field, plausible_values), VALID_VALUES.get(field, plausible_values), plausible_values)))
+        lambda field: st.tuples(
+            st.just(field),
+            st.one_of(
+                VALID_VALUES.get(field, plausible_values), VALID_VALUES.get(field, plausible_values), plausible_values
+            ),
+        )
+    )
     base = st.builds(
         lambda req, extra: {required_key: req, **dict(extra)},
         required,
@@ -140,7 +280,8 @@ def request_shaped(required_key: str, required: st.SearchStrategy, fields: tuple
         lambda req, extra: {required_key: req, **extra},
         valid_required,
         st.dictionaries(st.sampled_from([f for f in fields if f in VALID_VALUES]), st.none(), max_size=4).flatmap(
-            lambda keys: st.fixed_dictionaries({key: VALID_VALUES[key] for key in keys})),
+            lambda keys: st.fixed_dictionaries({key: VALID_VALUES[key] for key in keys})
+        ),
     )
 
     @st.composite
@@ -166,18 +307,45 @@ documents = st.one_of(json_values, chat_docs, completion_docs)
 #: bodies that are not a JSON encoding of a Python value
 raw_bodies = st.one_of(
     st.binary(max_size=64),
-    st.sampled_from([
-        b"", b" ", b"null", b"[]", b"{", b"}", b'{"messages": NaN}', b'{"temperature": Infinity}', b'{"top_p": -Infinity}',
-        b'{"temperature": 1e999, "messages": []}', b'{"messages": [{"role": "user", "content": "hi"}], "temperature": -1e999}',
-        b'{"seed": ' + b"9" * 5000 + b"}", b"9" * 5000, b"[" * 5000 + b"]" * 5000, b'{"a":' * 3000 + b"1" + b"}" * 3000,
-        b'{"messages": "\\ud800"}', b'{"\\udfff": 1}', b'{"prompt": "\\ud83d\\ude00"}', b'\xef\xbb\xbf{"prompt": "x"}',
-        b'{"prompt": "x", "prompt": 1}', b'{"prompt": "\xff"}', b'{"prompt": "\xed\xa0\x80"}', b"\x00", b'"x"', b"1",
-        b'{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"schema": '
-        + b'{"properties": ' * 40 + b"{}" + b"}" * 40 + b"}}}",
-        b'{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"schema": '
-        b'{"type": "string", "minLength": -1e999}}}}',
-    ]),
-    st.lists(st.text(max_size=8), max_size=4).map(lambda parts: ('{"prompt": "' + "".join(parts) + '"}').encode("utf-8", "surrogatepass")),
+    st.sampled_from(
+        [
+            b"",
+            b" ",
+            b"null",
+            b"[]",
+            b"{",
+            b"}",
+            b'{"messages": NaN}',
+            b'{"temperature": Infinity}',
+            b'{"top_p": -Infinity}',
+            b'{"temperature": 1e999, "messages": []}',
+            b'{"messages": [{"role": "user", "content": "hi"}], "temperature": -1e999}',
+            b'{"seed": ' + b"9" * 5000 + b"}",
+            b"9" * 5000,
+            b"[" * 5000 + b"]" * 5000,
+            b'{"a":' * 3000 + b"1" + b"}" * 3000,
+            b'{"messages": "\\ud800"}',
+            b'{"\\udfff": 1}',
+            b'{"prompt": "\\ud83d\\ude00"}',
+            b'\xef\xbb\xbf{"prompt": "x"}',
+            b'{"prompt": "x", "prompt": 1}',
+            b'{"prompt": "\xff"}',
+            b'{"prompt": "\xed\xa0\x80"}',
+            b"\x00",
+            b'"x"',
+            b"1",
+            b'{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"schema": '
+            + b'{"properties": ' * 40
+            + b"{}"
+            + b"}" * 40
+            + b"}}}",
+            b'{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"schema": '
+            b'{"type": "string", "minLength": -1e999}}}}',
+        ]
+    ),
+    st.lists(st.text(max_size=8), max_size=4).map(
+        lambda parts: ('{"prompt": "' + "".join(parts) + '"}').encode("utf-8", "surrogatepass")
+    ),
 )
 
 
@@ -235,15 +403,18 @@ def test_deep_nesting_is_a_400_or_accepted(depth, where):
         "top": inner,
         "messages": '{"messages": ' + inner + ', "prompt": ' + inner + "}",
         "content": '{"messages": [{"role": "user", "content": ' + inner + '}], "prompt": [' + inner + "]}",
-        "logit_bias": '{"messages": [{"role": "user", "content": "x"}], "prompt": "x", "logit_bias": {"1": ' + inner + "}}",
+        "logit_bias": '{"messages": [{"role": "user", "content": "x"}], "prompt": "x", "logit_bias": {"1": '
+        + inner
+        + "}}",
         "schema": '{"messages": [{"role": "user", "content": "x"}], "prompt": "x", "response_format": {"type": "json_schema", '
-                  '"json_schema": {"schema": {"a": ' + inner + "}}}}",
+        '"json_schema": {"schema": {"a": ' + inner + "}}}}",
         "unknown": '{"messages": [{"role": "user", "content": "x"}], "prompt": "x", "whatever": ' + inner + "}",
     }
     check_parse(bodies[where].encode())
 
 
 # --- the same against the real daemon ---------------------------------------------------
+
 
 def bounded(doc):
     """Keep generations short: max_tokens 1 for request-shaped dicts, never a stream."""
@@ -306,14 +477,30 @@ def test_daemon_never_answers_5xx(tiny_daemon, path):
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
 @pytest.mark.parametrize(
     "field, value",
-    [("seed", 2**32), ("seed", 2**63), ("seed", 2**64), ("seed", -1), ("seed", -(2**63) - 1), ("top_k", 2**31), ("top_k", 2**63),
-     ("top_k", 2**64), ("logit_bias", {"999999999": 1}), ("logit_bias", {"000000001": -100}), ("temperature", 5e-324),
-     ("min_p", 5e-324), ("repeat_penalty", 0), ("stop", ["\x00"]), ("model", "\x00")],
+    [
+        ("seed", 2**32),
+        ("seed", 2**63),
+        ("seed", 2**64),
+        ("seed", -1),
+        ("seed", -(2**63) - 1),
+        ("top_k", 2**31),
+        ("top_k", 2**63),
+        ("top_k", 2**64),
+        ("logit_bias", {"999999999": 1}),
+        ("logit_bias", {"000000001": -100}),
+        ("temperature", 5e-324),
+        ("min_p", 5e-324),
+        ("repeat_penalty", 0),
+        ("stop", ["\x00"]),
+        ("model", "\x00"),
+    ],
 )
 def test_daemon_edge_values(tiny_daemon, path, field, value):
     """Values the schemas accept that C types might not (seed/top_k beyond int32/uint32/int64)."""
     body = {"max_tokens": 1, "temperature": 1, field: value}  # temperature > 0: the seeded, top-k sampler chain
-    body.update({"messages": [{"role": "user", "content": "hi"}]} if path == "/v1/chat/completions" else {"prompt": "hi"})
+    body.update(
+        {"messages": [{"role": "user", "content": "hi"}]} if path == "/v1/chat/completions" else {"prompt": "hi"}
+    )
     status, headers, raw = request(tiny_daemon.url, "POST", path, body)
     check_response(status, headers, raw, path)
 
@@ -324,7 +511,9 @@ def test_daemon_edge_values(tiny_daemon, path, field, value):
 utf8ish = st.one_of(
     st.binary(max_size=40),
     st.text(max_size=20).map(lambda s: s.encode("utf-8")),
-    st.lists(st.one_of(st.text(max_size=4).map(lambda s: s.encode("utf-8")), st.binary(max_size=3)), max_size=8).map(b"".join),
+    st.lists(st.one_of(st.text(max_size=4).map(lambda s: s.encode("utf-8")), st.binary(max_size=3)), max_size=8).map(
+        b"".join
+    ),
 )
 
 
@@ -335,8 +524,13 @@ def assembler_case(draw):
     pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
     text = data.decode("utf-8", errors="replace")
     # stop strings: some taken from the text itself (so they match), some arbitrary
-    from_text = st.builds(lambda i, n: text[i:i + n], st.integers(0, max(len(text) - 1, 0)), st.integers(0, 5))
-    stops = draw(st.lists(st.one_of(from_text, st.text(max_size=4), st.sampled_from(["\ufffd", "\ufffd\ufffd", "a", "ab"])), max_size=4))
+    from_text = st.builds(lambda i, n: text[i : i + n], st.integers(0, max(len(text) - 1, 0)), st.integers(0, 5))
+    stops = draw(
+        st.lists(
+            st.one_of(from_text, st.text(max_size=4), st.sampled_from(["\ufffd", "\ufffd\ufffd", "a", "ab"])),
+            max_size=4,
+        )
+    )
     return pieces, stops
 
 
@@ -364,7 +558,7 @@ def test_text_assembler_is_split_invariant(case):
     decoded = b"".join(pieces).decode("utf-8", errors="replace")
     if stopped:  # the text before the first stop string, nothing after it
         assert decoded.startswith(text)
-        assert any(decoded[len(text):].startswith(stop) for stop in stops if stop)
+        assert any(decoded[len(text) :].startswith(stop) for stop in stops if stop)
     else:  # nothing was lost: everything decodes to what one decode of all bytes gives
         assert text == decoded
     for stop in stops:
@@ -373,6 +567,7 @@ def test_text_assembler_is_split_invariant(case):
 
 
 # --- the OpenAPI document describes the same requests as the committed schemas ------------
+
 
 def test_openapi_components_validate_like_the_schemas():
     from jsonschema import Draft202012Validator
@@ -385,8 +580,11 @@ def test_openapi_components_validate_like_the_schemas():
     document = openapi_document()
     registry = Registry().with_resource("urn:ggufd-openapi", Resource(document, specification=DRAFT202012))
     embedded = {
-        name: Draft202012Validator({"$ref": f"urn:ggufd-openapi#/components/schemas/{component}"}, registry=registry,
-                                   format_checker=Draft202012Validator.FORMAT_CHECKER)
+        name: Draft202012Validator(
+            {"$ref": f"urn:ggufd-openapi#/components/schemas/{component}"},
+            registry=registry,
+            format_checker=Draft202012Validator.FORMAT_CHECKER,
+        )
         for name, component in REQUEST_SCHEMAS.items()
     }
 
@@ -412,9 +610,17 @@ def _has_integral_float(value) -> bool:
 
 # --- found while fuzzing ------------------------------------------------------------------
 
+
 @pytest.mark.e2e
-@pytest.mark.parametrize("schema", [{"const": "\u0000"}, {"type": "string", "pattern": "^\\x00$"}, {"enum": ["a\u0001b"]},
-                                    {"type": "object", "properties": {"\u0000": {"type": "string"}}, "required": ["\u0000"]}])
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"const": "\u0000"},
+        {"type": "string", "pattern": "^\\x00$"},
+        {"enum": ["a\u0001b"]},
+        {"type": "object", "properties": {"\u0000": {"type": "string"}}, "required": ["\u0000"]},
+    ],
+)
 def test_grammar_requiring_nul_does_not_kill_the_daemon(make_daemon, tiny_model, tmp_path, schema):
     import shutil
 
@@ -422,8 +628,11 @@ def test_grammar_requiring_nul_does_not_kill_the_daemon(make_daemon, tiny_model,
     folder.mkdir()
     shutil.copy(tiny_model, folder / "tiny.gguf")
     daemon = make_daemon({"models_dir": str(folder), "llama": {"n_ctx": 512, "n_threads": 1}})
-    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
-            "response_format": {"type": "json_schema", "json_schema": {"schema": schema}}}
+    body = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 8,
+        "response_format": {"type": "json_schema", "json_schema": {"schema": schema}},
+    }
     try:
         status, headers, raw = request(daemon.url, "POST", "/v1/chat/completions", body, timeout=60)
     except (ConnectionError, OSError) as exc:  # http.client.RemoteDisconnected: the daemon died mid-request

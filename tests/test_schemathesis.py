@@ -34,7 +34,13 @@ GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
 
 schema = schemathesis.openapi.from_dict(openapi_document())
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance, negative_data_rejection]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
 
 
 def keep_short(case) -> None:
@@ -57,7 +63,9 @@ def keep_short(case) -> None:
 def check_error_body(response) -> None:
     """Every 4xx is the OpenAI error object, served as application/json."""
     if 400 <= response.status_code < 500:
-        content_type = (response.headers.get("content-type") or [""])[0]  # schemathesis: lower-case names, lists of values
+        content_type = (response.headers.get("content-type") or [""])[
+            0
+        ]  # schemathesis: lower-case names, lists of values
         assert content_type.startswith("application/json"), (response.status_code, response.headers)
         doc = json.loads(response.content)
         assert set(doc) == {"error"}, doc

@@ -28,20 +28,39 @@ def client(tiny_daemon):
 @pytest.mark.parametrize("seed", range(5))
 def test_json_schema_output_parses_and_validates(client, seed):
     response_format = {"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA}}
-    response = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=100, temperature=1.0, seed=seed, response_format=response_format)
+    response = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=100, temperature=1.0, seed=seed, response_format=response_format
+    )
     choice = response.choices[0]
     assert choice.finish_reason == "stop"
     jsonschema.validate(json.loads(choice.message.content), SCHEMA)
-    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
-        model="tiny", messages=MESSAGES, max_tokens=100, temperature=1.0, seed=seed, response_format=response_format, stream=True) if c.choices)
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(
+            model="tiny",
+            messages=MESSAGES,
+            max_tokens=100,
+            temperature=1.0,
+            seed=seed,
+            response_format=response_format,
+            stream=True,
+        )
+        if c.choices
+    )
     assert streamed == choice.message.content
 
 
 def test_json_object_output_is_an_object(client):
     finished = 0
     for seed in range(6):
-        response = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=200, temperature=0.8, seed=seed,
-                                                  response_format={"type": "json_object"})
+        response = client.chat.completions.create(
+            model="tiny",
+            messages=MESSAGES,
+            max_tokens=200,
+            temperature=0.8,
+            seed=seed,
+            response_format={"type": "json_object"},
+        )
         choice = response.choices[0]
         text = choice.message.content
         assert text.lstrip().startswith("{")
@@ -55,8 +74,19 @@ def test_oversized_schema_is_refused_quickly(tiny_daemon):
     import time
 
     started = time.perf_counter()
-    status, _, _ = response = chat(tiny_daemon.url, {"messages": MESSAGES, "response_format": {
-        "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "items": {"type": "string"}, "minItems": 1000000}}}})
+    status, _, _ = response = chat(
+        tiny_daemon.url,
+        {
+            "messages": MESSAGES,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "x",
+                    "schema": {"type": "array", "items": {"type": "string"}, "minItems": 1000000},
+                },
+            },
+        },
+    )
     assert status == 400 and error_of(response)["param"] == "response_format.json_schema.schema"
     assert time.perf_counter() - started < 1
 
@@ -67,15 +97,30 @@ def test_logit_bias_forces_and_bans_tokens(client, tiny_model):
     vocab = llama_cpp.Llama(str(tiny_model), vocab_only=True, verbose=False)
     forced = 400
     piece = vocab.detokenize([forced]).decode()
-    text = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=5, temperature=0, logit_bias={str(forced): 100}).choices[0].message.content
+    text = (
+        client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=5, temperature=0, logit_bias={str(forced): 100}
+        )
+        .choices[0]
+        .message.content
+    )
     assert text.strip() == (piece * 5).strip()
 
-    plain = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=1, temperature=0).choices[0].message.content
+    plain = (
+        client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=1, temperature=0)
+        .choices[0]
+        .message.content
+    )
     # ban every token that spells the greedy answer's first token on its own
     same = [t for t in range(vocab.n_vocab()) if vocab.detokenize([t]).decode("utf-8", "replace") == plain]
     assert same
-    banned = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=1, temperature=0,
-                                            logit_bias={str(t): -100 for t in same}).choices[0].message.content
+    banned = (
+        client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=1, temperature=0, logit_bias={str(t): -100 for t in same}
+        )
+        .choices[0]
+        .message.content
+    )
     assert banned != plain
 
 

@@ -45,7 +45,9 @@ def module(name: str, source: str) -> types.ModuleType:
 
 
 def call_order(plugins) -> dict[str, list[str]]:
-    return {hook: [impl.plugin_name for impl in reversed(getattr(plugins.hook, hook).get_hookimpls())] for hook in HOOKS}
+    return {
+        hook: [impl.plugin_name for impl in reversed(getattr(plugins.hook, hook).get_hookimpls())] for hook in HOOKS
+    }
 
 
 @pytest.fixture
@@ -58,8 +60,22 @@ def test_the_docstring_examples_run():
 
 
 def test_gguf_metadata_holds_what_it_is_given():
-    meta = gguf_metadata("{{ x }}", "qwen2", {"tokenizer.ggml.pre": "qwen2"}, name="Qwen", add_bos=False, bos_token="<s>", eos_token="</s>")
-    assert (meta.chat_template, meta.architecture, meta.name, meta.bos_token, meta.eos_token) == ("{{ x }}", "qwen2", "Qwen", "<s>", "</s>")
+    meta = gguf_metadata(
+        "{{ x }}",
+        "qwen2",
+        {"tokenizer.ggml.pre": "qwen2"},
+        name="Qwen",
+        add_bos=False,
+        bos_token="<s>",
+        eos_token="</s>",
+    )
+    assert (meta.chat_template, meta.architecture, meta.name, meta.bos_token, meta.eos_token) == (
+        "{{ x }}",
+        "qwen2",
+        "Qwen",
+        "<s>",
+        "</s>",
+    )
     assert meta.get("tokenizer.ggml.add_bos_token") is False and meta.get("tokenizer.ggml.pre") == "qwen2"
     empty = gguf_metadata(architecture=None)
     assert dict(empty.values) == {} and empty.architecture is None and empty.chat_template is None
@@ -67,7 +83,12 @@ def test_gguf_metadata_holds_what_it_is_given():
 
 def test_model_info_and_model_spec():
     info = model_info(family="gemma", architecture="gemma3", model_id="g", options={"chat_template": "t"}, name="Gemma")
-    assert (info.family, info.id, info.path, dict(info.options)) == ("gemma", "g", Path("/models/g.gguf"), {"chat_template": "t"})
+    assert (info.family, info.id, info.path, dict(info.options)) == (
+        "gemma",
+        "g",
+        Path("/models/g.gguf"),
+        {"chat_template": "t"},
+    )
     assert info.metadata.architecture == "gemma3" and info.metadata.name == "Gemma"
     # metadata: further keys, or a ready GGUFMetadata used as it is
     assert model_info(metadata={"general.name": "X"}).metadata.name == "X"
@@ -104,9 +125,15 @@ def test_rendering_through_the_helpers():
     messages = [
         {"role": "developer", "content": [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}]},
         {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+        },
     ]
-    assert render(plugins, mine, messages) == ggufd.ChatPrompt(text="system:Be brief.|user:Hi|assistant:", stop=("<end>",))
+    assert render(plugins, mine, messages) == ggufd.ChatPrompt(
+        text="system:Be brief.|user:Hi|assistant:", stop=("<end>",)
+    )
     assert plugins.stop_sequences(mine) == ("<end>",)
     # other models are left to the built-ins
     gemma = model_info(family="gemma")
@@ -138,7 +165,9 @@ def test_an_object_with_hook_methods_is_a_plugin_too():
 
 def test_a_misspelt_hook_is_an_error():
     with pytest.raises(PluginError, match="formatt_chat"):
-        plugin_manager(module("typo", "import ggufd\n@ggufd.hookimpl\ndef formatt_chat(model, messages):\n    return None\n"))
+        plugin_manager(
+            module("typo", "import ggufd\n@ggufd.hookimpl\ndef formatt_chat(model, messages):\n    return None\n")
+        )
 
 
 def test_render_template_renders_as_ggufd_renders_a_ggufs_template():
@@ -146,7 +175,10 @@ def test_render_template_renders_as_ggufd_renders_a_ggufs_template():
     messages = [{"role": "user", "content": "Hi"}]
     meta = gguf_metadata(source, bos_token="<s>")
     assert render_template(source, messages, meta).text == "<user>Hi<assistant>"  # the tokenizer adds <s>
-    assert render_template(source, messages, gguf_metadata(source, bos_token="<s>", add_bos=False)).text == "<s><user>Hi<assistant>"
+    assert (
+        render_template(source, messages, gguf_metadata(source, bos_token="<s>", add_bos=False)).text
+        == "<s><user>Hi<assistant>"
+    )
     assert render_template(source, messages, meta, add_generation_prompt=False).text == "<user>Hi"
     # the same as the built-in gguf_template plugin renders the model's own template
     assert render(plugin_manager(), model_info(metadata=meta), messages) == render_template(source, messages, meta)

@@ -20,27 +20,36 @@ def test_tokenize_and_detokenize_round_trip(tiny_daemon, tiny_model):
     vocab = llama_cpp.Llama(str(tiny_model), vocab_only=True, verbose=False)
     text = "hello world, héllo 日本"
     doc = json.loads(post(tiny_daemon.url, "/extras/tokenize", {"input": text})[2])
-    assert doc["tokens"] == vocab.tokenize(text.encode(), add_bos=True, special=True) and doc["count"] == len(doc["tokens"])
+    assert doc["tokens"] == vocab.tokenize(text.encode(), add_bos=True, special=True) and doc["count"] == len(
+        doc["tokens"]
+    )
     plain = json.loads(post(tiny_daemon.url, "/extras/tokenize", {"input": text, "add_special": False})[2])["tokens"]
     assert plain == doc["tokens"][1:]
     assert json.loads(post(tiny_daemon.url, "/extras/detokenize", {"tokens": plain})[2])["text"] == text
-    assert json.loads(post(tiny_daemon.url, "/extras/tokenize/count", {"input": text})[2]) == {"count": len(doc["tokens"])}
+    assert json.loads(post(tiny_daemon.url, "/extras/tokenize/count", {"input": text})[2]) == {
+        "count": len(doc["tokens"])
+    }
 
 
 def test_counting_a_chat_matches_the_request_usage(tiny_daemon):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Count me."}]
-    count = json.loads(post(tiny_daemon.url, "/extras/tokenize/count", {"messages": messages, "model": "tiny"})[2])["count"]
+    count = json.loads(post(tiny_daemon.url, "/extras/tokenize/count", {"messages": messages, "model": "tiny"})[2])[
+        "count"
+    ]
     usage = json.loads(chat(tiny_daemon.url, {"messages": messages, "max_tokens": 1})[2])["usage"]
     assert count == usage["prompt_tokens"]
 
 
-@pytest.mark.parametrize("path, body, param", [
-    ("/extras/tokenize", {}, "input"),
-    ("/extras/tokenize", {"input": 5}, "input"),
-    ("/extras/detokenize", {"tokens": [99999999]}, "tokens"),
-    ("/extras/detokenize", {"tokens": [-1]}, "tokens.0"),
-    ("/extras/detokenize", {}, "tokens"),
-])
+@pytest.mark.parametrize(
+    "path, body, param",
+    [
+        ("/extras/tokenize", {}, "input"),
+        ("/extras/tokenize", {"input": 5}, "input"),
+        ("/extras/detokenize", {"tokens": [99999999]}, "tokens"),
+        ("/extras/detokenize", {"tokens": [-1]}, "tokens.0"),
+        ("/extras/detokenize", {}, "tokens"),
+    ],
+)
 def test_bad_tokenize_requests_are_400(tiny_daemon, path, body, param):
     status, _, _ = response = post(tiny_daemon.url, path, body)
     assert status == 400 and error_of(response)["param"] == param
@@ -48,9 +57,18 @@ def test_bad_tokenize_requests_are_400(tiny_daemon, path, body, param):
 
 def test_models_report_their_capabilities(tiny_daemon):
     model = json.loads(request(tiny_daemon.url, path="/v1/models/tiny")[2])
-    assert model["capabilities"] == {"chat": True, "completions": True, "embeddings": False, "tools": True,
-                                     "json_schema": True, "logit_bias": True, "logprobs": True, "context_length": 512,
-                                     "training_context_length": 2048, "parallel": 4}
+    assert model["capabilities"] == {
+        "chat": True,
+        "completions": True,
+        "embeddings": False,
+        "tools": True,
+        "json_schema": True,
+        "logit_bias": True,
+        "logprobs": True,
+        "context_length": 512,
+        "training_context_length": 2048,
+        "parallel": 4,
+    }
 
 
 def test_models_report_the_context_a_request_may_use(tiny_daemon):

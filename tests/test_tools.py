@@ -18,7 +18,11 @@ WEATHER = {
         "description": "Weather forecast for a city",
         "parameters": {
             "type": "object",
-            "properties": {"city": {"enum": ["Paris", "Berlin"]}, "unit": {"enum": ["C", "F"]}, "tomorrow": {"type": "boolean"}},
+            "properties": {
+                "city": {"enum": ["Paris", "Berlin"]},
+                "unit": {"enum": ["C", "F"]},
+                "tomorrow": {"type": "boolean"},
+            },
             "required": ["city", "unit", "tomorrow"],
             "additionalProperties": False,
         },
@@ -26,7 +30,15 @@ WEATHER = {
 }
 TIME = {
     "type": "function",
-    "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"], "additionalProperties": False}},
+    "function": {
+        "name": "get_time",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"enum": ["UTC", "CET"]}},
+            "required": ["zone"],
+            "additionalProperties": False,
+        },
+    },
 }
 MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
 
@@ -53,8 +65,15 @@ def schema_of(name: str) -> dict:
 @pytest.mark.e2e
 @pytest.mark.parametrize("seed", range(3))
 def test_named_tool_choice_always_yields_a_valid_call(client, seed):
-    response = client.chat.completions.create(model="tiny", messages=MESSAGES, tools=[WEATHER, TIME], max_tokens=120, temperature=1.0, seed=seed,
-                                              tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    response = client.chat.completions.create(
+        model="tiny",
+        messages=MESSAGES,
+        tools=[WEATHER, TIME],
+        max_tokens=120,
+        temperature=1.0,
+        seed=seed,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
     choice = response.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     (call,) = choice.message.tool_calls
@@ -65,8 +84,15 @@ def test_named_tool_choice_always_yields_a_valid_call(client, seed):
 @pytest.mark.e2e
 def test_required_calls_one_of_the_tools(client):
     for seed in range(3):
-        response = client.chat.completions.create(model="tiny", messages=MESSAGES, tools=[WEATHER, TIME], tool_choice="required",
-                                                  max_tokens=120, temperature=1.0, seed=seed)
+        response = client.chat.completions.create(
+            model="tiny",
+            messages=MESSAGES,
+            tools=[WEATHER, TIME],
+            tool_choice="required",
+            max_tokens=120,
+            temperature=1.0,
+            seed=seed,
+        )
         (call,) = response.choices[0].message.tool_calls
         assert call.function.name in ("get_weather", "get_time")
         jsonschema.validate(json.loads(call.function.arguments), schema_of(call.function.name))
@@ -74,7 +100,9 @@ def test_required_calls_one_of_the_tools(client):
 
 @pytest.mark.e2e
 def test_streamed_tool_calls_arrive_as_openai_deltas(client):
-    kwargs = dict(model="tiny", messages=MESSAGES, tools=[WEATHER], tool_choice="required", max_tokens=120, temperature=0)
+    kwargs = dict(
+        model="tiny", messages=MESSAGES, tools=[WEATHER], tool_choice="required", max_tokens=120, temperature=0
+    )
     plain = client.chat.completions.create(**kwargs).choices[0].message.tool_calls[0]
     chunks = list(client.chat.completions.create(stream=True, **kwargs))
     deltas = [c.choices[0].delta for c in chunks if c.choices]
@@ -87,7 +115,9 @@ def test_streamed_tool_calls_arrive_as_openai_deltas(client):
 
 @pytest.mark.e2e
 def test_auto_without_a_call_is_plain_content(client):
-    response = client.chat.completions.create(model="tiny", messages=MESSAGES, tools=[WEATHER], max_tokens=12, temperature=0)
+    response = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, tools=[WEATHER], max_tokens=12, temperature=0
+    )
     choice = response.choices[0]
     assert choice.message.tool_calls is None and choice.message.content and choice.finish_reason == "length"
 
@@ -95,11 +125,25 @@ def test_auto_without_a_call_is_plain_content(client):
 @pytest.mark.e2e
 def test_tool_results_in_the_history_are_accepted(client):
     history = MESSAGES + [
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
-                                                                "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "C", "tomorrow": false}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {
+                        "name": "get_weather",
+                        "arguments": '{"city": "Paris", "unit": "C", "tomorrow": false}',
+                    },
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 21}'},
     ]
-    response = client.chat.completions.create(model="tiny", messages=history, tools=[WEATHER], tool_choice="none", max_tokens=5, temperature=0)
+    response = client.chat.completions.create(
+        model="tiny", messages=history, tools=[WEATHER], tool_choice="none", max_tokens=5, temperature=0
+    )
     assert response.choices[0].message.content and response.choices[0].message.tool_calls is None
 
 
@@ -107,9 +151,27 @@ def test_generic_parser():
     names = ["get_weather"]
     call = parse_generic('{"name": "get_weather", "arguments": {"city": "Paris"}}', names)[0]
     assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
-    assert parse_generic('```json\n{"name": "get_weather", "parameters": {"city": "Berlin"}}\n```', names)[0]["function"]["arguments"] == '{"city": "Berlin"}'
-    assert len(parse_generic('[{"name": "get_weather", "arguments": {}}, {"name": "get_weather", "arguments": "{}"}]', names)) == 2
-    for text in ("It is sunny.", '{"name": "other", "arguments": {}}', '{"name": "get_weather", "arguments": [1]}', '{"name": "get_weather"', ""):
+    assert (
+        parse_generic('```json\n{"name": "get_weather", "parameters": {"city": "Berlin"}}\n```', names)[0]["function"][
+            "arguments"
+        ]
+        == '{"city": "Berlin"}'
+    )
+    assert (
+        len(
+            parse_generic(
+                '[{"name": "get_weather", "arguments": {}}, {"name": "get_weather", "arguments": "{}"}]', names
+            )
+        )
+        == 2
+    )
+    for text in (
+        "It is sunny.",
+        '{"name": "other", "arguments": {}}',
+        '{"name": "get_weather", "arguments": [1]}',
+        '{"name": "get_weather"',
+        "",
+    ):
         assert parse_generic(text, names) is None
 
 
@@ -117,7 +179,9 @@ def test_tool_policy_and_call_schema():
     assert tool_policy({}) is None
     assert tool_policy({"tools": [WEATHER], "tool_choice": "none"}) is None
     assert tool_policy({"tools": [WEATHER]}).choice == "auto"
-    named = tool_policy({"tools": [WEATHER, TIME], "tool_choice": {"type": "function", "function": {"name": "get_time"}}})
+    named = tool_policy(
+        {"tools": [WEATHER, TIME], "tool_choice": {"type": "function", "function": {"name": "get_time"}}}
+    )
     assert named.choice == "named" and call_schema(named)["properties"]["name"] == {"const": "get_time"}
     assert len(call_schema(tool_policy({"tools": [WEATHER, TIME], "tool_choice": "required"}))["anyOf"]) == 2
     with pytest.raises(InvalidRequest):

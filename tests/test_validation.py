@@ -224,7 +224,12 @@ def test_definitions_are_inlined_so_validation_does_not_resolve_refs_per_request
         schema = dict(validator(name).schema)
         schema.pop("$defs", None)
         assert "$ref" not in json.dumps(schema), name
-    assert first_error(body(messages=[USER, {"role": "user", "content": [{"type": "text", "text": 5}]}]), "chat_completions")[0] == "messages.1.content.0.text"
+    assert (
+        first_error(
+            body(messages=[USER, {"role": "user", "content": [{"type": "text", "text": 5}]}]), "chat_completions"
+        )[0]
+        == "messages.1.content.0.text"
+    )
 
 
 def test_a_recursive_definition_keeps_its_ref():

@@ -32,8 +32,20 @@ FAMILIES = ("chatml", "deepseek", "gemma", "gpt_oss", "llama3", "mistral", "phi"
 GEMMA_ID = "gemma-3-270m-q4_k_m"
 START_OF_TURN_ID, END_OF_TURN_ID = 105, 106
 #: what a build or an install never needs; the rest of the checkout is copied as it is
-NOT_SOURCES = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.gguf", ".pytest_cache",
-               ".hypothesis", ".device", "bench", "tests")
+NOT_SOURCES = (
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    "*.gguf",
+    ".pytest_cache",
+    ".hypothesis",
+    ".device",
+    "bench",
+    "tests",
+)
 
 
 def outside_env() -> dict[str, str]:
@@ -44,7 +56,9 @@ def outside_env() -> dict[str, str]:
 
 def run(cmd: list, timeout: float, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=outside_env(), **kwargs)
-    assert result.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, cmd))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     return result
 
 
@@ -52,10 +66,17 @@ def cached_llama_wheel() -> Path | None:
     """The llama-cpp-python wheel pip built (and cached) for the version installed here."""
     import llama_cpp
 
-    listing = subprocess.run([sys.executable, "-m", "pip", "cache", "list", "--format=abspath", "llama_cpp_python"],
-                             capture_output=True, text=True, env=outside_env())
-    wheels = [Path(line) for line in listing.stdout.split()
-              if Path(line).name.startswith(f"llama_cpp_python-{llama_cpp.__version__}-")]
+    listing = subprocess.run(
+        [sys.executable, "-m", "pip", "cache", "list", "--format=abspath", "llama_cpp_python"],
+        capture_output=True,
+        text=True,
+        env=outside_env(),
+    )
+    wheels = [
+        Path(line)
+        for line in listing.stdout.split()
+        if Path(line).name.startswith(f"llama_cpp_python-{llama_cpp.__version__}-")
+    ]
     return wheels[0] if wheels else None
 
 
@@ -70,8 +91,13 @@ class InstalledDaemon(Daemon):
     def start(self, timeout: float = 120) -> InstalledDaemon:
         import threading
 
-        self.proc = subprocess.Popen([str(self.command), "--port", "0", *self.args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd)
+        self.proc = subprocess.Popen(
+            [str(self.command), "--port", "0", *self.args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.cwd,
+        )
         threading.Thread(target=self._read, daemon=True).start()
         deadline = time.monotonic() + timeout
         while not self._listening.wait(0.05):
@@ -86,20 +112,39 @@ def installed(tmp_path_factory, gemma_model):
     """(wheel, venv folder, models folder, a folder that is not the checkout), with timings printed."""
     llama_wheel = cached_llama_wheel()
     if llama_wheel is None:
-        pytest.skip("no llama-cpp-python wheel in pip's cache (`make install` builds one); building it would take minutes")
+        pytest.skip(
+            "no llama-cpp-python wheel in pip's cache (`make install` builds one); building it would take minutes"
+        )
     root = tmp_path_factory.mktemp("wheel")
     started = time.monotonic()
 
     source = root / "source"  # a copy: building writes build/ and *.egg-info into the source folder
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*NOT_SOURCES))
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(root / "dist"), str(source)], timeout=600)
+    run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(root / "dist"), str(source)],
+        timeout=600,
+    )
     (wheel,) = (root / "dist").glob("ggufd-*.whl")
     built = time.monotonic()
 
     venv = root / "venv"
     run([sys.executable, "-m", "venv", str(venv)], timeout=300)
-    run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--find-links", str(llama_wheel.parent),
-         "--only-binary", "llama-cpp-python", str(wheel)], timeout=600, cwd=root)
+    run(
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--find-links",
+            str(llama_wheel.parent),
+            "--only-binary",
+            "llama-cpp-python",
+            str(wheel),
+        ],
+        timeout=600,
+        cwd=root,
+    )
     installed_at = time.monotonic()
 
     models = root / "models"
@@ -133,11 +178,17 @@ def test_the_wheel_ships_the_families(installed):
 
 def test_the_venv_runs_its_own_ggufd_and_lists_the_families_as_built_in(installed):
     _, venv, models, elsewhere = installed
-    where = run([str(venv / "bin" / "python"), "-c", "import ggufd.families; print(ggufd.families.__file__)"],
-                timeout=60, cwd=elsewhere).stdout.strip()
+    where = run(
+        [str(venv / "bin" / "python"), "-c", "import ggufd.families; print(ggufd.families.__file__)"],
+        timeout=60,
+        cwd=elsewhere,
+    ).stdout.strip()
     assert Path(where).is_relative_to(venv) and not Path(where).is_relative_to(REPO)
-    listing = json.loads(run([str(venv / "bin" / "ggufd"), "--json", "plugins", "--models-dir", str(models)],
-                             timeout=120, cwd=elsewhere).stdout)
+    listing = json.loads(
+        run(
+            [str(venv / "bin" / "ggufd"), "--json", "plugins", "--models-dir", str(models)], timeout=120, cwd=elsewhere
+        ).stdout
+    )
     plugins = {entry["name"]: entry for entry in listing["plugins"]}
     assert listing["failed"] == []
     for family in FAMILIES:
@@ -160,4 +211,6 @@ def test_the_gemma_model_is_served_with_the_gemma_chat_format(daemon):
     assert chat.count(START_OF_TURN_ID) == 2 and chat.count(END_OF_TURN_ID) == 1
     # not the generic transcript a model without a family or template gets
     assert chat != tokenize({"input": "User: Hi\nAssistant:"})
-    assert not daemon.logs("no chat template for model; using a generic transcript — set family or chat_template in its config")
+    assert not daemon.logs(
+        "no chat template for model; using a generic transcript — set family or chat_template in its config"
+    )

@@ -174,8 +174,14 @@ async def serve(state: AppState) -> None:
     sockets = listening_sockets(config)
     server.add_sockets(sockets)
     address = sockets[0].getsockname()
-    log.info("listening", host=address[0], port=address[1], models=len(state.registry),
-             default_model=state.registry.default_id, version=__version__)
+    log.info(
+        "listening",
+        host=address[0],
+        port=address[1],
+        models=len(state.registry),
+        default_model=state.registry.default_id,
+        version=__version__,
+    )
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

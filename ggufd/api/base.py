@@ -58,7 +58,9 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def prepare(self) -> None:
         incoming = self.request.headers.get("X-Request-ID", "")
-        self.request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else f"req_{uuid.uuid4().hex[:16]}"
+        self.request_id = (
+            incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else f"req_{uuid.uuid4().hex[:16]}"
+        )
         self.set_header("X-Request-ID", self.request_id)
         structlog.contextvars.bind_contextvars(request_id=self.request_id)
         self.started = time.perf_counter()
@@ -73,7 +75,9 @@ class BaseHandler(tornado.web.RequestHandler):
         if config.api_keys and not self.is_public():
             check_bearer(self.request.headers.get("Authorization"), config.api_keys)
         if self.state.draining and not self.serves_while_draining:
-            raise Overloaded("The server is shutting down; retry on another instance or after its restart.", retry_after=5)
+            raise Overloaded(
+                "The server is shutting down; retry on another instance or after its restart.", retry_after=5
+            )
         length = self.request.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > config.max_body_bytes:
             raise self._too_large()
@@ -124,7 +128,11 @@ class BaseHandler(tornado.web.RequestHandler):
             error = ServerError()
         self.set_status(error.status)
         if error.status == 405:  # RFC 9110: say which methods the resource has
-            own = [m for m in ("GET", "POST", "OPTIONS") if getattr(type(self), m.lower()) is not getattr(tornado.web.RequestHandler, m.lower())]
+            own = [
+                m
+                for m in ("GET", "POST", "OPTIONS")
+                if getattr(type(self), m.lower()) is not getattr(tornado.web.RequestHandler, m.lower())
+            ]
             self.set_header("Allow", ", ".join(own))
         for name, value in error.headers.items():
             self.set_header(name, value)

@@ -80,7 +80,9 @@ class GenerationHandler(BaseHandler):
             events = await asyncio.wait_for(self.generation.next_events(), timeout)
         except TimeoutError:
             self.generation.cancel()
-            raise Overloaded(f"The request waited more than {timeout:g} s for the model '{plan.model.id}'; try again shortly.") from None
+            raise Overloaded(
+                f"The request waited more than {timeout:g} s for the model '{plan.model.id}'; try again shortly."
+            ) from None
         first = events[0]
         if isinstance(first, Failed):
             raise first.error

@@ -33,7 +33,9 @@ class EngineCollector:
             loaded.add_metric([model_id], 1 if state["state"] == "loaded" else 0)
         yield queue
         yield loaded
-        yield GaugeMetricFamily("ggufd_loaded_models", "Models loaded now", value=sum(1 for s in status.values() if s["state"] == "loaded"))
+        yield GaugeMetricFamily(
+            "ggufd_loaded_models", "Models loaded now", value=sum(1 for s in status.values() if s["state"] == "loaded")
+        )
 
 
 class Metrics:
@@ -42,11 +44,29 @@ class Metrics:
         r = self.registry
         self.requests = Counter("ggufd_requests", "HTTP requests", ["endpoint", "model", "status"], registry=r)
         self.prompt_tokens = Counter("ggufd_prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
-        self.completion_tokens = Counter("ggufd_completion_tokens", "Completion tokens generated", ["model"], registry=r)
-        self.cancellations = Counter("ggufd_cancellations", "Generations stopped before they finished", ["model"], registry=r)
-        self.ttft = Histogram("ggufd_time_to_first_token_seconds", "Time from request to first token", ["model"], buckets=TTFT_BUCKETS, registry=r)
-        self.decode_rate = Histogram("ggufd_decode_tokens_per_second", "Per-request decode rate after the first token", ["model"], buckets=RATE_BUCKETS, registry=r)
-        self.model_load = Histogram("ggufd_model_load_seconds", "Model load duration", ["model"], buckets=LOAD_BUCKETS, registry=r)
+        self.completion_tokens = Counter(
+            "ggufd_completion_tokens", "Completion tokens generated", ["model"], registry=r
+        )
+        self.cancellations = Counter(
+            "ggufd_cancellations", "Generations stopped before they finished", ["model"], registry=r
+        )
+        self.ttft = Histogram(
+            "ggufd_time_to_first_token_seconds",
+            "Time from request to first token",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.decode_rate = Histogram(
+            "ggufd_decode_tokens_per_second",
+            "Per-request decode rate after the first token",
+            ["model"],
+            buckets=RATE_BUCKETS,
+            registry=r,
+        )
+        self.model_load = Histogram(
+            "ggufd_model_load_seconds", "Model load duration", ["model"], buckets=LOAD_BUCKETS, registry=r
+        )
         self._engine_gauges = EngineCollector()
         r.register(self._engine_gauges)
 

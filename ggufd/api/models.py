@@ -15,7 +15,9 @@ class ModelsHandler(BaseHandler):
         loaded = set(self.state.engine.loaded_models())
 
         def describe(info: ModelInfo) -> dict:
-            return model_object(info, self.state.config.models_dir, info.id in loaded, self.state.engine.settings_for(info))
+            return model_object(
+                info, self.state.config.models_dir, info.id in loaded, self.state.engine.settings_for(info)
+            )
 
         if model_id is not None:
             self.write_json(describe(self.state.registry.get(model_id)))

@@ -48,7 +48,7 @@ def _rewrite_refs(node: Any, names: dict[str, str]) -> Any:
         out = {}
         for key, value in node.items():
             if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
-                out[key] = f"#/components/schemas/{names[value[len('#/$defs/'):]]}"
+                out[key] = f"#/components/schemas/{names[value[len('#/$defs/') :]]}"
             else:
                 out[key] = _rewrite_refs(value, names)
         return out
@@ -98,7 +98,9 @@ def response_components() -> dict[str, dict]:
     usage = {
         "type": "object",
         "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
-        "properties": {name: {"type": "integer", "minimum": 0} for name in ("prompt_tokens", "completion_tokens", "total_tokens")},
+        "properties": {
+            name: {"type": "integer", "minimum": 0} for name in ("prompt_tokens", "completion_tokens", "total_tokens")
+        },
     }
     finish_reason = {"type": ["string", "null"]}
 
@@ -208,7 +210,10 @@ def response_components() -> dict[str, dict]:
         "TokenizeResponse": {
             "type": "object",
             "required": ["tokens", "count"],
-            "properties": {"tokens": {"type": "array", "items": {"type": "integer"}}, "count": {"type": "integer", "minimum": 0}},
+            "properties": {
+                "tokens": {"type": "array", "items": {"type": "integer"}},
+                "count": {"type": "integer", "minimum": 0},
+            },
         },
         "TokenCountResponse": {
             "type": "object",
@@ -239,7 +244,10 @@ def response_components() -> dict[str, dict]:
                 "usage": {
                     "type": "object",
                     "required": ["prompt_tokens", "total_tokens"],
-                    "properties": {"prompt_tokens": {"type": "integer", "minimum": 0}, "total_tokens": {"type": "integer", "minimum": 0}},
+                    "properties": {
+                        "prompt_tokens": {"type": "integer", "minimum": 0},
+                        "total_tokens": {"type": "integer", "minimum": 0},
+                    },
                 },
             },
         },
@@ -262,7 +270,9 @@ def _errors(*statuses: str) -> dict:
 def _post(summary: str, operation_id: str, request: str, ok: dict, *, stream: bool = False) -> dict:
     content = {JSON: {"schema": ok}}
     if stream:
-        content["text/event-stream"] = {"schema": {"type": "string", "description": "Server-sent events: `data: {chunk}` ... `data: [DONE]`."}}
+        content["text/event-stream"] = {
+            "schema": {"type": "string", "description": "Server-sent events: `data: {chunk}` ... `data: [DONE]`."}
+        }
     return {
         "post": {
             "summary": summary,
@@ -276,7 +286,9 @@ def _post(summary: str, operation_id: str, request: str, ok: dict, *, stream: bo
     }
 
 
-def _get(summary: str, operation_id: str, ok: dict, *errors: str, parameters: list | None = None, ok_status: str = "200") -> dict:
+def _get(
+    summary: str, operation_id: str, ok: dict, *errors: str, parameters: list | None = None, ok_status: str = "200"
+) -> dict:
     operation = {
         "summary": summary,
         "operationId": operation_id,
@@ -290,7 +302,13 @@ def _get(summary: str, operation_id: str, ok: dict, *errors: str, parameters: li
 def _build() -> dict:
     health = _get("Liveness, the models and what is loaded", "health", _ref("Health"))
     health["get"]["responses"]["503"] = _json_response("The server is draining.", _ref("Health"))
-    model_id = {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}, "description": "A model id or alias."}
+    model_id = {
+        "name": "model_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1},
+        "description": "A model id or alias.",
+    }
     return {
         "openapi": "3.1.0",
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
@@ -300,12 +318,28 @@ def _build() -> dict:
             "description": "Local GGUF models over an OpenAI-compatible API. Errors are the OpenAI error object.",
         },
         "paths": {
-            "/v1/chat/completions": _post("Chat completion", "createChatCompletion", "ChatCompletionsRequest", _ref("ChatCompletion"), stream=True),
-            "/v1/completions": _post("Text completion (legacy)", "createCompletion", "CompletionsRequest", _ref("TextCompletion"), stream=True),
-            "/v1/embeddings": _post("Embeddings (embedding models only)", "createEmbedding", "EmbeddingsRequest", _ref("EmbeddingList")),
-            "/extras/tokenize": _post("Tokenize text or a chat", "tokenize", "TokenizeRequest", _ref("TokenizeResponse")),
-            "/extras/tokenize/count": _post("Count the tokens of text or a chat", "countTokens", "TokenizeRequest", _ref("TokenCountResponse")),
-            "/extras/detokenize": _post("Token ids to text", "detokenize", "TokenizeRequest", _ref("DetokenizeResponse")),
+            "/v1/chat/completions": _post(
+                "Chat completion", "createChatCompletion", "ChatCompletionsRequest", _ref("ChatCompletion"), stream=True
+            ),
+            "/v1/completions": _post(
+                "Text completion (legacy)",
+                "createCompletion",
+                "CompletionsRequest",
+                _ref("TextCompletion"),
+                stream=True,
+            ),
+            "/v1/embeddings": _post(
+                "Embeddings (embedding models only)", "createEmbedding", "EmbeddingsRequest", _ref("EmbeddingList")
+            ),
+            "/extras/tokenize": _post(
+                "Tokenize text or a chat", "tokenize", "TokenizeRequest", _ref("TokenizeResponse")
+            ),
+            "/extras/tokenize/count": _post(
+                "Count the tokens of text or a chat", "countTokens", "TokenizeRequest", _ref("TokenCountResponse")
+            ),
+            "/extras/detokenize": _post(
+                "Token ids to text", "detokenize", "TokenizeRequest", _ref("DetokenizeResponse")
+            ),
             "/v1/models": _get("The served models", "listModels", _ref("ModelList")),
             "/v1/models/{model_id}": _get("One model", "retrieveModel", _ref("Model"), "404", parameters=[model_id]),
             "/health": health,

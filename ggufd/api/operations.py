@@ -31,7 +31,9 @@ class HealthHandler(BaseHandler):
                 "loaded_models": engine.loaded_models(),
                 "model_states": engine.status(),
                 "gpu_offload": engine.gpu_available,
-                "gpus": [{"name": d.name, "description": d.description, "total_bytes": d.total_bytes} for d in gpu.devices],
+                "gpus": [
+                    {"name": d.name, "description": d.description, "total_bytes": d.total_bytes} for d in gpu.devices
+                ],
                 "gpu_problems": list(gpu.problems),
                 "pending_requests": engine.pending(),
                 "skipped_files": [{"id": s.id, "reason": s.reason} for s in state.registry.skipped],

@@ -34,4 +34,6 @@ class AppState:
     def served(self) -> Served:
         """The view a wire format's parser gets (rebuilt per request: a reload may replace the registry)."""
         config = self.config
-        return Served(self.registry, self.plugins, ServerLimits(config.max_tokens_cap, config.max_messages), config.log_content)
+        return Served(
+            self.registry, self.plugins, ServerLimits(config.max_tokens_cap, config.max_messages), config.log_content
+        )

@@ -96,7 +96,9 @@ def _model_blob(manifest: Path, store: Path, blobs: Path) -> Path | str:
         return "manifest is not valid JSON"
     if not isinstance(doc, dict) or doc.get("schemaVersion") != 2 or not isinstance(doc.get("layers"), list):
         return "manifest is not an Ollama manifest (schemaVersion 2 with layers)"
-    layers = [layer for layer in doc["layers"] if isinstance(layer, dict) and layer.get("mediaType") == MODEL_MEDIA_TYPE]
+    layers = [
+        layer for layer in doc["layers"] if isinstance(layer, dict) and layer.get("mediaType") == MODEL_MEDIA_TYPE
+    ]
     if not layers:
         return "manifest has no model layer"
     digest = layers[0].get("digest")

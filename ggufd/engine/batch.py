@@ -69,7 +69,9 @@ class BatchRunner:
         self._free = list(range(model.parallel))
         self._finished_at = [0] * model.parallel  # step count when each KV stream's last request ended
         self._steps = 0
-        self._cached: dict[int, list[int]] = {seq_id: [] for seq_id in range(model.parallel)}  # tokens in each KV stream
+        self._cached: dict[int, list[int]] = {
+            seq_id: [] for seq_id in range(model.parallel)
+        }  # tokens in each KV stream
         self._outbox: list = []  # (generation, event) of this step, delivered together
 
     def submit(self, generation: Generation, request: GenerationRequest) -> tuple[Future, bool]:
@@ -150,6 +152,7 @@ class BatchRunner:
     def _choose_stream(self, tokens: list[int]) -> int:
         """The free KV stream with the longest reusable prefix of ``tokens`` (at least half of it),
         else an empty or the least recently used one; the rest of its cache is cleared."""
+
         def common(seq_id: int) -> int:
             n = 0
             for a, b in zip(self._cached[seq_id], tokens, strict=False):  # the shorter one ends the prefix

@@ -86,7 +86,9 @@ def amx_verdict() -> AmxVerdict:
         return _verdict
 
 
-def check(runner: Runner | None = None, cpu_has_amx: bool | None = None, build_has_amx: bool | None = None) -> AmxVerdict:
+def check(
+    runner: Runner | None = None, cpu_has_amx: bool | None = None, build_has_amx: bool | None = None
+) -> AmxVerdict:
     """The uncached decision; the arguments replace the real facts (for tests)."""
     try:
         return _decide(runner or run_child, cpu_has_amx, build_has_amx)
@@ -108,32 +110,46 @@ def _decide(runner: Runner, cpu_has_amx: bool | None, build_has_amx: bool | None
 
     code, detail = runner("instructions", CHILD_TIMEOUT_S)
     if code is None:
-        return AmxVerdict(True, f"this CPU advertises AMX but a process running AMX instructions hung for "
-                                f"{CHILD_TIMEOUT_S:.0f} s; llama.cpp's AMX/repacked weight buffers are off")
+        return AmxVerdict(
+            True,
+            f"this CPU advertises AMX but a process running AMX instructions hung for "
+            f"{CHILD_TIMEOUT_S:.0f} s; llama.cpp's AMX/repacked weight buffers are off",
+        )
     if code < 0:
-        return AmxVerdict(True, f"this CPU advertises AMX but AMX instructions fault here ({_signal_name(code)}: the OS or "
-                                "hypervisor does not run AMX); llama.cpp's AMX/repacked weight buffers are off")
+        return AmxVerdict(
+            True,
+            f"this CPU advertises AMX but AMX instructions fault here ({_signal_name(code)}: the OS or "
+            "hypervisor does not run AMX); llama.cpp's AMX/repacked weight buffers are off",
+        )
     if code == REFUSED:
         return AmxVerdict(False, "the kernel refuses AMX to processes here, so llama.cpp does not use it")
     # OK, or NO_EXEC/ERROR (the instructions could not be tried): ggml's own kernel decides
 
     code, detail = runner("ggml", CHILD_TIMEOUT_S)
     if code is None:
-        return AmxVerdict(True, f"this CPU advertises AMX but llama.cpp's AMX kernel hung for {CHILD_TIMEOUT_S:.0f} s "
-                                "in a test; llama.cpp's AMX/repacked weight buffers are off")
+        return AmxVerdict(
+            True,
+            f"this CPU advertises AMX but llama.cpp's AMX kernel hung for {CHILD_TIMEOUT_S:.0f} s "
+            "in a test; llama.cpp's AMX/repacked weight buffers are off",
+        )
     if code < 0:
-        return AmxVerdict(True, f"this CPU advertises AMX but llama.cpp's AMX kernel faults here ({_signal_name(code)}; "
-                                "a known cause is a build by GCC 12.2, whose _tile_loadconfig lets the optimiser drop "
-                                "the tile configuration); llama.cpp's AMX/repacked weight buffers are off")
+        return AmxVerdict(
+            True,
+            f"this CPU advertises AMX but llama.cpp's AMX kernel faults here ({_signal_name(code)}; "
+            "a known cause is a build by GCC 12.2, whose _tile_loadconfig lets the optimiser drop "
+            "the tile configuration); llama.cpp's AMX/repacked weight buffers are off",
+        )
     if code == WRONG:
-        return AmxVerdict(True, "llama.cpp's AMX kernel computes wrong results here; llama.cpp's AMX/repacked weight "
-                                "buffers are off")
+        return AmxVerdict(
+            True, "llama.cpp's AMX kernel computes wrong results here; llama.cpp's AMX/repacked weight buffers are off"
+        )
     if code == OK:
         return AmxVerdict(False, "AMX works here: llama.cpp's AMX and repacked weight buffers stay on")
     if code == NO_AMX_BUFT:
         return AmxVerdict(False, "llama.cpp offers no AMX buffer here, so it does not use AMX")
-    return AmxVerdict(False, f"AMX check inconclusive (exit {code}{': ' + detail if detail else ''}); llama.cpp's "
-                             "defaults are kept")
+    return AmxVerdict(
+        False, f"AMX check inconclusive (exit {code}{': ' + detail if detail else ''}); llama.cpp's defaults are kept"
+    )
 
 
 def _linux_x86_64() -> bool:
@@ -176,8 +192,15 @@ def run_child(name: str, timeout: float) -> tuple[int | None, str]:
     code = f"import runpy, sys; sys.argv = ['cpu_probe', {name!r}]; runpy.run_path({os.path.abspath(__file__)!r}, run_name='__main__')"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     try:
-        done = subprocess.run([sys.executable, "-P", "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, timeout=timeout, env=env, check=False)
+        done = subprocess.run(
+            [sys.executable, "-P", "-c", code],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return None, ""
     except OSError as exc:
@@ -193,7 +216,7 @@ _ARCH_REQ_XCOMP_PERM = 0x1023
 _XFEATURE_XTILEDATA = 18
 
 # ldtilecfg (%rdi); tilezero %tmm0; tilezero %tmm4; tilerelease; ret
-_AMX_CODE = bytes.fromhex("c4e2784907" "c4e27b49c0" "c4e27b49e0" "c4e27849c0" "c3")
+_AMX_CODE = bytes.fromhex("c4e2784907c4e27b49c0c4e27b49e0c4e27849c0c3")
 
 
 def _tile_config() -> bytes:
@@ -208,8 +231,12 @@ def _request_tile_permission() -> bool:
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
-    return libc.syscall(ctypes.c_long(_SYS_ARCH_PRCTL), ctypes.c_long(_ARCH_REQ_XCOMP_PERM),
-                        ctypes.c_long(_XFEATURE_XTILEDATA)) == 0
+    return (
+        libc.syscall(
+            ctypes.c_long(_SYS_ARCH_PRCTL), ctypes.c_long(_ARCH_REQ_XCOMP_PERM), ctypes.c_long(_XFEATURE_XTILEDATA)
+        )
+        == 0
+    )
 
 
 def _instructions_check() -> int:

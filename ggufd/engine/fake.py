@@ -66,7 +66,9 @@ class FakeEngine:
 
     def generate(self, info: ModelInfo, request: GenerationRequest) -> Generation:
         if len(self._running) >= self.queue_limit:
-            raise Overloaded(f"The model '{info.id}' has {len(self._running)} requests waiting, its queue limit; try again shortly.")
+            raise Overloaded(
+                f"The model '{info.id}' has {len(self._running)} requests waiting, its queue limit; try again shortly."
+            )
         self.requests.append(request)
         generation = Generation(asyncio.get_running_loop())
         self._running.add(generation)
@@ -111,12 +113,16 @@ class FakeEngine:
             produced += 1
             if stop_at is not None:
                 if stop_at > len(text):
-                    generation.put(TextDelta((text + piece)[len(text):stop_at]))
+                    generation.put(TextDelta((text + piece)[len(text) : stop_at]))
                 break
             text += piece
             generation.put(TextDelta(piece))
             if request.logprobs is not None:
-                generation.put(TokenLogprob(piece, tuple(piece.encode()), -0.5, ((piece, tuple(piece.encode()), -0.5),) * request.logprobs))
+                generation.put(
+                    TokenLogprob(
+                        piece, tuple(piece.encode()), -0.5, ((piece, tuple(piece.encode()), -0.5),) * request.logprobs
+                    )
+                )
             await asyncio.sleep(0)
         generation.put(Finished(reason, prompt_tokens, produced))
 
@@ -156,8 +162,10 @@ class FakeEngine:
         return info.id in self.embedding_models
 
     def status(self) -> dict[str, dict]:
-        return {model_id: {"state": "loaded", "device": "cpu", "parallel": 4, "pending": 0, "memory_estimate_bytes": 0}
-                for model_id in sorted(self._loaded)}
+        return {
+            model_id: {"state": "loaded", "device": "cpu", "parallel": 4, "pending": 0, "memory_estimate_bytes": 0}
+            for model_id in sorted(self._loaded)
+        }
 
     def loaded_models(self) -> list[str]:
         return sorted(self._loaded)

@@ -35,21 +35,32 @@ class GpuReport:
     def summary(self) -> str:
         """One line for people: what runs where, or what to do."""
         if self.devices and self.offload:
-            gpus = "; ".join(f"{d.name}: {d.description} ({d.total_bytes / 1024**3:.1f} GiB, {d.free_bytes / 1024**3:.1f} GiB free)"
-                             for d in self.devices)
+            gpus = "; ".join(
+                f"{d.name}: {d.description} ({d.total_bytes / 1024**3:.1f} GiB, {d.free_bytes / 1024**3:.1f} GiB free)"
+                for d in self.devices
+            )
             return f"GPU offload: yes - {gpus}"
         if self.backends:
             reason = self.problems[-1] if self.problems else "no usable device found"
-            return (f"GPU offload: no - this llama-cpp-python build has {', '.join(self.backends)} but cannot use it: {reason} "
-                    "(check the NVIDIA driver with nvidia-smi; a driver older than the build's CUDA cannot run it)")
-        return ('GPU offload: no - this llama-cpp-python build is CPU-only; for CUDA reinstall it with '
-                'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python')
+            return (
+                f"GPU offload: no - this llama-cpp-python build has {', '.join(self.backends)} but cannot use it: {reason} "
+                "(check the NVIDIA driver with nvidia-smi; a driver older than the build's CUDA cannot run it)"
+            )
+        return (
+            "GPU offload: no - this llama-cpp-python build is CPU-only; for CUDA reinstall it with "
+            'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python'
+        )
 
     def to_dict(self) -> dict:
-        return {"offload": self.offload, "backends": list(self.backends),
-                "devices": [{"name": d.name, "description": d.description, "total_bytes": d.total_bytes, "free_bytes": d.free_bytes}
-                            for d in self.devices],
-                "problems": list(self.problems)}
+        return {
+            "offload": self.offload,
+            "backends": list(self.backends),
+            "devices": [
+                {"name": d.name, "description": d.description, "total_bytes": d.total_bytes, "free_bytes": d.free_bytes}
+                for d in self.devices
+            ],
+            "problems": list(self.problems),
+        }
 
 
 def _ggml():
@@ -76,7 +87,11 @@ def _ggml():
         getattr(lib, function).restype = ctypes.c_char_p
     lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
     lib.ggml_backend_dev_type.restype = ctypes.c_int
-    lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
+    lib.ggml_backend_dev_memory.argtypes = [
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_size_t),
+        ctypes.POINTER(ctypes.c_size_t),
+    ]
     lib.ggml_backend_dev_memory.restype = None
     return lib
 
@@ -94,7 +109,10 @@ def gpu_report(problems: tuple[str, ...] = ()) -> GpuReport:
     if lib is None:
         return GpuReport(offload, problems=problems)
     backends = tuple(
-        name for name in (lib.ggml_backend_reg_name(lib.ggml_backend_reg_get(i)).decode() for i in range(lib.ggml_backend_reg_count()))
+        name
+        for name in (
+            lib.ggml_backend_reg_name(lib.ggml_backend_reg_get(i)).decode() for i in range(lib.ggml_backend_reg_count())
+        )
         if name not in ("CPU", "BLAS", "RPC")
     )
     devices = []
@@ -104,6 +122,12 @@ def gpu_report(problems: tuple[str, ...] = ()) -> GpuReport:
             continue
         free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
         lib.ggml_backend_dev_memory(device, ctypes.byref(free), ctypes.byref(total))
-        devices.append(GpuDevice(lib.ggml_backend_dev_name(device).decode(errors="replace"),
-                                 lib.ggml_backend_dev_description(device).decode(errors="replace"), total.value, free.value))
+        devices.append(
+            GpuDevice(
+                lib.ggml_backend_dev_name(device).decode(errors="replace"),
+                lib.ggml_backend_dev_description(device).decode(errors="replace"),
+                total.value,
+                free.value,
+            )
+        )
     return GpuReport(offload, backends, tuple(devices), problems)

@@ -100,7 +100,9 @@ class ModelSlot:
             data["progress"] = round(self.progress * 100, 1)
         if self.state == ModelState.LOADED:
             layers = (self.info.metadata.get(f"{self.info.metadata.architecture}.block_count") or 0) + 1
-            data["offloaded_layers"] = min(self.placement.n_gpu_layers, layers) if self.placement.n_gpu_layers >= 0 else layers
+            data["offloaded_layers"] = (
+                min(self.placement.n_gpu_layers, layers) if self.placement.n_gpu_layers >= 0 else layers
+            )
             data["total_layers"] = layers
         if self.load_error is not None:
             data["error"] = self.load_error.message
@@ -184,7 +186,9 @@ class Engine:
         slot = self._slot(info)
         running = slot.settings.parallel
         if slot.pending >= running + slot.max_queue:
-            raise Overloaded(f"The model '{info.id}' has {slot.pending - running} requests waiting, its queue limit; try again shortly.")
+            raise Overloaded(
+                f"The model '{info.id}' has {slot.pending - running} requests waiting, its queue limit; try again shortly."
+            )
         generation = generation or Generation(asyncio.get_running_loop())
         slot.pending += 1
         self._spawn(self._run(slot, generation, request))
@@ -303,8 +307,14 @@ class Engine:
         settings = self.settings_for(slot.info)
         slot.settings = settings
         slot.placement = placement_for(slot.info.options, settings.n_gpu_layers, self.gpu_available, slot.id)
-        slot.need_bytes = estimate_model_bytes(slot.info.metadata, slot.info.path, settings.n_ctx, settings.parallel,
-                                               swa_full=settings.swa_full, n_ubatch=settings.n_batch)
+        slot.need_bytes = estimate_model_bytes(
+            slot.info.metadata,
+            slot.info.path,
+            settings.n_ctx,
+            settings.parallel,
+            swa_full=settings.swa_full,
+            n_ubatch=settings.n_batch,
+        )
 
     def _slot(self, info: ModelInfo) -> ModelSlot:
         slot = self._slots.get(info.id)
@@ -390,12 +400,18 @@ class Engine:
             if not over_count and not over_budget:
                 return True
             candidates = [
-                s for s in resident
+                s
+                for s in resident
                 if s.state == ModelState.LOADED and s.pending == 0 and (over_count or s.placement.device == device)
             ]
             if candidates:
                 victim = min(candidates, key=lambda s: s.last_used)
-                log.info("evicting idle model", model=victim.id, for_model=slot.id, reason="max_loaded_models" if over_count else "memory_budget")
+                log.info(
+                    "evicting idle model",
+                    model=victim.id,
+                    for_model=slot.id,
+                    reason="max_loaded_models" if over_count else "memory_budget",
+                )
                 await self._unload(victim)
                 return False
             # Everything resident is busy: wait until a model becomes idle (or the client leaves).
@@ -411,8 +427,14 @@ class Engine:
         slot.progress = 0.0
         slot.transition = asyncio.get_running_loop().create_future()
         started = time.perf_counter()
-        log.info("loading model", model=slot.id, device=slot.placement.device, n_ctx=slot.settings.n_ctx,
-                 n_gpu_layers=slot.placement.n_gpu_layers, memory_estimate=format_bytes(slot.need_bytes))
+        log.info(
+            "loading model",
+            model=slot.id,
+            device=slot.placement.device,
+            n_ctx=slot.settings.n_ctx,
+            n_gpu_layers=slot.placement.n_gpu_layers,
+            memory_estimate=format_bytes(slot.need_bytes),
+        )
         logged = 0  # tenths of the load reported so far
 
         def on_progress(value: float) -> None:  # device thread
@@ -424,7 +446,9 @@ class Engine:
                 log.info("loading model progress", model=slot.id, percent=step * 10)
 
         try:
-            slot.llama = await self._devices.run(slot.placement.device, self._loader, str(slot.info.path), slot.settings, slot.placement, on_progress)
+            slot.llama = await self._devices.run(
+                slot.placement.device, self._loader, str(slot.info.path), slot.settings, slot.placement, on_progress
+            )
         except Exception as exc:  # LoadError: llama.cpp's reason, when it gave one
             log.error("model failed to load", model=slot.id, error=str(exc))
             slot.state = ModelState.FAILED

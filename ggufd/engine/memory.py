@@ -38,7 +38,9 @@ def weights_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in model_files(path) if p.exists())
 
 
-def kv_cache_bytes(metadata: GGUFMetadata, n_ctx: int, parallel: int = 1, *, swa_full: bool = True, n_ubatch: int = 512) -> int:
+def kv_cache_bytes(
+    metadata: GGUFMetadata, n_ctx: int, parallel: int = 1, *, swa_full: bool = True, n_ubatch: int = 512
+) -> int:
     """KV cache of ``parallel`` sequences of ``n_ctx`` tokens (one unified cache, f16)."""
     arch = metadata.architecture or ""
     get = metadata.get
@@ -64,7 +66,12 @@ def kv_cache_bytes(metadata: GGUFMetadata, n_ctx: int, parallel: int = 1, *, swa
     return int((full_layers * cells + (layers - full_layers) * window_cells) * per_cell)
 
 
-def estimate_model_bytes(metadata: GGUFMetadata, path: Path, n_ctx: int, parallel: int = 1, *, swa_full: bool = True,
-                         n_ubatch: int = 512) -> int:
+def estimate_model_bytes(
+    metadata: GGUFMetadata, path: Path, n_ctx: int, parallel: int = 1, *, swa_full: bool = True, n_ubatch: int = 512
+) -> int:
     """Weights + KV cache for ``parallel`` sequences of ``n_ctx`` tokens + a compute allowance."""
-    return weights_bytes(path) + kv_cache_bytes(metadata, n_ctx, parallel, swa_full=swa_full, n_ubatch=n_ubatch) + OVERHEAD_BYTES
+    return (
+        weights_bytes(path)
+        + kv_cache_bytes(metadata, n_ctx, parallel, swa_full=swa_full, n_ubatch=n_ubatch)
+        + OVERHEAD_BYTES
+    )

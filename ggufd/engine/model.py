@@ -37,16 +37,24 @@ def _extra_buffers_usable() -> bool:
         return True
     if not _warned_extra_buffers.is_set():
         _warned_extra_buffers.set()
-        log.warning("llama.cpp's AMX kernel faults on this machine; its AMX and repacked weight buffers are off",
-                    reason=cpu_probe.amx_reason())
+        log.warning(
+            "llama.cpp's AMX kernel faults on this machine; its AMX and repacked weight buffers are off",
+            reason=cpu_probe.amx_reason(),
+        )
     return False
 
 
 class LoadedModel:
     """A llama.cpp model and its context with ``parallel`` sequences (each ``n_ctx`` long)."""
 
-    def __init__(self, path: str, settings, placement: Placement, on_progress: Callable[[float], None] | None = None,
-                 embedding: bool = False) -> None:
+    def __init__(
+        self,
+        path: str,
+        settings,
+        placement: Placement,
+        on_progress: Callable[[float], None] | None = None,
+        embedding: bool = False,
+    ) -> None:
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = 0x7FFFFFFF if placement.n_gpu_layers < 0 else placement.n_gpu_layers
         model_params.main_gpu = placement.main_gpu
@@ -144,7 +152,9 @@ class LoadedModel:
         for index, item in enumerate(inputs):
             tokens = self.tokenize(item, True) if isinstance(item, str) else list(item)
             if not tokens or len(tokens) > self.n_ctx:
-                raise InvalidRequest(f"Input {index} has {len(tokens)} tokens; this model embeds 1 to {self.n_ctx}.", param="input")
+                raise InvalidRequest(
+                    f"Input {index} has {len(tokens)} tokens; this model embeds 1 to {self.n_ctx}.", param="input"
+                )
             if any(not 0 <= t < self.n_vocab for t in tokens):
                 raise InvalidRequest(f"Input {index} has a token outside the vocabulary.", param="input")
             heartbeat()
@@ -184,7 +194,9 @@ class LoadedModel:
         self.ctx = self.model = None
 
 
-def load_model(path: str, settings, placement: Placement, on_progress: Callable[[float], None] | None = None) -> LoadedModel:
+def load_model(
+    path: str, settings, placement: Placement, on_progress: Callable[[float], None] | None = None
+) -> LoadedModel:
     return LoadedModel(path, settings, placement, on_progress, embedding=settings.embedding)
 
 

@@ -24,12 +24,20 @@ def make_sampler(s: SamplingParams, n_vocab: int, vocab=None):
         bad = [token for token, _ in s.logit_bias if not 0 <= token < n_vocab]
         if bad:
             llama_cpp.llama_sampler_free(chain)
-            raise InvalidRequest(f"logit_bias names token {bad[0]}, but the vocabulary has {n_vocab} tokens.", param="logit_bias")
-        biases = (llama_cpp.llama_logit_bias * len(s.logit_bias))(*[llama_cpp.llama_logit_bias(token, bias) for token, bias in s.logit_bias])
+            raise InvalidRequest(
+                f"logit_bias names token {bad[0]}, but the vocabulary has {n_vocab} tokens.", param="logit_bias"
+            )
+        biases = (llama_cpp.llama_logit_bias * len(s.logit_bias))(
+            *[llama_cpp.llama_logit_bias(token, bias) for token, bias in s.logit_bias]
+        )
         add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(s.logit_bias), biases))
     repeat = s.repeat_penalty if s.repeat_penalty is not None else 1.0
     if repeat != 1.0 or s.frequency_penalty or s.presence_penalty:
-        add(llama_cpp.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, repeat, s.frequency_penalty or 0.0, s.presence_penalty or 0.0))
+        add(
+            llama_cpp.llama_sampler_init_penalties(
+                n_vocab, PENALTY_LAST_N, repeat, s.frequency_penalty or 0.0, s.presence_penalty or 0.0
+            )
+        )
     if s.grammar:
         grammar = llama_cpp.llama_sampler_init_grammar(vocab, s.grammar.encode("utf-8"), b"root")
         if not grammar:
@@ -63,7 +71,13 @@ class GreedyPick:
     @staticmethod
     def applies(s: SamplingParams) -> bool:
         repeat = s.repeat_penalty if s.repeat_penalty is not None else 1.0
-        return s.temperature == 0 and not s.grammar and repeat == 1.0 and not s.frequency_penalty and not s.presence_penalty
+        return (
+            s.temperature == 0
+            and not s.grammar
+            and repeat == 1.0
+            and not s.frequency_penalty
+            and not s.presence_penalty
+        )
 
     def pick(self, logits) -> int:
         """``logits``: the float32 row of one batch entry in llama.cpp's buffer. Biased entries are

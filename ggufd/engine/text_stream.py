@@ -58,7 +58,7 @@ class TextAssembler:
             self._pending = ""
             return text[:cut]
         hold = 0 if final else self._partial_stop_length(text)
-        self._pending = text[len(text) - hold:] if hold else ""
+        self._pending = text[len(text) - hold :] if hold else ""
         return text[: len(text) - hold]
 
     def _partial_stop_length(self, text: str) -> int:

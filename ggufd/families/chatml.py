@@ -64,11 +64,12 @@ def detect_family(metadata, spec):
     return None
 
 
-
 def _tool_call(call) -> str:
     function = call.get("function") or call
     arguments = json.dumps(ggufd.tool_arguments(function.get("arguments")), ensure_ascii=False)
-    return '<tool_call>\n{"name": "' + str(function.get("name", "")) + '", "arguments": ' + arguments + "}\n</tool_call>"
+    return (
+        '<tool_call>\n{"name": "' + str(function.get("name", "")) + '", "arguments": ' + arguments + "}\n</tool_call>"
+    )
 
 
 @ggufd.hookimpl

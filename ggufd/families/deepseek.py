@@ -98,7 +98,11 @@ def format_chat(model, messages):
         return None
     template = model.metadata.chat_template or ""
     thinks = ASSISTANT + "<think>" in template  # R1: the generation prompt opens the reasoning
-    output_separator = "" if OUTPUT_BEGIN in template and ("\\n" + OUTPUT_BEGIN) not in template and ("\n" + OUTPUT_BEGIN) not in template else "\n"
+    output_separator = (
+        ""
+        if OUTPUT_BEGIN in template and ("\\n" + OUTPUT_BEGIN) not in template and ("\n" + OUTPUT_BEGIN) not in template
+        else "\n"
+    )
     turns = [m for m in messages if m["role"] != "system"]
     if not turns:
         raise InvalidRequest("A deepseek chat needs at least one user message.", param="messages")

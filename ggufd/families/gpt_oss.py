@@ -99,11 +99,13 @@ def split_channels(text: str) -> list[dict]:
     for match in HARMONY_MESSAGE.finditer(text):
         channel = CHANNEL_NAME.match(match["header"])
         recipient = RECIPIENT.search(match["role"] + " " + match["header"])
-        found.append({
-            "channel": channel[1] if channel else "",
-            "recipient": recipient[1] if recipient else None,
-            "body": match["body"],
-        })
+        found.append(
+            {
+                "channel": channel[1] if channel else "",
+                "recipient": recipient[1] if recipient else None,
+                "body": match["body"],
+            }
+        )
     return found
 
 
@@ -151,7 +153,7 @@ def format_chat(model, messages):
         if role == "user":
             parts.append(f"{START}user{MESSAGE}{content}{END}")
         elif role == "assistant" and message.get("tool_calls"):
-            answered_later = any(m["role"] == "assistant" and not m.get("tool_calls") for m in messages[index + 1:])
+            answered_later = any(m["role"] == "assistant" and not m.get("tool_calls") for m in messages[index + 1 :])
             reasoning = _reasoning(content)
             if reasoning and not answered_later:
                 parts.append(f"{START}assistant{CHANNEL}analysis{MESSAGE}{reasoning}{END}")
@@ -164,7 +166,9 @@ def format_chat(model, messages):
         elif role == "tool":
             name = message.get("name") or names_by_id.get(message.get("tool_call_id")) or last_name
             if not name:
-                raise InvalidRequest("A tool message must follow an assistant message with tool_calls.", param=f"messages.{index}")
+                raise InvalidRequest(
+                    "A tool message must follow an assistant message with tool_calls.", param=f"messages.{index}"
+                )
             parts.append(f"{START}functions.{name} to=assistant{CHANNEL}commentary{MESSAGE}{content}{END}")
     parts.append(f"{START}assistant")
     add_bos = bool(model.metadata.get("tokenizer.ggml.add_bos_token", True))
@@ -187,7 +191,7 @@ def parse_tool_calls(model, text):
         recipient = message["recipient"] or ""
         if not recipient.startswith("functions."):
             continue
-        name, arguments = recipient[len("functions."):], message["body"].strip()
+        name, arguments = recipient[len("functions.") :], message["body"].strip()
         try:
             parsed = json.loads(arguments)
         except ValueError:
@@ -236,7 +240,7 @@ def _opening(text: str) -> bool | None:
         recipient = ROLE_RECIPIENT.match(rest)
         if recipient is None:
             return False
-        tail = rest[recipient.end():]
+        tail = rest[recipient.end() :]
         if not tail or CHANNEL.startswith(tail):
             return None
         return tail.startswith(CHANNEL)
@@ -323,7 +327,7 @@ class HarmonyFilter:
                     self._scanned = max(0, len(self._pending) - len(MESSAGE) + 1)
                     return  # the whole header is held until its <|message|>
                 self._scanned = 0
-                header, self._pending = self._pending[:at], self._pending[at + len(MESSAGE):]
+                header, self._pending = self._pending[:at], self._pending[at + len(MESSAGE) :]
                 self._to = _destination(header)
                 self._state = "final" if self._to == CONTENT else "body"
                 self._separate = self._to == REASONING and self._reasoned
@@ -335,14 +339,14 @@ class HarmonyFilter:
                 self._emit(self._pending[:cut], content, reasoning)
                 self._pending = self._pending[cut:]
                 return
-            self._emit(self._pending[:match.start()], content, reasoning)
+            self._emit(self._pending[: match.start()], content, reasoning)
             if match[0] in BODY_ENDS:
                 # <|start|> and <|channel|> open the next header; <|end|>, <|return|>, <|call|> end the message
                 keep = match.start() if match[0] in (START, CHANNEL) else match.end()
                 self._pending = self._pending[keep:]
                 self._state = "header"
             else:
-                self._pending = self._pending[match.end():]
+                self._pending = self._pending[match.end() :]
 
     def _emit(self, text: str, content: list[str], reasoning: list[str]) -> None:
         if not text or self._to == DROP:

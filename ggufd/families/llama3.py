@@ -63,11 +63,12 @@ def _turn(role: str, content: str) -> str:
     return f"{START_HEADER}{role}{END_HEADER}\n\n{content}{END_OF_TURN}"
 
 
-
 def _tool_call(call) -> str:
     function = call.get("function") or call
     parameters = json.dumps(ggufd.tool_arguments(function.get("arguments")), ensure_ascii=False)
-    return '{"name": ' + json.dumps(function.get("name", ""), ensure_ascii=False) + ', "parameters": ' + parameters + "}"
+    return (
+        '{"name": ' + json.dumps(function.get("name", ""), ensure_ascii=False) + ', "parameters": ' + parameters + "}"
+    )
 
 
 def _preamble_date(template: str) -> str:
@@ -131,7 +132,7 @@ def parse_tool_calls(model, text):
         return None
     body = text.strip()
     if body.startswith(PYTHON_TAG):
-        body = body[len(PYTHON_TAG):].lstrip()
+        body = body[len(PYTHON_TAG) :].lstrip()
     if not body.startswith("{"):
         return None
     try:

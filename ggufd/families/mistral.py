@@ -71,7 +71,6 @@ def style(metadata) -> str:
     return "v3"
 
 
-
 def _tool_calls(message) -> str:
     calls = []
     for call in message["tool_calls"]:
@@ -138,7 +137,7 @@ def parse_tool_calls(model, text):
     body = text.lstrip()
     if not body.startswith(TOOL_CALLS):
         return None
-    body = body[len(TOOL_CALLS):].lstrip()
+    body = body[len(TOOL_CALLS) :].lstrip()
     try:
         entries, _ = json.JSONDecoder().raw_decode(body)
     except (ValueError, RecursionError):
@@ -153,5 +152,9 @@ def parse_tool_calls(model, text):
         if not isinstance(arguments, dict):
             return None
         call_id = entry.get("id")
-        calls.append(ggufd.tool_call(entry["name"], arguments, call_id if isinstance(call_id, str) and call_id else f"call_{index}"))
+        calls.append(
+            ggufd.tool_call(
+                entry["name"], arguments, call_id if isinstance(call_id, str) and call_id else f"call_{index}"
+            )
+        )
     return calls

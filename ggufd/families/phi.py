@@ -60,7 +60,9 @@ def detect_family(metadata, spec):
     if "<|im_start|>" in template and IM_SEP in template:
         return FAMILY  # Phi-4, also as a "llamafied" conversion under another architecture
     # a Phi fine-tune in another format (ChatML, ...) is left to its own template
-    if metadata.architecture in PHI_ARCHITECTURES and (not template or (END in template and "<|assistant|>" in template)):
+    if metadata.architecture in PHI_ARCHITECTURES and (
+        not template or (END in template and "<|assistant|>" in template)
+    ):
         return FAMILY
     return None
 
@@ -84,7 +86,10 @@ def format_chat(model, messages):
     for index, message in enumerate(messages):
         role = message["role"]
         if role == "tool" or message.get("tool_calls"):
-            raise InvalidRequest("Phi models have no tool-call format; tool calls and tool results cannot be sent.", param=f"messages.{index}")
+            raise InvalidRequest(
+                "Phi models have no tool-call format; tool calls and tool results cannot be sent.",
+                param=f"messages.{index}",
+            )
         if role == "system" and style == PHI3 and not message["content"]:
             continue
         parts.append(_message(style, role, message["content"]))

@@ -39,7 +39,10 @@ def _check_strings(value: Any, path: list) -> None:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise InvalidRequest("The request contains a lone UTF-16 surrogate, which is not valid text.", param=".".join(map(str, path)) or None) from None
+            raise InvalidRequest(
+                "The request contains a lone UTF-16 surrogate, which is not valid text.",
+                param=".".join(map(str, path)) or None,
+            ) from None
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_strings(key, path)

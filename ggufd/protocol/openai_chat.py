@@ -81,7 +81,9 @@ def parse_chat_request(body: dict, defaults: Mapping[str, Any] | None = None) ->
         messages = with_instruction(messages, policy)
         forced = tools_grammar(policy)
         if forced and grammar:
-            raise InvalidRequest("response_format cannot be combined with a forced tool_choice.", param="response_format")
+            raise InvalidRequest(
+                "response_format cannot be combined with a forced tool_choice.", param="response_format"
+            )
         grammar = forced or grammar
     if body.get("top_logprobs") is not None and not body.get("logprobs"):
         raise InvalidRequest("top_logprobs needs logprobs: true.", param="top_logprobs")
@@ -130,7 +132,11 @@ def new_completion_id() -> str:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def chat_logprobs(entries) -> dict | None:
@@ -139,8 +145,12 @@ def chat_logprobs(entries) -> dict | None:
         return None
     return {
         "content": [
-            {"token": e.token, "logprob": e.logprob, "bytes": list(e.bytes),
-             "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(b)} for t, b, lp in e.top]}
+            {
+                "token": e.token,
+                "logprob": e.logprob,
+                "bytes": list(e.bytes),
+                "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(b)} for t, b, lp in e.top],
+            }
             for e in entries
         ]
     }
@@ -158,7 +168,14 @@ def chat_completion(completion_id: str, created: int, model: str, outcome: Outco
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": chat_logprobs(outcome.logprobs), "finish_reason": outcome.reason}],
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": chat_logprobs(outcome.logprobs),
+                "finish_reason": outcome.reason,
+            }
+        ],
         "usage": usage(outcome.prompt_tokens, outcome.completion_tokens),
     }
 
@@ -207,11 +224,21 @@ class ChatOutput:
     # --- single chunks
 
     def chunk(self, choices: list, **extra) -> bytes:
-        return sse({"id": self.completion_id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                    "choices": choices, **extra})
+        return sse(
+            {
+                "id": self.completion_id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": choices,
+                **extra,
+            }
+        )
 
     def delta(self, delta: dict, finish_reason: str | None = None, logprobs=None) -> bytes:
-        return self.chunk([{"index": 0, "delta": delta, "logprobs": chat_logprobs(logprobs), "finish_reason": finish_reason}])
+        return self.chunk(
+            [{"index": 0, "delta": delta, "logprobs": chat_logprobs(logprobs), "finish_reason": finish_reason}]
+        )
 
     def role(self) -> bytes:
         return self.delta({"role": "assistant", "content": ""})
@@ -226,9 +253,16 @@ class ChatOutput:
         """OpenAI-style tool call deltas: a header per call (id, name), then its arguments."""
         out = b""
         for index, call in enumerate(calls):
-            header = {"index": index, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": ""}}
+            header = {
+                "index": index,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""},
+            }
             out += self.delta({"tool_calls": [header]})
-            out += self.delta({"tool_calls": [{"index": index, "function": {"arguments": call["function"]["arguments"]}}]})
+            out += self.delta(
+                {"tool_calls": [{"index": index, "function": {"arguments": call["function"]["arguments"]}}]}
+            )
         return out
 
     def finish(self, reason: str) -> bytes:

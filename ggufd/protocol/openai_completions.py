@@ -35,7 +35,9 @@ def parse_completion_request(body: dict) -> CompletionRequest:
     prompt = body["prompt"]
     if isinstance(prompt, list):
         if len(prompt) != 1 or not isinstance(prompt[0], str):
-            raise InvalidRequest("Only one prompt string per request is supported (no batches, no token arrays).", param="prompt")
+            raise InvalidRequest(
+                "Only one prompt string per request is supported (no batches, no token arrays).", param="prompt"
+            )
         prompt = prompt[0]
     if body.get("suffix") not in (None, False, {}):
         raise InvalidRequest("'suffix' is not supported by this server yet.", param="suffix")
@@ -78,10 +80,19 @@ def plan(body: dict, served: Served) -> Plan:
         logprobs=completion.logprobs,
         stream=completion.stream,
     )
-    output = TextOutput(new_text_completion_id(), model.id, include_usage=completion.include_usage,
-                        prefix=completion.prompt if completion.echo else "")
-    return Plan(model=model, request=request, output=output, answer=AnswerAssembler(logprobs=completion.logprobs is not None),
-                log_fields=log_fields)
+    output = TextOutput(
+        new_text_completion_id(),
+        model.id,
+        include_usage=completion.include_usage,
+        prefix=completion.prompt if completion.echo else "",
+    )
+    return Plan(
+        model=model,
+        request=request,
+        output=output,
+        answer=AnswerAssembler(logprobs=completion.logprobs is not None),
+        log_fields=log_fields,
+    )
 
 
 def new_text_completion_id() -> str:
@@ -104,7 +115,9 @@ def completion_logprobs(entries, offset: int = 0) -> dict | None:
     }
 
 
-def text_completion(completion_id: str, created: int, model: str, text: str, outcome: Outcome, logprobs: dict | None = None) -> dict:
+def text_completion(
+    completion_id: str, created: int, model: str, text: str, outcome: Outcome, logprobs: dict | None = None
+) -> dict:
     return {
         "id": completion_id,
         "object": "text_completion",
@@ -122,8 +135,9 @@ class TextOutput:
     media_type = MEDIA_TYPE
     DONE = b"data: [DONE]\n\n"
 
-    def __init__(self, completion_id: str, model: str, created: int | None = None, include_usage: bool = False,
-                 prefix: str = "") -> None:
+    def __init__(
+        self, completion_id: str, model: str, created: int | None = None, include_usage: bool = False, prefix: str = ""
+    ) -> None:
         self.completion_id = completion_id
         self.model = model
         self.created = int(time.time()) if created is None else created
@@ -146,12 +160,28 @@ class TextOutput:
         return sse(error.to_dict())
 
     def body(self, outcome: Outcome) -> dict:
-        return text_completion(self.completion_id, int(time.time()), self.model, self.prefix + outcome.content, outcome,
-                               logprobs=completion_logprobs(outcome.logprobs, len(self.prefix)))
+        return text_completion(
+            self.completion_id,
+            int(time.time()),
+            self.model,
+            self.prefix + outcome.content,
+            outcome,
+            logprobs=completion_logprobs(outcome.logprobs, len(self.prefix)),
+        )
 
     def chunk(self, choices: list, **extra) -> bytes:
-        return sse({"id": self.completion_id, "object": "text_completion", "created": self.created, "model": self.model,
-                    "choices": choices, **extra})
+        return sse(
+            {
+                "id": self.completion_id,
+                "object": "text_completion",
+                "created": self.created,
+                "model": self.model,
+                "choices": choices,
+                **extra,
+            }
+        )
 
     def text(self, text: str, logprobs=None) -> bytes:
-        return self.chunk([{"index": 0, "text": text, "logprobs": completion_logprobs(logprobs), "finish_reason": None}])
+        return self.chunk(
+            [{"index": 0, "text": text, "logprobs": completion_logprobs(logprobs), "finish_reason": None}]
+        )

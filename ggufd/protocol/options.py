@@ -14,7 +14,16 @@ from typing import Any, TypeVar
 from ggufd.errors import InvalidRequest
 from ggufd.types import SamplingParams
 
-SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "seed")
+SAMPLING_FIELDS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,7 +65,9 @@ def with_model_defaults(options: Options, defaults: Mapping[str, Any]) -> Option
     the table only when the request sent none.
     """
     current = options.sampling
-    filled: dict[str, Any] = {k: v if (v := getattr(current, k)) is not None else defaults.get(k) for k in SAMPLING_FIELDS}
+    filled: dict[str, Any] = {
+        k: v if (v := getattr(current, k)) is not None else defaults.get(k) for k in SAMPLING_FIELDS
+    }
     sampling = replace(current, **filled)
     return replace(
         options,

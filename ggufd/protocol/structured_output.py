@@ -22,7 +22,7 @@ REPEAT_KEYS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties"
 #: escapes in a regex ``pattern`` that name a control character (\x00-\x1f, \u0000-\u001f, \0, \c.)
 CONTROL_ESCAPE = re.compile(r"\\(x[01][0-9a-fA-F]|u00[01][0-9a-fA-F]|0|c[A-Za-z])")
 
-JSON_OBJECT_GRAMMAR = r'''
+JSON_OBJECT_GRAMMAR = r"""
 root   ::= object
 value  ::= object | array | string | number | ("true" | "false" | "null") ws
 object ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws
@@ -30,15 +30,17 @@ array  ::= "[" ws ( value ("," ws value)* )? "]" ws
 string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\bfnrt] | "u" [0-9a-fA-F]{4}) )* "\"" ws
 number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9] [1-9]{0,15})? ws
 ws ::= | " " | "\n" [ \t]{0,20}
-'''
+"""
 
 
 def _check_text(text: str, path: str) -> None:
     """llama.cpp's grammar engine cannot match control characters: a grammar that requires one
     (U+0000 aborts the whole process inside llama.cpp) is refused here."""
     if any(ord(ch) < 0x20 for ch in text) or CONTROL_ESCAPE.search(text):
-        raise InvalidRequest(f"The JSON schema requires a control character at '{path or '/'}', which constrained output cannot produce.",
-                             param="response_format.json_schema.schema")
+        raise InvalidRequest(
+            f"The JSON schema requires a control character at '{path or '/'}', which constrained output cannot produce.",
+            param="response_format.json_schema.schema",
+        )
 
 
 def _check(node: Any, depth: int, path: str) -> None:
@@ -46,13 +48,17 @@ def _check(node: Any, depth: int, path: str) -> None:
         _check_text(node, path)
         return
     if depth > MAX_DEPTH:
-        raise InvalidRequest(f"The JSON schema is nested more than {MAX_DEPTH} levels deep.", param="response_format.json_schema.schema")
+        raise InvalidRequest(
+            f"The JSON schema is nested more than {MAX_DEPTH} levels deep.", param="response_format.json_schema.schema"
+        )
     if isinstance(node, dict):
         for key in REPEAT_KEYS:
             value = node.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_REPEAT:
-                raise InvalidRequest(f"'{key}' = {value} at '{path or '/'}' is too large for grammar-constrained output (at most {MAX_REPEAT}).",
-                                     param="response_format.json_schema.schema")
+                raise InvalidRequest(
+                    f"'{key}' = {value} at '{path or '/'}' is too large for grammar-constrained output (at most {MAX_REPEAT}).",
+                    param="response_format.json_schema.schema",
+                )
         for key, value in node.items():
             _check_text(key, f"{path}/{key}")
             _check(value, depth + 1, f"{path}/{key}")
@@ -70,17 +76,26 @@ def grammar_for(response_format: dict | None) -> str | None:
     spec = response_format.get("json_schema") or {}
     schema = spec.get("schema")
     if not isinstance(schema, dict):
-        raise InvalidRequest("response_format.json_schema.schema must be a JSON schema object.", param="response_format.json_schema.schema")
+        raise InvalidRequest(
+            "response_format.json_schema.schema must be a JSON schema object.",
+            param="response_format.json_schema.schema",
+        )
     text = json.dumps(schema)
     if len(text) > MAX_SCHEMA_BYTES:
-        raise InvalidRequest(f"The JSON schema is larger than {MAX_SCHEMA_BYTES} bytes.", param="response_format.json_schema.schema")
+        raise InvalidRequest(
+            f"The JSON schema is larger than {MAX_SCHEMA_BYTES} bytes.", param="response_format.json_schema.schema"
+        )
     _check(schema, 0, "")
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
         grammar = json_schema_to_gbnf(text)
     except Exception as exc:  # the converter raises plain exceptions for schemas it cannot express
-        raise InvalidRequest(f"The JSON schema cannot be turned into a grammar: {exc}", param="response_format.json_schema.schema") from None
+        raise InvalidRequest(
+            f"The JSON schema cannot be turned into a grammar: {exc}", param="response_format.json_schema.schema"
+        ) from None
     if len(grammar) > MAX_GRAMMAR_BYTES:
-        raise InvalidRequest("The JSON schema leads to a grammar that is too large.", param="response_format.json_schema.schema")
+        raise InvalidRequest(
+            "The JSON schema leads to a grammar that is too large.", param="response_format.json_schema.schema"
+        )
     return grammar

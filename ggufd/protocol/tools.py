@@ -60,15 +60,27 @@ def instruction(policy: ToolPolicy) -> str:
     lines = ["You can call these functions:"]
     for tool in policy.tools:
         function = tool["function"]
-        lines.append(json.dumps({"name": function["name"], "description": function.get("description", ""),
-                                 "parameters": function.get("parameters", {})}, ensure_ascii=False))
+        lines.append(
+            json.dumps(
+                {
+                    "name": function["name"],
+                    "description": function.get("description", ""),
+                    "parameters": function.get("parameters", {}),
+                },
+                ensure_ascii=False,
+            )
+        )
     if policy.choice == "named":
-        lines.append(f'Call the function "{policy.name}". Answer only with JSON: {{"name": "{policy.name}", "arguments": {{...}}}}.')
+        lines.append(
+            f'Call the function "{policy.name}". Answer only with JSON: {{"name": "{policy.name}", "arguments": {{...}}}}.'
+        )
     elif policy.choice == "required":
         lines.append('Call one of the functions. Answer only with JSON: {"name": <function name>, "arguments": {...}}.')
     else:
-        lines.append('To call a function, answer only with JSON: {"name": <function name>, "arguments": {...}}. '
-                     "Otherwise answer normally.")
+        lines.append(
+            'To call a function, answer only with JSON: {"name": <function name>, "arguments": {...}}. '
+            "Otherwise answer normally."
+        )
     return "\n".join(lines)
 
 
@@ -88,7 +100,10 @@ def call_schema(policy: ToolPolicy) -> dict:
     options = [
         {
             "type": "object",
-            "properties": {"name": {"const": t["function"]["name"]}, "arguments": t["function"].get("parameters") or {"type": "object"}},
+            "properties": {
+                "name": {"const": t["function"]["name"]},
+                "arguments": t["function"].get("parameters") or {"type": "object"},
+            },
             "required": ["name", "arguments"],
             "additionalProperties": False,
         }
@@ -105,7 +120,9 @@ def grammar(policy: ToolPolicy) -> str | None:
     try:
         return grammar_for({"type": "json_schema", "json_schema": {"schema": call_schema(policy)}})
     except InvalidRequest as exc:
-        raise InvalidRequest(exc.message.replace("The JSON schema", "A tool's parameters schema"), param="tools") from None
+        raise InvalidRequest(
+            exc.message.replace("The JSON schema", "A tool's parameters schema"), param="tools"
+        ) from None
 
 
 def tool_arguments(value: Any) -> Any:
@@ -125,7 +142,11 @@ def tool_call(name: str, arguments: Any, call_id: str | None = None) -> dict:
     id unless one is given. Part of the public plugin API (``ggufd.tool_call``)."""
     if not isinstance(arguments, str):
         arguments = json.dumps(arguments, ensure_ascii=False)
-    return {"id": call_id or f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": name, "arguments": arguments}}
+    return {
+        "id": call_id or f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
 
 
 def parse_generic(text: str, names: Sequence[str]) -> list[dict] | None:
@@ -164,5 +185,8 @@ def find_calls(plugins, model, text: str, policy: ToolPolicy) -> list[dict] | No
     if calls:
         calls = [c for c in calls if c.get("function", {}).get("name") in policy.names]
         if calls:
-            return [tool_call(c["function"]["name"], c["function"].get("arguments", "{}")) if not c.get("id") else c for c in calls]
+            return [
+                tool_call(c["function"]["name"], c["function"].get("arguments", "{}")) if not c.get("id") else c
+                for c in calls
+            ]
     return parse_generic(text, policy.names)

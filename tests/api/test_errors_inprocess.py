@@ -111,7 +111,9 @@ def test_a_draining_server_answers_503_and_health_says_so():
 def test_missing_or_wrong_api_key_is_a_401():
     with InProcessServer(FakeEngine(), api_keys=("sekrit",)) as server:
         assert_openai_error(chat(server.url, HELLO), 401, code="invalid_api_key")
-        assert_openai_error(chat(server.url, HELLO, headers={"Authorization": "Bearer nope"}), 401, code="invalid_api_key")
+        assert_openai_error(
+            chat(server.url, HELLO, headers={"Authorization": "Bearer nope"}), 401, code="invalid_api_key"
+        )
         assert chat(server.url, HELLO, headers={"Authorization": "Bearer sekrit"})[0] == 200
 
 

@@ -19,7 +19,10 @@ from ggufd.errors import ApiError
 
 HELLO = {"model": "fake", "messages": [{"role": "user", "content": "Hi"}]}
 PIECES = ["Hel", "lo", ", wor", "ld", "!"]
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +50,17 @@ def test_stream_framing(server):
     chunks = events[:-1]
     assert len({(c["id"], c["created"], c["model"]) for c in chunks}) == 1
     assert all(c["object"] == "chat.completion.chunk" and c["id"].startswith("chatcmpl-") for c in chunks)
-    assert chunks[0]["choices"] == [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
+    assert chunks[0]["choices"] == [
+        {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+    ]
     finishes = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
     assert len(finishes) == 1 and finishes[0]["choices"][0]["finish_reason"] == "stop"
     n = prompt_tokens(server)
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == {"prompt_tokens": n, "completion_tokens": 5, "total_tokens": n + 5}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == {
+        "prompt_tokens": n,
+        "completion_tokens": 5,
+        "total_tokens": n + 5,
+    }
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "Hello, world!"
 
 
@@ -69,7 +78,10 @@ def test_streamed_text_equals_plain_text(server):
     assert doc["choices"][0]["finish_reason"] == "stop"
     n = prompt_tokens(server)
     assert doc["usage"] == {"prompt_tokens": n, "completion_tokens": 5, "total_tokens": n + 5}
-    assert "".join(c["choices"][0]["delta"].get("content", "") for c in events[:-1]) == doc["choices"][0]["message"]["content"]
+    assert (
+        "".join(c["choices"][0]["delta"].get("content", "") for c in events[:-1])
+        == doc["choices"][0]["message"]["content"]
+    )
 
 
 def test_max_tokens_ends_with_length(server):
@@ -85,18 +97,29 @@ def test_stop_string_is_not_in_the_answer(server):
 def test_request_goes_to_the_engine_with_the_formats_fields(server):
     chat(server.url, {**HELLO, "temperature": 0.3, "seed": 7, "max_tokens": 9, "stop": "x", "logit_bias": {"5": -100}})
     sent = server.engine.requests[-1]
-    assert (sent.sampling.temperature, sent.sampling.seed, sent.max_tokens, sent.sampling.logit_bias) == (0.3, 7, 9, ((5, -100.0),))
+    assert (sent.sampling.temperature, sent.sampling.seed, sent.max_tokens, sent.sampling.logit_bias) == (
+        0.3,
+        7,
+        9,
+        ((5, -100.0),),
+    )
     assert sent.stop[0] == "x" and sent.stream is False
     assert "Hi" in sent.prompt.text
 
 
 def test_failure_after_the_200_is_one_error_event_and_the_stream_ends():
-    engine = FakeEngine(reply=lambda request: list(PIECES), fail_after=2, fail_with=ApiError(500, "The model failed.", type="server_error"))
+    engine = FakeEngine(
+        reply=lambda request: list(PIECES),
+        fail_after=2,
+        fail_with=ApiError(500, "The model failed.", type="server_error"),
+    )
     with InProcessServer(engine) as server:
         status, _, raw = chat(server.url, {**HELLO, "stream": True})
     events = sse_events(raw)
     assert status == 200
-    assert events[-1] == {"error": {"message": "The model failed.", "type": "server_error", "param": None, "code": None}}
+    assert events[-1] == {
+        "error": {"message": "The model failed.", "type": "server_error", "param": None, "code": None}
+    }
     assert "[DONE]" not in events
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in events[:-1]) == "Hello"
 
@@ -133,7 +156,9 @@ def test_logprobs_in_chat_and_stream(server):
     content = doc["choices"][0]["logprobs"]["content"]
     assert [e["token"] for e in content] == PIECES and len(content[0]["top_logprobs"]) == 2
     _, events = streamed(server, {**HELLO, "logprobs": True})
-    tokens = [e["token"] for c in events[:-1] if c["choices"][0]["logprobs"] for e in c["choices"][0]["logprobs"]["content"]]
+    tokens = [
+        e["token"] for c in events[:-1] if c["choices"][0]["logprobs"] for e in c["choices"][0]["logprobs"]["content"]
+    ]
     assert tokens == PIECES
 
 
@@ -144,19 +169,26 @@ def test_text_completions_stream_and_echo(server):
     assert status == 200 and doc["object"] == "text_completion" and doc["id"].startswith("cmpl-")
     assert doc["choices"][0]["text"] == "Say:Hello, world!"
     assert doc["choices"][0]["logprobs"]["text_offset"][0] == len("Say:")
-    status, headers, raw = request(server.url, "POST", "/v1/completions", {**body, "stream": True, "stream_options": {"include_usage": True}})
+    status, headers, raw = request(
+        server.url, "POST", "/v1/completions", {**body, "stream": True, "stream_options": {"include_usage": True}}
+    )
     events = sse_events(raw)
     assert headers["content-type"].startswith("text/event-stream") and events[-1] == "[DONE]"
     chunks = events[:-1]
     assert all(c["object"] == "text_completion" for c in chunks)
     assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == "Say:Hello, world!"
-    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]] == ["stop"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]] == [
+        "stop"
+    ]
     assert chunks[-1]["usage"]["completion_tokens"] == 5
 
 
 def test_the_official_openai_client(server):
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-    assert client.chat.completions.create(model="fake-alias", messages=HELLO["messages"]).choices[0].message.content == "Hello, world!"
+    assert (
+        client.chat.completions.create(model="fake-alias", messages=HELLO["messages"]).choices[0].message.content
+        == "Hello, world!"
+    )
     stream = client.chat.completions.create(model="fake", messages=HELLO["messages"], stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Hello, world!"
     assert client.completions.create(model="fake", prompt="x").choices[0].text == "Hello, world!"
@@ -186,7 +218,12 @@ def test_a_client_that_disconnects_cancels_its_generation():
     with InProcessServer(engine) as server:
         parts = urlsplit(server.url)
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-        conn.request("POST", "/v1/chat/completions", body=json.dumps({**HELLO, "stream": True}), headers={"Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=json.dumps({**HELLO, "stream": True}),
+            headers={"Content-Type": "application/json"},
+        )
         response = conn.getresponse()
         assert response.status == 200
         response.read1(64)  # the stream has started

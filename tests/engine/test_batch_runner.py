@@ -39,11 +39,17 @@ def gemma_engine_run(loaded, prompts: list[str], max_tokens: int) -> list[tuple[
         for prompt in prompts:
             decoded.clear()
             generation = Generation(loop)
-            request = GenerationRequest(ChatPrompt(prompt), SamplingParams(temperature=0, logit_bias=((1, -100.0), (106, -100.0))), max_tokens=max_tokens)
+            request = GenerationRequest(
+                ChatPrompt(prompt),
+                SamplingParams(temperature=0, logit_bias=((1, -100.0), (106, -100.0))),
+                max_tokens=max_tokens,
+            )
             future, _ = loaded.runner.submit(generation, request)
             loaded.runner.run()
             generated = future.result().completion_tokens
-            results.append((texts.get(id(generation), ""), sum(decoded) - (generated - 1)))  # the last token is never decoded
+            results.append(
+                (texts.get(id(generation), ""), sum(decoded) - (generated - 1))
+            )  # the last token is never decoded
     finally:
         engine_batch.deliver_events, llama_cpp.llama_decode = original_deliver, original_decode
         loop.close()
@@ -61,7 +67,7 @@ def test_sliding_window_caches_reuse_a_prefix_only_while_its_window_is_intact(ge
     loaded = load_gemma(gemma_model, swa_full=False, n_ctx=2048)
     try:
         assert loaded.n_swa == 512
-        (answer, first_prefill), = gemma_engine_run(loaded, [history], 40)
+        ((answer, first_prefill),) = gemma_engine_run(loaded, [history], 40)
         continued = history + answer + "<end_of_turn>\n" + turn("And then?")
         other = turn("Count: " + " ".join(f"item{i}" for i in range(100)) + " STOP")  # shares only ~300 tokens
         (cont_text, cont_prefill), (other_text, other_prefill) = gemma_engine_run(loaded, [continued, other], 16)
@@ -69,8 +75,8 @@ def test_sliding_window_caches_reuse_a_prefix_only_while_its_window_is_intact(ge
         loaded.close()
     fresh = load_gemma(gemma_model, swa_full=False, n_ctx=2048)
     try:
-        (cold_cont, _), = gemma_engine_run(fresh, [continued], 16)
-        (cold_other, _), = gemma_engine_run(fresh, [other], 16)
+        ((cold_cont, _),) = gemma_engine_run(fresh, [continued], 16)
+        ((cold_other, _),) = gemma_engine_run(fresh, [other], 16)
     finally:
         fresh.close()
     assert cont_text == cold_cont and other_text == cold_other  # reused or not, the answers are right
@@ -89,11 +95,15 @@ def test_a_conversation_continues_from_the_exact_window_a_squeezed_cache_kept(ge
     loaded = load_gemma(gemma_model, swa_full=False, parallel=2, n_ctx=4096)
     try:
         (answer, _), _ = gemma_engine_run(loaded, [history, other], 8)
-        seq = next(s for s, cached in loaded.runner._cached.items() if cached and cached[5] == loaded.tokenize(history, True)[5])
+        seq = next(
+            s
+            for s, cached in loaded.runner._cached.items()
+            if cached and cached[5] == loaded.tokenize(history, True)[5]
+        )
         pos_min = llama_cpp.llama_memory_seq_pos_min(loaded.memory, seq)
         pos_max = llama_cpp.llama_memory_seq_pos_max(loaded.memory, seq)
         continued = history + answer + "<end_of_turn>\n" + turn("And then?")
-        (_, prefill), = gemma_engine_run(loaded, [continued], 4)
+        ((_, prefill),) = gemma_engine_run(loaded, [continued], 4)
     finally:
         loaded.close()
     assert pos_min == pos_max + 2 - 512  # squeezed to the window: nothing to spare

@@ -21,8 +21,15 @@ def chat_prompt(text: str) -> ChatPrompt:
 REQUESTS = [
     GenerationRequest(chat_prompt("hello"), SamplingParams(temperature=0), max_tokens=40),
     GenerationRequest(chat_prompt("tell me a story"), SamplingParams(temperature=1.0, seed=7), max_tokens=30),
-    GenerationRequest(chat_prompt("the weather"), SamplingParams(temperature=0.7, top_k=5, seed=3, repeat_penalty=1.3), max_tokens=50),
-    GenerationRequest(chat_prompt("numbers"), SamplingParams(temperature=1.2, top_p=0.5, min_p=0.1, seed=11, presence_penalty=0.5, frequency_penalty=0.5), max_tokens=20, stop=("e",)),
+    GenerationRequest(
+        chat_prompt("the weather"), SamplingParams(temperature=0.7, top_k=5, seed=3, repeat_penalty=1.3), max_tokens=50
+    ),
+    GenerationRequest(
+        chat_prompt("numbers"),
+        SamplingParams(temperature=1.2, top_p=0.5, min_p=0.1, seed=11, presence_penalty=0.5, frequency_penalty=0.5),
+        max_tokens=20,
+        stop=("e",),
+    ),
 ]
 
 
@@ -59,7 +66,10 @@ def test_cancelling_one_sequence_leaves_the_others_intact(tiny_model, monkeypatc
         engine = make_engine(n_ctx=256, parallel=4)
         info = model_info(tiny_model)
         solo = [await collect(engine.start(info, r)) for r in REQUESTS[:3]]
-        victim = watched["generation"] = engine.start(info, GenerationRequest(chat_prompt("victim"), SamplingParams(temperature=0), max_tokens=150, stop=(VICTIM,)))
+        victim = watched["generation"] = engine.start(
+            info,
+            GenerationRequest(chat_prompt("victim"), SamplingParams(temperature=0), max_tokens=150, stop=(VICTIM,)),
+        )
         others = [engine.start(info, r) for r in REQUESTS[:3]]
         results = await asyncio.gather(collect(victim), *(collect(g) for g in others))
         await engine.close()
@@ -94,7 +104,9 @@ def test_a_new_request_joins_the_running_batch(tiny_model):
         started = time.perf_counter()
         first = await long.next_events()
         assert isinstance(first[0], Started)
-        short = await collect(engine.start(info, GenerationRequest(PROMPT, SamplingParams(temperature=0), max_tokens=5)))
+        short = await collect(
+            engine.start(info, GenerationRequest(PROMPT, SamplingParams(temperature=0), max_tokens=5))
+        )
         short_done = time.perf_counter() - started
         rest = await collect(long)
         long_done = time.perf_counter() - started
@@ -114,7 +126,9 @@ def test_parallel_1_runs_one_request_at_a_time(tiny_model):
         order = []
 
         async def run(name, max_tokens):
-            generation = engine.start(info, GenerationRequest(PROMPT, SamplingParams(temperature=0), max_tokens=max_tokens))
+            generation = engine.start(
+                info, GenerationRequest(PROMPT, SamplingParams(temperature=0), max_tokens=max_tokens)
+            )
             for event in await collect(generation):
                 order.append((name, type(event).__name__))
 
@@ -154,10 +168,16 @@ def test_a_continuing_conversation_reuses_its_cached_prefix(tiny_model, monkeypa
         info = model_info(tiny_model)
         await engine.load(info)
         decoded = count_decodes(monkeypatch)
-        first = await collect(engine.start(info, GenerationRequest(ChatPrompt(HISTORY), SamplingParams(temperature=0), max_tokens=10)))
+        first = await collect(
+            engine.start(info, GenerationRequest(ChatPrompt(HISTORY), SamplingParams(temperature=0), max_tokens=10))
+        )
         first_prefill = decoded[0]
         decoded.clear()
-        second = await collect(engine.start(info, GenerationRequest(follow_up(HISTORY, text_of(first)), SamplingParams(temperature=0), max_tokens=3)))
+        second = await collect(
+            engine.start(
+                info, GenerationRequest(follow_up(HISTORY, text_of(first)), SamplingParams(temperature=0), max_tokens=3)
+            )
+        )
         await engine.close()
         return first, first_prefill, second, decoded[0]
 
@@ -194,11 +214,15 @@ def test_a_request_that_does_not_stream_gets_its_text_after_the_first_in_one_del
     streamed, streamed_deliveries = asyncio.run(main(True))
     plain, plain_deliveries = asyncio.run(main(False))
     assert [type(e) for e in plain] == [type(e) for e in streamed] and plain[-1] == streamed[-1]
-    assert text_of(plain) == text_of(streamed) and [e for e in plain if isinstance(e, TokenLogprob)] == [e for e in streamed if isinstance(e, TokenLogprob)]
+    assert text_of(plain) == text_of(streamed) and [e for e in plain if isinstance(e, TokenLogprob)] == [
+        e for e in streamed if isinstance(e, TokenLogprob)
+    ]
     assert plain[-1].completion_tokens == 30
     assert len(streamed_deliveries) >= 25
-    first_text = next(i for i, names in enumerate(plain_deliveries) if "TextDelta" in names)  # a token may have no text of its own
-    assert plain_deliveries[:first_text + 1] == streamed_deliveries[:first_text + 1]
+    first_text = next(
+        i for i, names in enumerate(plain_deliveries) if "TextDelta" in names
+    )  # a token may have no text of its own
+    assert plain_deliveries[: first_text + 1] == streamed_deliveries[: first_text + 1]
     assert len(plain_deliveries) == first_text + 2, plain_deliveries  # then one more: the rest, with the end
 
 
@@ -211,10 +235,16 @@ def test_a_new_conversation_leaves_a_cached_one_alone(tiny_model, monkeypatch):
         engine = make_engine(n_ctx=1024, parallel=2)
         info = model_info(tiny_model)
         await engine.load(info)
-        first = await collect(engine.start(info, GenerationRequest(ChatPrompt(HISTORY), SamplingParams(temperature=0), max_tokens=10)))
+        first = await collect(
+            engine.start(info, GenerationRequest(ChatPrompt(HISTORY), SamplingParams(temperature=0), max_tokens=10))
+        )
         await collect(engine.start(info, GenerationRequest(stranger, SamplingParams(temperature=0), max_tokens=10)))
         decoded = count_decodes(monkeypatch)
-        await collect(engine.start(info, GenerationRequest(follow_up(HISTORY, text_of(first)), SamplingParams(temperature=0), max_tokens=3)))
+        await collect(
+            engine.start(
+                info, GenerationRequest(follow_up(HISTORY, text_of(first)), SamplingParams(temperature=0), max_tokens=3)
+            )
+        )
         await engine.close()
         return decoded[0]
 

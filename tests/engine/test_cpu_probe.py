@@ -36,6 +36,7 @@ def decide(runner, **facts) -> AmxVerdict:
 
 # ---- the decision, with the children faked
 
+
 def test_ggml_kernel_killed_by_sigill_means_unusable():
     runner = Runner(ggml=SIGILL)
     verdict = decide(runner)
@@ -108,8 +109,16 @@ def test_a_broken_runner_never_raises():
 
 
 def test_every_reason_is_one_line():
-    runners = [Runner(), Runner(instructions=SIGILL), Runner(instructions=None), Runner(instructions=REFUSED),
-               Runner(ggml=SIGILL), Runner(ggml=None), Runner(ggml=WRONG), Runner(ggml=ERROR, detail="x")]
+    runners = [
+        Runner(),
+        Runner(instructions=SIGILL),
+        Runner(instructions=None),
+        Runner(instructions=REFUSED),
+        Runner(ggml=SIGILL),
+        Runner(ggml=None),
+        Runner(ggml=WRONG),
+        Runner(ggml=ERROR, detail="x"),
+    ]
     for runner in runners:
         reason = decide(runner).reason
         assert reason and "\n" not in reason
@@ -137,11 +146,16 @@ def test_only_linux_x86_64_is_probed(monkeypatch):
 
 # ---- the real children
 
+
 def test_the_module_runs_without_the_ggufd_package():
     """The children run this file by path (runpy), so it may import only the standard library and llama_cpp."""
     tree = ast.parse(Path(cpu_probe.__file__).read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
     assert not imported & {"ggufd", "tornado", "structlog"}, imported
 
 
@@ -180,7 +194,9 @@ def test_the_probe_agrees_with_a_real_quantized_model(gemma_model):
         pytest.skip("this CPU does not advertise AMX (amx_tile, amx_int8): llama.cpp never uses its AMX kernels here")
     if not cpu_probe._build_has_amx():
         pytest.skip("this llama-cpp-python build has no AMX kernels (llama_print_system_info lacks AMX_INT8 = 1)")
-    done = subprocess.run([sys.executable, "-c", _DECODE, str(gemma_model)], capture_output=True, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _DECODE, str(gemma_model)], capture_output=True, timeout=300, check=False
+    )
     verdict = check()
     if done.returncode < 0:
         assert verdict.unusable is True, verdict.reason

@@ -7,14 +7,18 @@ import asyncio
 import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp")
-pytestmark = pytest.mark.skipif(not llama_cpp.llama_supports_gpu_offload(), reason="needs a CUDA build of llama-cpp-python and a GPU")
+pytestmark = pytest.mark.skipif(
+    not llama_cpp.llama_supports_gpu_offload(), reason="needs a CUDA build of llama-cpp-python and a GPU"
+)
 
 
 def model_info(path, model_id, **options):
     from ggufd.gguf_metadata import read_metadata
     from ggufd.types import ModelInfo, ModelSpec
 
-    return ModelInfo(spec=ModelSpec(id=model_id, path=path, options=options), metadata=read_metadata(path), family="gguf-template")
+    return ModelInfo(
+        spec=ModelSpec(id=model_id, path=path, options=options), metadata=read_metadata(path), family="gguf-template"
+    )
 
 
 def test_the_report_lists_the_gpu_with_its_memory():
@@ -34,12 +38,21 @@ def test_a_cuda_build_that_sees_no_gpu_says_why():
     import subprocess
     import sys
 
-    code = ("from ggufd.engine.gpu import gpu_report; from ggufd.engine.llama_log import configure_llama, gpu_startup_problems; "
-            "configure_llama('error'); r = gpu_report(gpu_startup_problems()); print(r.offload, r.backends, r.problems); print(r.summary())")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    code = (
+        "from ggufd.engine.gpu import gpu_report; from ggufd.engine.llama_log import configure_llama, gpu_startup_problems; "
+        "configure_llama('error'); r = gpu_report(gpu_startup_problems()); print(r.offload, r.backends, r.problems); print(r.summary())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert done.returncode == 0, done.stderr
-    assert "has CUDA but cannot use it: " in done.stdout and "failed to initialize CUDA" in done.stdout, done.stdout + done.stderr
+    assert "has CUDA but cannot use it: " in done.stdout and "failed to initialize CUDA" in done.stdout, (
+        done.stdout + done.stderr
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +60,20 @@ def gpu_model(tmp_path_factory):
     import gguf_factory
 
     folder = tmp_path_factory.mktemp("gpu")
-    return gguf_factory.write_synthetic_llama(folder / "gpu.gguf", n_embd=1024, n_layer=8, n_head=16, n_head_kv=4, n_ff=4096, vocab_size=32000)
+    return gguf_factory.write_synthetic_llama(
+        folder / "gpu.gguf", n_embd=1024, n_layer=8, n_head=16, n_head_kv=4, n_ff=4096, vocab_size=32000
+    )
 
 
 def engine():
     from ggufd.config import LlamaSettings
     from ggufd.engine.lifecycle import Engine
 
-    return Engine(settings_for=lambda info: LlamaSettings(n_ctx=1024, n_gpu_layers=0 if info.options.get("device") == "cpu" else -1, parallel=2))
+    return Engine(
+        settings_for=lambda info: LlamaSettings(
+            n_ctx=1024, n_gpu_layers=0 if info.options.get("device") == "cpu" else -1, parallel=2
+        )
+    )
 
 
 async def run(eng, info, max_tokens=64):
@@ -62,7 +81,14 @@ async def run(eng, info, max_tokens=64):
 
     from ggufd.types import ChatPrompt, GenerationRequest, SamplingParams
 
-    generation = eng.start(info, GenerationRequest(ChatPrompt("hello"), SamplingParams(temperature=0, logit_bias=((EOS_ID, -100.0), (IM_END_ID, -100.0))), max_tokens))
+    generation = eng.start(
+        info,
+        GenerationRequest(
+            ChatPrompt("hello"),
+            SamplingParams(temperature=0, logit_bias=((EOS_ID, -100.0), (IM_END_ID, -100.0))),
+            max_tokens,
+        ),
+    )
     events = []
     while not generation.done:
         events.extend(await generation.next_events())

@@ -25,7 +25,9 @@ GREEDY = SamplingParams(temperature=0)
 
 
 def model_info(path: Path, model_id: str = "tiny", **options) -> ModelInfo:
-    return ModelInfo(spec=ModelSpec(id=model_id, path=path, options=options), metadata=read_metadata(path), family="gguf-template")
+    return ModelInfo(
+        spec=ModelSpec(id=model_id, path=path, options=options), metadata=read_metadata(path), family="gguf-template"
+    )
 
 
 def make_engine(n_ctx: int = 256, n_batch: int = 512, loader=load_model, parallel: int = 1, **limits) -> Engine:
@@ -96,7 +98,9 @@ def test_cancel_stops_within_one_token(tiny_model, monkeypatch):
 
     async def main():
         engine = make_engine()
-        generation = watched["generation"] = engine.start(model_info(tiny_model), GenerationRequest(PROMPT, GREEDY, max_tokens=200, stop=(VICTIM,)))
+        generation = watched["generation"] = engine.start(
+            model_info(tiny_model), GenerationRequest(PROMPT, GREEDY, max_tokens=200, stop=(VICTIM,))
+        )
         events = await collect(generation)
         await engine.close()
         return events

@@ -26,14 +26,31 @@ def test_the_log_callback_is_in_place_before_llama_cpp_starts_its_backends(monke
 @pytest.mark.parametrize(
     "lines, reason",
     [
-        (["ggml_backend_cuda_buffer_type_alloc_buffer: allocating 14336.00 MiB on device 0: cudaMalloc failed: out of memory",
-          "alloc_tensor_range: failed to allocate CUDA0 buffer of size 15032385536",
-          "llama_model_load: error loading model: unable to allocate CUDA0 buffer"], "not enough memory on its device"),
+        (
+            [
+                "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 14336.00 MiB on device 0: cudaMalloc failed: out of memory",
+                "alloc_tensor_range: failed to allocate CUDA0 buffer of size 15032385536",
+                "llama_model_load: error loading model: unable to allocate CUDA0 buffer",
+            ],
+            "not enough memory on its device",
+        ),
         (["llama_kv_cache: failed to allocate buffer for kv cache"], "not enough memory on its device"),
-        (["ggml_cuda_init: failed to initialize CUDA: CUDA driver version is insufficient for CUDA runtime version"], "NVIDIA driver is older"),
-        (["llama_model_load: error loading model: tensor 'output.weight' data is not within the file bounds, model is corrupted or incomplete"],
-         "corrupted or incomplete"),
-        (["llama_model_load: error loading model: error loading model architecture: unknown model architecture: 'mamba9'"], "does not know the model's architecture"),
+        (
+            ["ggml_cuda_init: failed to initialize CUDA: CUDA driver version is insufficient for CUDA runtime version"],
+            "NVIDIA driver is older",
+        ),
+        (
+            [
+                "llama_model_load: error loading model: tensor 'output.weight' data is not within the file bounds, model is corrupted or incomplete"
+            ],
+            "corrupted or incomplete",
+        ),
+        (
+            [
+                "llama_model_load: error loading model: error loading model architecture: unknown model architecture: 'mamba9'"
+            ],
+            "does not know the model's architecture",
+        ),
         (["llama_model_load_from_file_impl: failed to load model"], None),
         ([], None),
     ],

@@ -19,7 +19,10 @@ from ggufd.types import SamplingParams
     "sampling, applies",
     [
         (SamplingParams(temperature=0), True),
-        (SamplingParams(temperature=0, logit_bias=((5, 2.0),), seed=3, top_k=4), True),  # top-k/seed do nothing at temperature 0
+        (
+            SamplingParams(temperature=0, logit_bias=((5, 2.0),), seed=3, top_k=4),
+            True,
+        ),  # top-k/seed do nothing at temperature 0
         (SamplingParams(temperature=0, repeat_penalty=1.0), True),
         (SamplingParams(temperature=0, repeat_penalty=1.1), False),
         (SamplingParams(temperature=0, frequency_penalty=0.5), False),

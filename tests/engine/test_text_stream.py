@@ -60,7 +60,7 @@ def test_multibyte_character_split_byte_by_byte_is_released_whole(char):
     # The character came out in one piece, once all its bytes were there.
     assert char in released
     n = len(char.encode())
-    assert released[1 : n] == [""] * (n - 1)
+    assert released[1:n] == [""] * (n - 1)
     assert released[n] == char
 
 

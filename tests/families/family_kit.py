@@ -148,14 +148,26 @@ DEEPSEEK_EOS = "<｜end▁of▁sentence｜>"
 GPT_OSS_DATE = "2025-08-05"  # the date harmony prompts carry in the tests
 
 CHATML = Family(
-    name="chatml", plugin="chatml", architecture="qwen3", model_name="Qwen3 8B", add_bos=False,
-    bos_token="<|endoftext|>", eos_token="<|im_end|>", stops=("<|im_end|>", "<|im_start|>", "<|endoftext|>"),
+    name="chatml",
+    plugin="chatml",
+    architecture="qwen3",
+    model_name="Qwen3 8B",
+    add_bos=False,
+    bos_token="<|endoftext|>",
+    eos_token="<|im_end|>",
+    stops=("<|im_end|>", "<|im_start|>", "<|endoftext|>"),
     tool_call='<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>',
     published_messages=hf_messages,
 )
 DEEPSEEK = Family(
-    name="deepseek", plugin="deepseek", architecture="deepseek2", model_name="DeepSeek V3", add_bos=True,
-    bos_token=DEEPSEEK_BOS, eos_token=DEEPSEEK_EOS, stops=(DEEPSEEK_EOS, "<｜User｜>"),
+    name="deepseek",
+    plugin="deepseek",
+    architecture="deepseek2",
+    model_name="DeepSeek V3",
+    add_bos=True,
+    bos_token=DEEPSEEK_BOS,
+    eos_token=DEEPSEEK_EOS,
+    stops=(DEEPSEEK_EOS, "<｜User｜>"),
     tool_call=(
         "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n"
         '```json\n{"city": "Paris"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>' + DEEPSEEK_EOS
@@ -163,33 +175,63 @@ DEEPSEEK = Family(
     published_messages=none_content_for_calls,
 )
 GEMMA = Family(
-    name="gemma", plugin="gemma", architecture="gemma3", model_name="Gemma 3 270m", add_bos=True,
-    bos_token="<bos>", eos_token="<eos>", stops=("<end_of_turn>", "<start_of_turn>"),
+    name="gemma",
+    plugin="gemma",
+    architecture="gemma3",
+    model_name="Gemma 3 270m",
+    add_bos=True,
+    bos_token="<bos>",
+    eos_token="<eos>",
+    stops=("<end_of_turn>", "<start_of_turn>"),
 )
 GPT_OSS = Family(
-    name="gpt-oss", plugin="gpt_oss", architecture="gpt-oss", model_name="Gpt Oss 20b", add_bos=False,
-    bos_token="<|startoftext|>", eos_token="<|return|>", stops=("<|return|>", "<|call|>"),
+    name="gpt-oss",
+    plugin="gpt_oss",
+    architecture="gpt-oss",
+    model_name="Gpt Oss 20b",
+    add_bos=False,
+    bos_token="<|startoftext|>",
+    eos_token="<|return|>",
+    stops=("<|return|>", "<|call|>"),
     template=HARMONY_TEMPLATE,
     tool_call='<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>',
     variables={"strftime_now": lambda fmt: GPT_OSS_DATE},
     frozen={"today": lambda: GPT_OSS_DATE},
 )
 LLAMA3 = Family(
-    name="llama3", plugin="llama3", architecture="llama", model_name="Meta Llama 3.1 8B Instruct", add_bos=True,
-    bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", stops=("<|eot_id|>", "<|eom_id|>", "<|start_header_id|>"),
+    name="llama3",
+    plugin="llama3",
+    architecture="llama",
+    model_name="Meta Llama 3.1 8B Instruct",
+    add_bos=True,
+    bos_token="<|begin_of_text|>",
+    eos_token="<|eot_id|>",
+    stops=("<|eot_id|>", "<|eom_id|>", "<|start_header_id|>"),
     tool_call='{"name": "f", "parameters": {}}',
     published_messages=llama31_messages,
 )
 MISTRAL = Family(
-    name="mistral", plugin="mistral", architecture="llama", model_name="Mistral 7B Instruct v0.3", add_bos=True,
-    bos_token="<s>", eos_token="</s>", stops=("</s>", "[INST]"),
+    name="mistral",
+    plugin="mistral",
+    architecture="llama",
+    model_name="Mistral 7B Instruct v0.3",
+    add_bos=True,
+    bos_token="<s>",
+    eos_token="</s>",
+    stops=("</s>", "[INST]"),
     model_template=MISTRAL_V3_TEMPLATE,
     tool_call='[TOOL_CALLS][{"name": "f", "arguments": {}}]',
     published_messages=hf_messages,
 )
 PHI = Family(
-    name="phi", plugin="phi", architecture="phi3", model_name="Phi 3.5 Mini Instruct", add_bos=None,
-    bos_token="<s>", eos_token="<|endoftext|>", stops=("<|end|>", "<|user|>", "<|endoftext|>"),
+    name="phi",
+    plugin="phi",
+    architecture="phi3",
+    model_name="Phi 3.5 Mini Instruct",
+    add_bos=None,
+    bos_token="<s>",
+    eos_token="<|endoftext|>",
+    stops=("<|end|>", "<|user|>", "<|endoftext|>"),
 )
 
 #: by plugin name, in the order the plugin manager registers them
@@ -269,13 +311,23 @@ MISTRAL_TEKKEN_PRE = {"tokenizer.ggml.pre": "tekken"}
 
 PUBLISHED = (
     Published(
-        CHATML, "qwen2.5", QWEN25_TEMPLATE,
+        CHATML,
+        "qwen2.5",
+        QWEN25_TEMPLATE,
         CHATML.metadata(QWEN25_TEMPLATE, name="Qwen2.5 7B Instruct", architecture="qwen2"),
         reference_meta=CHATML.metadata(QWEN25_TEMPLATE, architecture="qwen2"),
     ),
-    Published(DEEPSEEK, "r1", R1_TEMPLATE, DEEPSEEK.metadata(R1_TEMPLATE, name="DeepSeek R1"), reference_meta=DEEPSEEK.metadata(R1_TEMPLATE)),
     Published(
-        DEEPSEEK, "distill", DISTILL_TEMPLATE,
+        DEEPSEEK,
+        "r1",
+        R1_TEMPLATE,
+        DEEPSEEK.metadata(R1_TEMPLATE, name="DeepSeek R1"),
+        reference_meta=DEEPSEEK.metadata(R1_TEMPLATE),
+    ),
+    Published(
+        DEEPSEEK,
+        "distill",
+        DISTILL_TEMPLATE,
         DEEPSEEK.metadata(DISTILL_TEMPLATE, architecture="qwen2", name="DeepSeek R1 Distill Qwen 32B"),
         reference_meta=DEEPSEEK.metadata(DISTILL_TEMPLATE),
     ),
@@ -285,10 +337,14 @@ PUBLISHED = (
     Published(LLAMA3, "llama3.1", LLAMA31_TEMPLATE, LLAMA3.metadata(LLAMA31_TEMPLATE)),
     Published(MISTRAL, "v0.3", MISTRAL_V3_TEMPLATE, MISTRAL.metadata(MISTRAL_V3_TEMPLATE)),
     Published(
-        MISTRAL, "nemo", MISTRAL_TEKKEN_TEMPLATE,
+        MISTRAL,
+        "nemo",
+        MISTRAL_TEKKEN_TEMPLATE,
         MISTRAL.metadata(MISTRAL_TEKKEN_TEMPLATE, name="Mistral Nemo Instruct 2407", values=MISTRAL_TEKKEN_PRE),
     ),
-    Published(MISTRAL, "v0.1", MISTRAL_V1_TEMPLATE, MISTRAL.metadata(MISTRAL_V1_TEMPLATE, name="Mistral 7B Instruct v0.1")),
+    Published(
+        MISTRAL, "v0.1", MISTRAL_V1_TEMPLATE, MISTRAL.metadata(MISTRAL_V1_TEMPLATE, name="Mistral 7B Instruct v0.1")
+    ),
     Published(PHI, "phi3", PHI35_TEMPLATE, PHI.metadata(PHI35_TEMPLATE, name=None)),
     Published(PHI, "phi4", PHI4_TEMPLATE, PHI.metadata(PHI4_TEMPLATE, name=None)),
     Published(PHI, "phi4-mini", PHI4_MINI_TEMPLATE, PHI.metadata(PHI4_MINI_TEMPLATE, name=None)),

@@ -33,7 +33,9 @@ LLAMA3_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
 PLAIN_CHATML = gguf_factory.DEFAULT_CHAT_TEMPLATE
-QWEN_DEFAULT_SYSTEM = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+QWEN_DEFAULT_SYSTEM = (
+    "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+)
 
 SYSTEM_AND_USER = TEXT_CHATS["system-and-user"]
 MULTI_TURN = TEXT_CHATS["multi-turn"]
@@ -120,7 +122,11 @@ def test_tool_calls_tool_results_and_follow_up(chatml):
 def test_text_before_a_tool_call_and_a_lone_tool_result(chatml):
     messages = [
         {"role": "user", "content": "Time?"},
-        {"role": "assistant", "content": "Let me check.", "tool_calls": [{"id": "x", "type": "function", "function": {"name": "now", "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "content": "Let me check.",
+            "tool_calls": [{"id": "x", "type": "function", "function": {"name": "now", "arguments": "{}"}}],
+        },
         {"role": "tool", "tool_call_id": "x", "content": "12:00"},
     ]
     prompt = chatml.format_chat(model=model(), messages=messages)
@@ -148,7 +154,9 @@ def test_qwen25_default_system_prompt_comes_from_the_template(chatml):
         + "<|im_start|>assistant\n"
     )
     # an explicit system message replaces it
-    assert chatml.format_chat(model=model(meta=meta), messages=SYSTEM_AND_USER).text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user")
+    assert chatml.format_chat(model=model(meta=meta), messages=SYSTEM_AND_USER).text.startswith(
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user"
+    )
     # Qwen3's template has no default system prompt, and neither has a model without a template
     for meta in (metadata(QWEN3_TEMPLATE_HEAD), metadata(None)):
         assert chatml.format_chat(model=model(meta=meta), messages=MULTI_TURN).text.startswith("<|im_start|>user\nHi")
@@ -158,7 +166,10 @@ def test_add_bos_follows_the_gguf(chatml):
     assert chatml.format_chat(model=model(meta=metadata(add_bos=True)), messages=MULTI_TURN).add_bos is True
     # without the key: a Qwen vocabulary has no BOS to add, others follow llama.cpp's default
     assert chatml.format_chat(model=model(meta=metadata(add_bos=None)), messages=MULTI_TURN).add_bos is False
-    assert chatml.format_chat(model=model(meta=metadata(add_bos=None, architecture="llama")), messages=MULTI_TURN).add_bos is True
+    assert (
+        chatml.format_chat(model=model(meta=metadata(add_bos=None, architecture="llama")), messages=MULTI_TURN).add_bos
+        is True
+    )
 
 
 # --------------------------------------------------------------------------- Qwen's template
@@ -167,7 +178,13 @@ def test_add_bos_follows_the_gguf(chatml):
 # the plain chats are checked for every family in test_family_contract.py
 TOOL_CROSS_CHECK = [
     TOOL_CONVERSATION,
-    [{"role": "system", "content": "Be brief."}] + TOOL_CONVERSATION + [{"role": "assistant", "content": "Rome."}, {"role": "system", "content": "Late system note."}, {"role": "user", "content": "Thanks"}],
+    [{"role": "system", "content": "Be brief."}]
+    + TOOL_CONVERSATION
+    + [
+        {"role": "assistant", "content": "Rome."},
+        {"role": "system", "content": "Late system note."},
+        {"role": "user", "content": "Thanks"},
+    ],
 ]
 
 
@@ -181,29 +198,67 @@ def test_plugin_matches_qwens_template(chatml, messages):
 
 def test_detect_family_positive(chatml):
     for arch in ("qwen2", "qwen2moe", "qwen3", "qwen3moe"):
-        assert chatml.detect_family(metadata=metadata(name=None, architecture=arch), spec=model_spec()) == "chatml", arch
-        assert chatml.detect_family(metadata=metadata(QWEN25_TEMPLATE, name=None, architecture=arch), spec=model_spec()) == "chatml", arch
+        assert chatml.detect_family(metadata=metadata(name=None, architecture=arch), spec=model_spec()) == "chatml", (
+            arch
+        )
+        assert (
+            chatml.detect_family(metadata=metadata(QWEN25_TEMPLATE, name=None, architecture=arch), spec=model_spec())
+            == "chatml"
+        ), arch
     # a Qwen name on another architecture, with ChatML or without a template
-    assert chatml.detect_family(metadata=metadata(name="Qwen 1.5 7B Chat", architecture="llama"), spec=model_spec()) == "chatml"
-    assert chatml.detect_family(metadata=metadata(PLAIN_CHATML, name=None, architecture="llama"), spec=model_spec("qwen-finetune")) == "chatml"
+    assert (
+        chatml.detect_family(metadata=metadata(name="Qwen 1.5 7B Chat", architecture="llama"), spec=model_spec())
+        == "chatml"
+    )
+    assert (
+        chatml.detect_family(
+            metadata=metadata(PLAIN_CHATML, name=None, architecture="llama"), spec=model_spec("qwen-finetune")
+        )
+        == "chatml"
+    )
     # a ChatML template that speaks the <tool_call> dialect (Hermes 2 Pro on Llama 3)
-    hermes = metadata(QWEN25_TEMPLATE.replace("You are Qwen, created by Alibaba Cloud. ", ""), name="Hermes 2 Pro Llama 3 8B", architecture="llama")
+    hermes = metadata(
+        QWEN25_TEMPLATE.replace("You are Qwen, created by Alibaba Cloud. ", ""),
+        name="Hermes 2 Pro Llama 3 8B",
+        architecture="llama",
+    )
     assert chatml.detect_family(metadata=hermes, spec=model_spec("Hermes-2-Pro-Llama-3-8B")) == "chatml"
 
 
 def test_detect_family_negative(chatml, tiny_model):
     # a Llama 3 template is the llama3 family's, whatever the architecture
     for arch in ("llama", "qwen2"):
-        assert chatml.detect_family(metadata=metadata(LLAMA3_TEMPLATE, name="Llama 3 8B", architecture=arch), spec=model_spec()) is None
+        assert (
+            chatml.detect_family(
+                metadata=metadata(LLAMA3_TEMPLATE, name="Llama 3 8B", architecture=arch), spec=model_spec()
+            )
+            is None
+        )
     # a Qwen architecture with another format (DeepSeek-R1-Distill-Qwen)
-    assert chatml.detect_family(metadata=metadata(DEEPSEEK_TEMPLATE, name="DeepSeek R1 Distill Qwen 7B", architecture="qwen2"), spec=model_spec()) is None
+    assert (
+        chatml.detect_family(
+            metadata=metadata(DEEPSEEK_TEMPLATE, name="DeepSeek R1 Distill Qwen 7B", architecture="qwen2"),
+            spec=model_spec(),
+        )
+        is None
+    )
     # a plain ChatML template on another architecture is left to ggufd's rendering of the template
-    assert chatml.detect_family(metadata=metadata(PLAIN_CHATML, name="tiny-llama", architecture="llama"), spec=model_spec("chatml")) is None
+    assert (
+        chatml.detect_family(
+            metadata=metadata(PLAIN_CHATML, name="tiny-llama", architecture="llama"), spec=model_spec("chatml")
+        )
+        is None
+    )
     assert chatml.detect_family(metadata=read_metadata(tiny_model), spec=ModelSpec(id="tiny", path=tiny_model)) is None
     # other architectures and names
     for arch, name in (("llama", "Mistral 7B"), ("gemma3", "Gemma 3"), ("llama", None), (None, None)):
         assert chatml.detect_family(metadata=metadata(name=name, architecture=arch), spec=model_spec()) is None
-    assert chatml.detect_family(metadata=metadata("[INST] {{ messages }} [/INST] <|im_start|>", name="qwen-ish"), spec=model_spec()) is None
+    assert (
+        chatml.detect_family(
+            metadata=metadata("[INST] {{ messages }} [/INST] <|im_start|>", name="qwen-ish"), spec=model_spec()
+        )
+        is None
+    )
     # Phi-4's <|im_start|>role<|im_sep|> is not ChatML
     phi4 = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '<|im_sep|>' + m['content'] + '<|im_end|>' }}{% endfor %}"
     assert chatml.detect_family(metadata=metadata(phi4, name="Phi 4", architecture="phi3"), spec=model_spec()) is None
@@ -212,8 +267,13 @@ def test_detect_family_negative(chatml, tiny_model):
 def test_detection_through_the_plugin_manager(pm, tiny_model):
     llama3_meta = metadata(LLAMA3_TEMPLATE, name="Meta Llama 3 8B Instruct", architecture="llama", add_bos=True)
     assert pm.hook.detect_family(metadata=llama3_meta, spec=model_spec()) == "llama3"
-    assert pm.hook.detect_family(metadata=metadata(QWEN25_TEMPLATE, architecture="qwen2"), spec=model_spec()) == "chatml"
-    assert pm.hook.detect_family(metadata=read_metadata(tiny_model), spec=ModelSpec(id="tiny", path=tiny_model)) == "gguf-template"
+    assert (
+        pm.hook.detect_family(metadata=metadata(QWEN25_TEMPLATE, architecture="qwen2"), spec=model_spec()) == "chatml"
+    )
+    assert (
+        pm.hook.detect_family(metadata=read_metadata(tiny_model), spec=ModelSpec(id="tiny", path=tiny_model))
+        == "gguf-template"
+    )
 
 
 # --------------------------------------------------------------------------- tool calls
@@ -237,7 +297,11 @@ def test_parse_several_tool_calls_with_text_around(chatml):
     )
     assert calls(chatml, text) == [
         {"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Zürich", "days": [1, 2]}'}},
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Zürich", "days": [1, 2]}'},
+        },
     ]
 
 
@@ -281,7 +345,11 @@ def test_a_qwen_gguf_end_to_end(tmp_path):
     write_gguf(
         folder / "Qwen2.5-7B-Instruct-Q4_K_M.gguf",
         "qwen2",
-        **{"general.name": "Qwen2.5 7B Instruct", "tokenizer.chat_template": QWEN25_TEMPLATE, "tokenizer.ggml.add_bos_token": False},
+        **{
+            "general.name": "Qwen2.5 7B Instruct",
+            "tokenizer.chat_template": QWEN25_TEMPLATE,
+            "tokenizer.ggml.add_bos_token": False,
+        },
     )
     config = load_config(None, environ={"GGUF_MODELS_DIR": str(folder)})
     pm = make_plugin_manager(config)

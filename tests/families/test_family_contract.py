@@ -37,14 +37,51 @@ KNOWN_DEPARTURES = {
 #: models of other families (the markers their plugins look at), and of no built-in family at all;
 #: with every published template's model they make the set no family may claim unless it is its own
 LOOKALIKES = [
-    ("chatml", gguf_metadata("{% for m in messages %}{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n'}}{% endfor %}<tool_call>", "qwen2", name="Qwen2.5 7B Instruct")),
-    ("llama3", gguf_metadata("{% for m in messages %}{{'<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] + '<|eot_id|>'}}{% endfor %}", "llama", name="Meta Llama 3.1 8B Instruct")),
-    ("gemma", gguf_metadata("{% for m in messages %}{{'<start_of_turn>' + m['role'] + '\\n' + m['content'] + '<end_of_turn>\\n'}}{% endfor %}", "gemma3", name="Gemma 3 4b It")),
+    (
+        "chatml",
+        gguf_metadata(
+            "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n'}}{% endfor %}<tool_call>",
+            "qwen2",
+            name="Qwen2.5 7B Instruct",
+        ),
+    ),
+    (
+        "llama3",
+        gguf_metadata(
+            "{% for m in messages %}{{'<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] + '<|eot_id|>'}}{% endfor %}",
+            "llama",
+            name="Meta Llama 3.1 8B Instruct",
+        ),
+    ),
+    (
+        "gemma",
+        gguf_metadata(
+            "{% for m in messages %}{{'<start_of_turn>' + m['role'] + '\\n' + m['content'] + '<end_of_turn>\\n'}}{% endfor %}",
+            "gemma3",
+            name="Gemma 3 4b It",
+        ),
+    ),
     ("gemma", gguf_metadata(None, "gemma3", name="Gemma 3 270m")),
-    ("phi", gguf_metadata("{% for m in messages %}{{'<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n'}}{% endfor %}{{ '<|assistant|>\\n' }}", "phi3", name="Phi 3.5 Mini Instruct")),
-    ("gguf-template", gguf_metadata("{% for m in messages %}<|im_user|>{{ m['content'] }}<|im_end|>{% endfor %}<|im_assistant|>", "deepseek2", name="Kimi K2 Instruct")),
+    (
+        "phi",
+        gguf_metadata(
+            "{% for m in messages %}{{'<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n'}}{% endfor %}{{ '<|assistant|>\\n' }}",
+            "phi3",
+            name="Phi 3.5 Mini Instruct",
+        ),
+    ),
+    (
+        "gguf-template",
+        gguf_metadata(
+            "{% for m in messages %}<|im_user|>{{ m['content'] }}<|im_end|>{% endfor %}<|im_assistant|>",
+            "deepseek2",
+            name="Kimi K2 Instruct",
+        ),
+    ),
 ] + [(p.family.name, p.meta) for p in PUBLISHED]
-LOOKALIKE_IDS = [f"{owner}-{meta.architecture}-{(meta.name or 'unnamed').replace(' ', '_')}" for owner, meta in LOOKALIKES]
+LOOKALIKE_IDS = [
+    f"{owner}-{meta.architecture}-{(meta.name or 'unnamed').replace(' ', '_')}" for owner, meta in LOOKALIKES
+]
 
 family_params = pytest.mark.parametrize("family", list(FAMILIES.values()), ids=list(FAMILIES))
 
@@ -156,14 +193,21 @@ def test_answer_filter_only_for_its_family(family, plugin, plugins):
 def test_its_models_are_detected_as_its_family(family, plugin, plugins):
     spec = model_spec()
     for meta in [family.model().metadata] + [p.meta for p in PUBLISHED if p.family is family]:
-        assert plugin.detect_family(metadata=meta, spec=spec) == family.name, meta.chat_template and meta.chat_template[:60]
+        assert plugin.detect_family(metadata=meta, spec=spec) == family.name, (
+            meta.chat_template and meta.chat_template[:60]
+        )
         assert plugins.detect_family(meta, spec) == family.name
 
 
 @pytest.mark.parametrize(
     "family,owner,meta",
     [(family, owner, meta) for family in FAMILIES.values() for owner, meta in LOOKALIKES if owner != family.name],
-    ids=[f"{family.plugin}-vs-{lid}" for family in FAMILIES.values() for (owner, _), lid in zip(LOOKALIKES, LOOKALIKE_IDS, strict=True) if owner != family.name],
+    ids=[
+        f"{family.plugin}-vs-{lid}"
+        for family in FAMILIES.values()
+        for (owner, _), lid in zip(LOOKALIKES, LOOKALIKE_IDS, strict=True)
+        if owner != family.name
+    ],
 )
 def test_no_family_claims_another_familys_model(family, owner, meta, plugin, plugins):
     spec = model_spec()

@@ -36,7 +36,11 @@ from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
 V31_TEMPLATE = "{{ bos_token }}{%- for message in messages -%}{{'<｜User｜>' + message['content']}}{%- endfor -%}{%- if add_generation_prompt -%}{{'<｜Assistant｜></think>'}}{%- endif %}"
 SYSTEM_AND_USER = TEXT_CHATS["terse-system"]
 MULTI_TURN = TEXT_CHATS["short-multi-turn"]
-WEATHER_CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+WEATHER_CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+}
 TOOLS_THEN_USER = [
     {"role": "user", "content": "Weather in Paris?"},
     {"role": "assistant", "content": "", "tool_calls": [WEATHER_CALL]},
@@ -47,7 +51,9 @@ RENDERED_CALL = (
     "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n"
     '```json\n{"city": "Paris"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>' + EOS
 )
-RENDERED_RESULT = '<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>{"temperature": 21}<｜tool▁output▁end｜><｜tool▁outputs▁end｜>'
+RENDERED_RESULT = (
+    '<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>{"temperature": 21}<｜tool▁output▁end｜><｜tool▁outputs▁end｜>'
+)
 R1 = published("deepseek", "r1")
 DISTILL = published("deepseek", "distill")
 metadata, model = DEEPSEEK.metadata, DEEPSEEK.model
@@ -86,18 +92,28 @@ def test_multi_turn_r1_drops_earlier_reasoning(deepseek):
         {"role": "user", "content": "Name a colour."},
     ]
     prompt = deepseek.format_chat(model=R1.model(), messages=messages)
-    assert prompt.text == "<｜User｜>Hi<｜Assistant｜>\n\nHello!" + EOS + "<｜User｜>Name a colour.<｜Assistant｜><think>\n"
+    assert (
+        prompt.text
+        == "<｜User｜>Hi<｜Assistant｜>\n\nHello!" + EOS + "<｜User｜>Name a colour.<｜Assistant｜><think>\n"
+    )
 
 
 def test_several_system_messages_open_the_prompt(deepseek):
-    messages = [{"role": "system", "content": "A"}, {"role": "user", "content": "Hi"}, {"role": "system", "content": "B"}]
+    messages = [
+        {"role": "system", "content": "A"},
+        {"role": "user", "content": "Hi"},
+        {"role": "system", "content": "B"},
+    ]
     assert deepseek.format_chat(model=model(), messages=messages).text == "A\n\nB<｜User｜>Hi<｜Assistant｜>"
 
 
 def test_tool_call_result_and_follow_up(deepseek):
     prompt = deepseek.format_chat(model=model(), messages=TOOLS_THEN_USER)
     assert prompt.text == (
-        "<｜User｜>Weather in Paris?<｜Assistant｜>" + RENDERED_CALL + RENDERED_RESULT + "<｜User｜>And in Rome?<｜Assistant｜>"
+        "<｜User｜>Weather in Paris?<｜Assistant｜>"
+        + RENDERED_CALL
+        + RENDERED_RESULT
+        + "<｜User｜>And in Rome?<｜Assistant｜>"
     )
 
 
@@ -111,7 +127,12 @@ def test_answer_after_tool_results(deepseek):
     messages = [*TOOLS_THEN_USER[:3], {"role": "assistant", "content": "21 °C."}, {"role": "user", "content": "Thanks"}]
     prompt = deepseek.format_chat(model=model(), messages=messages)
     assert prompt.text == (
-        "<｜User｜>Weather in Paris?<｜Assistant｜>" + RENDERED_CALL + RENDERED_RESULT + "21 °C." + EOS + "<｜User｜>Thanks<｜Assistant｜>"
+        "<｜User｜>Weather in Paris?<｜Assistant｜>"
+        + RENDERED_CALL
+        + RENDERED_RESULT
+        + "21 °C."
+        + EOS
+        + "<｜User｜>Thanks<｜Assistant｜>"
     )
 
 
@@ -132,12 +153,18 @@ def test_two_calls_and_two_results(deepseek):
         "<｜tool▁output▁begin｜>10:00<｜tool▁output▁end｜><｜tool▁outputs▁end｜>"
     )
     # R1's own template joins the results without a newline, and so does the plugin for it
-    assert "<｜tool▁output▁end｜><｜tool▁output▁begin｜>" in deepseek.format_chat(model=R1.model(), messages=messages).text
+    assert (
+        "<｜tool▁output▁end｜><｜tool▁output▁begin｜>" in deepseek.format_chat(model=R1.model(), messages=messages).text
+    )
 
 
 def test_a_second_round_of_tool_calls_opens_its_own_blocks(deepseek):
     again = {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}
-    messages = [*TOOLS_THEN_USER, {"role": "assistant", "content": "", "tool_calls": [again]}, {"role": "tool", "content": "25", "tool_call_id": "call_2"}]
+    messages = [
+        *TOOLS_THEN_USER,
+        {"role": "assistant", "content": "", "tool_calls": [again]},
+        {"role": "tool", "content": "25", "tool_call_id": "call_2"},
+    ]
     text = deepseek.format_chat(model=model(), messages=messages).text
     assert text.count("<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>") == 2
     assert text.count("<｜tool▁outputs▁begin｜>") == text.count("<｜tool▁outputs▁end｜>") == 2
@@ -187,7 +214,9 @@ def test_plugin_matches_distill_template(deepseek, messages):
 
 def test_user_after_tool_results_closes_the_results_unlike_the_template(deepseek):
     reference = R1.reference(TOOLS_THEN_USER).text
-    fixed = reference.replace("<｜tool▁output▁end｜><｜User｜>", "<｜tool▁output▁end｜><｜tool▁outputs▁end｜><｜User｜>")
+    fixed = reference.replace(
+        "<｜tool▁output▁end｜><｜User｜>", "<｜tool▁output▁end｜><｜tool▁outputs▁end｜><｜User｜>"
+    )
     assert fixed != reference
     assert deepseek.format_chat(model=R1.model(), messages=TOOLS_THEN_USER).text == fixed
 
@@ -201,7 +230,10 @@ def test_two_results_match_each_template(deepseek):
     ]
     assert deepseek.format_chat(model=R1.model(), messages=messages).text == R1.reference(messages).text
     distill = model(meta=metadata(DISTILL_TEMPLATE, architecture="llama", name="DeepSeek R1 Distill Llama 8B"))
-    assert deepseek.format_chat(model=distill, messages=messages).text == DEEPSEEK.reference(DISTILL_TEMPLATE, messages).text
+    assert (
+        deepseek.format_chat(model=distill, messages=messages).text
+        == DEEPSEEK.reference(DISTILL_TEMPLATE, messages).text
+    )
 
 
 # --------------------------------------------------------------------------- detection
@@ -210,14 +242,30 @@ def test_two_results_match_each_template(deepseek):
 def test_detect_family(deepseek):
     spec = model().spec
     assert deepseek.detect_family(metadata=metadata(None, architecture="deepseek2"), spec=spec) == "deepseek"
-    assert deepseek.detect_family(metadata=metadata(None, architecture="deepseek", name="DeepSeek LLM"), spec=spec) == "deepseek"
+    assert (
+        deepseek.detect_family(metadata=metadata(None, architecture="deepseek", name="DeepSeek LLM"), spec=spec)
+        == "deepseek"
+    )
     assert deepseek.detect_family(metadata=metadata(R1_TEMPLATE, architecture="deepseek2"), spec=spec) == "deepseek"
     for architecture in ("llama", "qwen2"):  # the distills
-        assert deepseek.detect_family(metadata=metadata(DISTILL_TEMPLATE, architecture=architecture), spec=spec) == "deepseek"
+        assert (
+            deepseek.detect_family(metadata=metadata(DISTILL_TEMPLATE, architecture=architecture), spec=spec)
+            == "deepseek"
+        )
     # later DeepSeek formats and other templates on deepseek architectures are left to their own template
     assert deepseek.detect_family(metadata=metadata(V31_TEMPLATE, architecture="deepseek2"), spec=spec) is None
-    assert deepseek.detect_family(metadata=metadata(V2_TEMPLATE, architecture="deepseek2", name="DeepSeek V2 Chat"), spec=spec) is None
-    assert deepseek.detect_family(metadata=metadata("{{ '｜DSML｜<｜User｜><｜Assistant｜>' }}", architecture="deepseek2"), spec=spec) is None
+    assert (
+        deepseek.detect_family(
+            metadata=metadata(V2_TEMPLATE, architecture="deepseek2", name="DeepSeek V2 Chat"), spec=spec
+        )
+        is None
+    )
+    assert (
+        deepseek.detect_family(
+            metadata=metadata("{{ '｜DSML｜<｜User｜><｜Assistant｜>' }}", architecture="deepseek2"), spec=spec
+        )
+        is None
+    )
 
 
 @pytest.mark.parametrize("architecture", ["deepseek2", "llama", "qwen2"])
@@ -230,7 +278,9 @@ def test_through_the_plugin_manager(pm, architecture):
 
 
 def test_tiny_gguf_with_a_distill_template(pm, tmp_path):
-    path = gguf_factory.write_tiny_llama(tmp_path / "r1-distill-llama.gguf", chat_template=DISTILL_TEMPLATE, name="DeepSeek R1 Distill Llama 8B")
+    path = gguf_factory.write_tiny_llama(
+        tmp_path / "r1-distill-llama.gguf", chat_template=DISTILL_TEMPLATE, name="DeepSeek R1 Distill Llama 8B"
+    )
     meta = read_metadata(path)
     spec = ModelSpec(id="r1-distill-llama", path=path)
     assert meta.architecture == "llama" and meta.chat_template == DISTILL_TEMPLATE
@@ -258,7 +308,13 @@ def test_parse_one_call(deepseek):
 
 
 def test_parse_two_calls_after_some_text(deepseek):
-    text = "Let me look.<｜tool▁calls▁begin｜>" + call("a", '{"x": 1}') + "\n" + call("b", '{"y": [1, 2]}') + "<｜tool▁calls▁end｜>"
+    text = (
+        "Let me look.<｜tool▁calls▁begin｜>"
+        + call("a", '{"x": 1}')
+        + "\n"
+        + call("b", '{"y": [1, 2]}')
+        + "<｜tool▁calls▁end｜>"
+    )
     calls = deepseek.parse_tool_calls(model=model(), text=text)
     assert functions(calls) == [("function", "a", '{"x": 1}'), ("function", "b", '{"y": [1, 2]}')]
     assert calls[0]["id"] != calls[1]["id"]
@@ -271,37 +327,53 @@ def test_parse_without_the_closing_marker(deepseek):
 
 
 def test_parse_what_format_chat_renders(deepseek):
-    rendered = deepseek.format_chat(model=model(), messages=TOOLS_THEN_USER[:2] + [{"role": "user", "content": "x"}]).text
-    assert functions(deepseek.parse_tool_calls(model=model(), text=rendered)) == [("function", "get_weather", '{"city": "Paris"}')]
+    rendered = deepseek.format_chat(
+        model=model(), messages=TOOLS_THEN_USER[:2] + [{"role": "user", "content": "x"}]
+    ).text
+    assert functions(deepseek.parse_tool_calls(model=model(), text=rendered)) == [
+        ("function", "get_weather", '{"city": "Paris"}')
+    ]
 
 
 def test_parse_tolerates_the_distills_slips(deepseek):
-    slipped = "<｜tool_calls_begin｜><｜tool_call_begin｜>function<｜tool_sep｜>f\n```json\n{\"a\": 1}\n```<｜tool_call_end｜><｜tool_calls_end｜>"
+    slipped = '<｜tool_calls_begin｜><｜tool_call_begin｜>function<｜tool_sep｜>f\n```json\n{"a": 1}\n```<｜tool_call_end｜><｜tool_calls_end｜>'
     assert functions(deepseek.parse_tool_calls(model=model(), text=slipped)) == [("function", "f", '{"a": 1}')]
     v31 = '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Rome"}<｜tool▁call▁end｜><｜tool▁calls▁end｜>'
-    assert functions(deepseek.parse_tool_calls(model=model(), text=v31)) == [("function", "get_weather", '{"city": "Rome"}')]
+    assert functions(deepseek.parse_tool_calls(model=model(), text=v31)) == [
+        ("function", "get_weather", '{"city": "Rome"}')
+    ]
 
 
-@pytest.mark.parametrize("text", [
-    "Just an answer.",
-    "Here is JSON:\n```json\n{\"a\": 1}\n```",
-    "<think>\nshould I call a tool?\n</think>\n\nNo.",
-    "",
-], ids=["plain", "json-block", "reasoning", "empty"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Just an answer.",
+        'Here is JSON:\n```json\n{"a": 1}\n```',
+        "<think>\nshould I call a tool?\n</think>\n\nNo.",
+        "",
+    ],
+    ids=["plain", "json-block", "reasoning", "empty"],
+)
 def test_parse_no_call(deepseek, text):
     assert deepseek.parse_tool_calls(model=model(), text=text) is None
 
 
-@pytest.mark.parametrize("text", [
-    "<｜tool▁calls▁begin｜>" + call("f", '{"a": '),  # bad JSON
-    "<｜tool▁calls▁begin｜>" + call("f", "[1, 2]"),  # arguments are not an object
-    "<｜tool▁calls▁begin｜>" + call("", "{}"),  # no name
-    "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function get_weather {}<｜tool▁call▁end｜>",  # no separator
-    "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{}",  # cut short
-    "<｜tool▁calls▁begin｜>" + call("f", "{}") + "<｜tool▁call▁begin｜>function<｜tool▁sep｜>g\n```json\n{",  # second cut short
-    "<｜tool▁calls▁begin｜><｜tool▁calls▁end｜>",  # empty block
-    "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\nno fence<｜tool▁call▁end｜>",
-], ids=["bad-json", "array", "no-name", "no-sep", "cut", "second-cut", "empty-block", "no-fence"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<｜tool▁calls▁begin｜>" + call("f", '{"a": '),  # bad JSON
+        "<｜tool▁calls▁begin｜>" + call("f", "[1, 2]"),  # arguments are not an object
+        "<｜tool▁calls▁begin｜>" + call("", "{}"),  # no name
+        "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function get_weather {}<｜tool▁call▁end｜>",  # no separator
+        "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{}",  # cut short
+        "<｜tool▁calls▁begin｜>"
+        + call("f", "{}")
+        + "<｜tool▁call▁begin｜>function<｜tool▁sep｜>g\n```json\n{",  # second cut short
+        "<｜tool▁calls▁begin｜><｜tool▁calls▁end｜>",  # empty block
+        "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\nno fence<｜tool▁call▁end｜>",
+    ],
+    ids=["bad-json", "array", "no-name", "no-sep", "cut", "second-cut", "empty-block", "no-fence"],
+)
 def test_parse_malformed_calls_give_none(deepseek, text):
     assert deepseek.parse_tool_calls(model=model(), text=text) is None
 

@@ -120,7 +120,10 @@ def test_detect_family(gemma, tiny_model):
     assert gemma.detect_family(metadata=llama, spec=model().spec) is None
     assert gemma.detect_family(metadata=read_metadata(tiny_model), spec=ModelSpec(id="tiny", path=tiny_model)) is None
     # a hint in the name or the file name is enough
-    assert gemma.detect_family(metadata=metadata(architecture="llama", name="My Gemma finetune"), spec=model().spec) == "gemma"
+    assert (
+        gemma.detect_family(metadata=metadata(architecture="llama", name="My Gemma finetune"), spec=model().spec)
+        == "gemma"
+    )
     assert gemma.detect_family(metadata=llama, spec=model(model_id="gemma-2b-it.Q4_0").spec) == "gemma"
 
 

@@ -26,7 +26,11 @@ SYSTEM = (
 )
 SYSTEM_AND_USER = TEXT_CHATS["terse-system"]
 MULTI_TURN = TEXT_CHATS["short-multi-turn"]
-WEATHER_CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+WEATHER_CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+}
 TOOLS_THEN_USER = [
     {"role": "user", "content": "Weather in Paris?"},
     {"role": "assistant", "content": "", "tool_calls": [WEATHER_CALL]},
@@ -34,7 +38,9 @@ TOOLS_THEN_USER = [
     {"role": "user", "content": "And in Rome?"},
 ]
 RENDERED_CALL = '<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>'
-RENDERED_RESULT = '<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>{"temperature": 21}<|end|>'
+RENDERED_RESULT = (
+    '<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>{"temperature": 21}<|end|>'
+)
 metadata, model = GPT_OSS.metadata, GPT_OSS.model
 
 
@@ -51,7 +57,8 @@ def gpt_oss(pm, monkeypatch):
 def test_system_and_user(gpt_oss):
     prompt = gpt_oss.format_chat(model=model(), messages=SYSTEM_AND_USER)
     assert prompt == ChatPrompt(
-        text=SYSTEM + "<|start|>developer<|message|># Instructions\n\nYou are terse.\n\n<|end|><|start|>user<|message|>Hi<|end|><|start|>assistant",
+        text=SYSTEM
+        + "<|start|>developer<|message|># Instructions\n\nYou are terse.\n\n<|end|><|start|>user<|message|>Hi<|end|><|start|>assistant",
         stop=("<|return|>", "<|call|>"),
         add_bos=False,
     )
@@ -84,7 +91,9 @@ def test_reasoning_of_a_tool_call_is_kept_until_an_answer_follows(gpt_oss):
     thinking = {**TOOLS_THEN_USER[1], "content": "I need the weather."}
     messages = [TOOLS_THEN_USER[0], thinking, TOOLS_THEN_USER[2]]
     analysis = "<|start|>assistant<|channel|>analysis<|message|>I need the weather.<|end|>"
-    assert gpt_oss.format_chat(model=model(), messages=messages).text.endswith(analysis + RENDERED_CALL + RENDERED_RESULT + "<|start|>assistant")
+    assert gpt_oss.format_chat(model=model(), messages=messages).text.endswith(
+        analysis + RENDERED_CALL + RENDERED_RESULT + "<|start|>assistant"
+    )
     answered = [*messages, {"role": "assistant", "content": "21 °C."}, {"role": "user", "content": "Thanks"}]
     text = gpt_oss.format_chat(model=model(), messages=answered).text
     assert analysis not in text
@@ -111,7 +120,10 @@ def test_two_calls_and_results_find_their_names(gpt_oss):
 
 def test_a_tool_result_without_a_call_is_refused(gpt_oss):
     with pytest.raises(InvalidRequest) as info:
-        gpt_oss.format_chat(model=model(), messages=[{"role": "user", "content": "x"}, {"role": "tool", "content": "1", "tool_call_id": "c"}])
+        gpt_oss.format_chat(
+            model=model(),
+            messages=[{"role": "user", "content": "x"}, {"role": "tool", "content": "1", "tool_call_id": "c"}],
+        )
     assert info.value.status == 400 and info.value.param == "messages.1"
     named = [{"role": "user", "content": "x"}, {"role": "tool", "content": "1", "name": "lookup"}]
     assert "<|start|>functions.lookup to=assistant" in gpt_oss.format_chat(model=model(), messages=named).text
@@ -121,18 +133,31 @@ def test_earlier_answers_keep_only_their_final_channel(gpt_oss):
     # what ggufd returns to clients today (see the plugin's limitation), sent back as history
     raw = "<|channel|>analysis<|message|>The user greets me.<|start|>assistant<|channel|>final<|message|>Hello!"
     messages = [MULTI_TURN[0], {"role": "assistant", "content": raw}, MULTI_TURN[2]]
-    assert gpt_oss.format_chat(model=model(), messages=messages).text == gpt_oss.format_chat(model=model(), messages=MULTI_TURN).text
+    assert (
+        gpt_oss.format_chat(model=model(), messages=messages).text
+        == gpt_oss.format_chat(model=model(), messages=MULTI_TURN).text
+    )
 
 
 def test_several_system_messages_become_the_instructions(gpt_oss):
-    messages = [{"role": "system", "content": "A"}, {"role": "user", "content": "Hi"}, {"role": "system", "content": "B"}]
-    assert "<|start|>developer<|message|># Instructions\n\nA\n\nB\n\n<|end|><|start|>user" in gpt_oss.format_chat(model=model(), messages=messages).text
+    messages = [
+        {"role": "system", "content": "A"},
+        {"role": "user", "content": "Hi"},
+        {"role": "system", "content": "B"},
+    ]
+    assert (
+        "<|start|>developer<|message|># Instructions\n\nA\n\nB\n\n<|end|><|start|>user"
+        in gpt_oss.format_chat(model=model(), messages=messages).text
+    )
 
 
 def test_the_date_is_today_unless_replaced(pm):
     plugin = pm.manager.get_plugin("gpt_oss")
     assert plugin.today() == datetime.date.today().isoformat()
-    assert f"Current date: {datetime.date.today().isoformat()}\n" in plugin.format_chat(model=model(), messages=MULTI_TURN).text
+    assert (
+        f"Current date: {datetime.date.today().isoformat()}\n"
+        in plugin.format_chat(model=model(), messages=MULTI_TURN).text
+    )
 
 
 def test_add_bos_follows_the_vocabulary(gpt_oss):
@@ -155,11 +180,23 @@ def test_only_a_system_message_is_rejected(gpt_oss):
 def test_templates_tool_call_variant_is_parsed_too(gpt_oss):
     # The published template puts the recipient in the role and writes "json" without <|constrain|>;
     # the model may answer the same way after "<|start|>assistant".
-    messages = [TOOLS_THEN_USER[0], {"role": "assistant", "content": "", "tool_calls": [{**WEATHER_CALL, "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}]
+    messages = [
+        TOOLS_THEN_USER[0],
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{**WEATHER_CALL, "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+        },
+    ]
     rendered = GPT_OSS.reference(HARMONY_TEMPLATE, messages).text  # strftime_now gives DATE
-    assert '<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>' in rendered
+    assert (
+        '<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>'
+        in rendered
+    )
     calls = gpt_oss.parse_tool_calls(model=model(), text=rendered.split("Weather in Paris?<|end|>")[1])
-    assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == [("get_weather", '{"city": "Paris"}')]
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
+        ("get_weather", '{"city": "Paris"}')
+    ]
 
 
 # --------------------------------------------------------------------------- detection
@@ -169,18 +206,26 @@ def test_detect_family(gpt_oss):
     spec = model().spec
     assert gpt_oss.detect_family(metadata=metadata(), spec=spec) == "gpt-oss"
     assert gpt_oss.detect_family(metadata=metadata(template=None), spec=spec) == "gpt-oss"
-    assert gpt_oss.detect_family(metadata=metadata(HARMONY_TEMPLATE, architecture="llama", name="converted"), spec=spec) == "gpt-oss"
+    assert (
+        gpt_oss.detect_family(metadata=metadata(HARMONY_TEMPLATE, architecture="llama", name="converted"), spec=spec)
+        == "gpt-oss"
+    )
     assert gpt_oss.detect_family(metadata=metadata(None, architecture="gpt2", name="GPT-2"), spec=spec) is None
 
 
 def test_through_the_plugin_manager(pm, monkeypatch):
     GPT_OSS.pin(pm.manager.get_plugin("gpt_oss"), monkeypatch)
     assert pm.hook.detect_family(metadata=metadata(), spec=model().spec) == "gpt-oss"
-    assert pm.hook.format_chat(model=model(), messages=SYSTEM_AND_USER).text == GPT_OSS.reference(HARMONY_TEMPLATE, SYSTEM_AND_USER).text
+    assert (
+        pm.hook.format_chat(model=model(), messages=SYSTEM_AND_USER).text
+        == GPT_OSS.reference(HARMONY_TEMPLATE, SYSTEM_AND_USER).text
+    )
 
 
 def test_tiny_gguf_with_the_harmony_template(pm, tmp_path):
-    path = gguf_factory.write_tiny_llama(tmp_path / "harmony.gguf", chat_template=HARMONY_TEMPLATE, name="gpt-oss-mini-test")
+    path = gguf_factory.write_tiny_llama(
+        tmp_path / "harmony.gguf", chat_template=HARMONY_TEMPLATE, name="gpt-oss-mini-test"
+    )
     meta = read_metadata(path)
     assert meta.architecture == "llama" and meta.chat_template == HARMONY_TEMPLATE
     assert pm.hook.detect_family(metadata=meta, spec=ModelSpec(id="harmony", path=path)) == "gpt-oss"
@@ -205,7 +250,9 @@ def test_split_channels(gpt_oss):
         {"channel": "analysis", "recipient": None, "body": "The user wants a colour."},
         {"channel": "final", "recipient": None, "body": "Blue."},
     ]
-    with_controls = "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>Blue.<|return|>"
+    with_controls = (
+        "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>Blue.<|return|>"
+    )
     assert [m["body"] for m in gpt_oss.split_channels(with_controls)] == ["Think.", "Blue."]
 
 
@@ -222,15 +269,19 @@ def functions(calls):
     return [(c["type"], c["function"]["name"], c["function"]["arguments"]) for c in calls]
 
 
-@pytest.mark.parametrize("text", [
-    '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}',
-    '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>',
-    '<|channel|>commentary to=functions.get_weather json<|message|>{"city": "Paris"}',
-    '<|channel|>commentary to=functions.get_weather<|message|>{"city": "Paris"}',
-    ' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}',
-    '<|channel|>analysis<|message|>Need the weather.<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}',
-    '<|channel|>analysis<|message|>Need it.<|end|><|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json<|message|> {"city": "Paris"} ',
-], ids=["constrain", "with-call", "plain-json", "no-type", "in-role", "after-analysis", "role-and-end"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}',
+        '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>',
+        '<|channel|>commentary to=functions.get_weather json<|message|>{"city": "Paris"}',
+        '<|channel|>commentary to=functions.get_weather<|message|>{"city": "Paris"}',
+        ' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}',
+        '<|channel|>analysis<|message|>Need the weather.<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}',
+        '<|channel|>analysis<|message|>Need it.<|end|><|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json<|message|> {"city": "Paris"} ',
+    ],
+    ids=["constrain", "with-call", "plain-json", "no-type", "in-role", "after-analysis", "role-and-end"],
+)
 def test_parse_one_call(gpt_oss, text):
     calls = gpt_oss.parse_tool_calls(model=model(), text=text)
     assert functions(calls) == [("function", "get_weather", '{"city": "Paris"}')]
@@ -248,34 +299,46 @@ def test_parse_two_calls(gpt_oss):
 
 
 def test_parse_what_format_chat_renders(gpt_oss):
-    assert functions(gpt_oss.parse_tool_calls(model=model(), text=RENDERED_CALL)) == [("function", "get_weather", '{"city": "Paris"}')]
+    assert functions(gpt_oss.parse_tool_calls(model=model(), text=RENDERED_CALL)) == [
+        ("function", "get_weather", '{"city": "Paris"}')
+    ]
 
 
-@pytest.mark.parametrize("text", [
-    GENERATED,
-    "Plain text that mentions to=functions.get_weather but has no channels.",
-    "<|channel|>final<|message|>Call to=functions.get_weather yourself.",
-    '<|channel|>commentary to=browser.search <|constrain|>json<|message|>{"query": "x"}',  # a built-in tool, not a function
-    "<|channel|>analysis<|message|>thinking",
-    "",
-], ids=["answer", "mention", "mention-in-final", "builtin", "analysis", "empty"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        GENERATED,
+        "Plain text that mentions to=functions.get_weather but has no channels.",
+        "<|channel|>final<|message|>Call to=functions.get_weather yourself.",
+        '<|channel|>commentary to=browser.search <|constrain|>json<|message|>{"query": "x"}',  # a built-in tool, not a function
+        "<|channel|>analysis<|message|>thinking",
+        "",
+    ],
+    ids=["answer", "mention", "mention-in-final", "builtin", "analysis", "empty"],
+)
 def test_parse_no_call(gpt_oss, text):
     assert gpt_oss.parse_tool_calls(model=model(), text=text) is None
 
 
-@pytest.mark.parametrize("text", [
-    '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": ',  # cut short
-    "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>not json",
-    "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>[1, 2]",
-    '<|channel|>commentary to=functions. <|constrain|>json<|message|>{"a": 1}',
-    '<|channel|>commentary to=functions.a <|constrain|>json<|message|>{}<|start|>assistant<|channel|>commentary to=functions.b<|message|>{',
-], ids=["cut", "not-json", "array", "no-name", "second-bad"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": ',  # cut short
+        "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>not json",
+        "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>[1, 2]",
+        '<|channel|>commentary to=functions. <|constrain|>json<|message|>{"a": 1}',
+        "<|channel|>commentary to=functions.a <|constrain|>json<|message|>{}<|start|>assistant<|channel|>commentary to=functions.b<|message|>{",
+    ],
+    ids=["cut", "not-json", "array", "no-name", "second-bad"],
+)
 def test_parse_malformed_calls_give_none(gpt_oss, text):
     assert gpt_oss.parse_tool_calls(model=model(), text=text) is None
 
 
 def test_parse_through_the_plugin_manager(pm):
-    assert functions(pm.hook.parse_tool_calls(model=model(), text=RENDERED_CALL)) == [("function", "get_weather", '{"city": "Paris"}')]
+    assert functions(pm.hook.parse_tool_calls(model=model(), text=RENDERED_CALL)) == [
+        ("function", "get_weather", '{"city": "Paris"}')
+    ]
     assert pm.hook.parse_tool_calls(model=model(family="gguf-template"), text=RENDERED_CALL) is None
 
 
@@ -287,13 +350,21 @@ FILTER_CASES = {
     "final-only": ("<|channel|>final<|message|>Hello! How can I help?", "Hello! How can I help?", ""),
     "no-markup": ("Paris is the capital of France.", "Paris is the capital of France.", ""),
     "no-markup-with-angles": ("a <| b and x < y", "a <| b and x < y", ""),
-    "analysis-cut-by-max-tokens": ("<|channel|>analysis<|message|>The user asks about 2+2. That is", "", "The user asks about 2+2. That is"),
+    "analysis-cut-by-max-tokens": (
+        "<|channel|>analysis<|message|>The user asks about 2+2. That is",
+        "",
+        "The user asks about 2+2. That is",
+    ),
     "tool-call": (
         '<|channel|>analysis<|message|>Need the weather.<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}',
         "",
         "Need the weather.",
     ),
-    "tool-call-recipient-in-role": (' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}', "", ""),
+    "tool-call-recipient-in-role": (
+        ' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}',
+        "",
+        "",
+    ),
     "preamble-then-call": (
         "<|channel|>analysis<|message|>Look it up.<|start|>assistant<|channel|>commentary<|message|>Checking the weather…"
         '<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}',
@@ -384,9 +455,34 @@ def test_answer_filter_passes_a_direct_answer_through_at_once(gpt_oss):
 
 def test_answer_filter_random_splits(gpt_oss):
     rng = random.Random(0)
-    alphabet = ["a", " ", "é", "😀", "<", "|", ">", "<|", "|>", "to=", "to=functions.f ", "json", "\n",
-                "<|channel|>", "<|message|>", "<|start|>", "assistant", "<|constrain|>", "<|end|>", "<|return|>", "<|call|>",
-                "analysis", "final", "commentary", "<|channel|>analysis<|message|>", "<|channel|>final<|message|>"]
+    alphabet = [
+        "a",
+        " ",
+        "é",
+        "😀",
+        "<",
+        "|",
+        ">",
+        "<|",
+        "|>",
+        "to=",
+        "to=functions.f ",
+        "json",
+        "\n",
+        "<|channel|>",
+        "<|message|>",
+        "<|start|>",
+        "assistant",
+        "<|constrain|>",
+        "<|end|>",
+        "<|return|>",
+        "<|call|>",
+        "analysis",
+        "final",
+        "commentary",
+        "<|channel|>analysis<|message|>",
+        "<|channel|>final<|message|>",
+    ]
     texts = [case[0] for case in FILTER_CASES.values()]
     for _ in range(2000):
         if rng.random() < 0.5:
@@ -402,7 +498,15 @@ def test_answer_filter_random_splits(gpt_oss):
 
 def test_answer_filter_survives_odd_input(gpt_oss):
     answer = gpt_oss.HarmonyFilter()
-    for piece in ["<|message|><|message|>", "<|start|><|start|>", "<|channel|>", "<|channel|><|message|>x", None, "<|end|>", "|>"]:
+    for piece in [
+        "<|message|><|message|>",
+        "<|start|><|start|>",
+        "<|channel|>",
+        "<|channel|><|message|>x",
+        None,
+        "<|end|>",
+        "|>",
+    ]:
         content, reasoning = answer.feed(piece)
         assert isinstance(content, str) and isinstance(reasoning, str)
     assert all(isinstance(part, str) for part in answer.finish())

@@ -28,7 +28,11 @@ TOOL_CONVERSATION = [
         "role": "assistant",
         "content": "",
         "tool_calls": [
-            {"id": "call_abc", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+            {
+                "id": "call_abc",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
         ],
     },
     {"role": "tool", "tool_call_id": "call_abc", "content": '{"temperature": 22, "unit": "celsius"}'},
@@ -95,9 +99,7 @@ def test_contents_are_trimmed_but_tool_results_are_not(llama3):
         {"role": "tool", "tool_call_id": "x", "content": " 42 \n"},
     ]
     prompt = llama3.format_chat(model=model(), messages=messages)
-    assert prompt.text == (
-        f"{H}system{E}Be brief.{EOT}{H}user{E}padded{EOT}{H}ipython{E} 42 \n{EOT}{GENERATION}"
-    )
+    assert prompt.text == (f"{H}system{E}Be brief.{EOT}{H}user{E}padded{EOT}{H}ipython{E} 42 \n{EOT}{GENERATION}")
 
 
 def test_several_tool_calls_are_joined_with_semicolons(llama3):
@@ -105,12 +107,18 @@ def test_several_tool_calls_are_joined_with_semicolons(llama3):
         {"id": "a", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}},
         {"id": "b", "type": "function", "function": {"name": "g", "arguments": "{}"}},
     ]
-    prompt = llama3.format_chat(model=model(), messages=[{"role": "user", "content": "go"}, {"role": "assistant", "content": "", "tool_calls": calls}])
+    prompt = llama3.format_chat(
+        model=model(),
+        messages=[{"role": "user", "content": "go"}, {"role": "assistant", "content": "", "tool_calls": calls}],
+    )
     body = '{"name": "f", "parameters": {"x": 1}}; {"name": "g", "parameters": {}}'
     assert prompt.text == f"{H}user{E}go{EOT}{H}assistant{E}{body}{EOT}{GENERATION}"
     # what the plugin renders, it parses back
     parsed = llama3.parse_tool_calls(model=model(), text=body)
-    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in parsed] == [("f", {"x": 1}), ("g", {})]
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in parsed] == [
+        ("f", {"x": 1}),
+        ("g", {}),
+    ]
 
 
 def test_unparsable_arguments_are_kept_as_a_json_string(llama3):
@@ -144,7 +152,8 @@ def test_llama31_template_adds_the_dated_system_turn(llama3):
 def test_llama31_tool_conversation(llama3):
     prompt = llama3.format_chat(model=model(meta=metadata(LLAMA31_TEMPLATE)), messages=TOOL_CONVERSATION)
     assert prompt.text == (
-        PREAMBLE + EOT
+        PREAMBLE
+        + EOT
         + "<|start_header_id|>user<|end_header_id|>\n\nWhat's the weather in Paris?<|eot_id|>"
         + '<|start_header_id|>assistant<|end_header_id|>\n\n{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>'
         + '<|start_header_id|>ipython<|end_header_id|>\n\n{"temperature": 22, "unit": "celsius"}<|eot_id|>'
@@ -163,7 +172,10 @@ def test_llama32_template_dates_the_preamble_today(llama3):
     before = datetime.now().strftime("%d %b %Y")
     prompt = llama3.format_chat(model=model(meta=metadata(template)), messages=SYSTEM_AND_USER)
     after = datetime.now().strftime("%d %b %Y")
-    assert any(prompt.text.startswith(f"{H}system{E}Cutting Knowledge Date: December 2023\nToday Date: {day}\n\n") for day in (before, after))
+    assert any(
+        prompt.text.startswith(f"{H}system{E}Cutting Knowledge Date: December 2023\nToday Date: {day}\n\n")
+        for day in (before, after)
+    )
     assert prompt.text == LLAMA3.reference(template, SYSTEM_AND_USER).text or before != after
 
 
@@ -174,7 +186,9 @@ def test_plugin_matches_metas_llama31_template_with_a_tool_call(llama3):
     # the plain chats, with the Llama 3 and 3.1 templates, are checked in test_family_contract.py
     reference = LLAMA3.reference(LLAMA31_TEMPLATE, TOOL_CONVERSATION).text
     assert not reference.startswith("<|begin_of_text|>")  # the tokenizer adds it
-    assert llama3.format_chat(model=model(meta=metadata(LLAMA31_TEMPLATE)), messages=TOOL_CONVERSATION).text == reference
+    assert (
+        llama3.format_chat(model=model(meta=metadata(LLAMA31_TEMPLATE)), messages=TOOL_CONVERSATION).text == reference
+    )
 
 
 # --------------------------------------------------------------------------- family and stops
@@ -187,7 +201,10 @@ def test_detect_family_positive(llama3):
     # without a template, the name or the file name
     for name in ("Meta Llama 3.1 8B Instruct", "Llama-3.2-1B-Instruct", "llama3-8b", "Llama 3.3 70B"):
         assert llama3.detect_family(metadata=metadata(name=name), spec=model_spec()) == "llama3", name
-    assert llama3.detect_family(metadata=metadata(name=None), spec=model_spec("Meta-Llama-3-8B-Instruct.Q4_K_M")) == "llama3"
+    assert (
+        llama3.detect_family(metadata=metadata(name=None), spec=model_spec("Meta-Llama-3-8B-Instruct.Q4_K_M"))
+        == "llama3"
+    )
 
 
 def test_detect_family_negative(llama3, tiny_model):
@@ -200,12 +217,21 @@ def test_detect_family_negative(llama3, tiny_model):
     # Llama 1/2 names, other llama-architecture models
     for name in ("LLaMA 30B", "llama-33b", "Llama 2 7B Chat", "tiny-llama", "Mistral 7B Instruct v0.3"):
         assert llama3.detect_family(metadata=metadata(name=name), spec=model_spec()) is None, name
-    assert llama3.detect_family(metadata=metadata("[INST] {{ messages }} [/INST]", name="Llama 3 lookalike"), spec=model_spec()) is None
+    assert (
+        llama3.detect_family(
+            metadata=metadata("[INST] {{ messages }} [/INST]", name="Llama 3 lookalike"), spec=model_spec()
+        )
+        is None
+    )
     assert llama3.detect_family(metadata=read_metadata(tiny_model), spec=ModelSpec(id="tiny", path=tiny_model)) is None
 
 
 def test_a_qwen_model_is_not_claimed(pm, llama3):
-    qwen = metadata("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}", name="Qwen2.5 7B Instruct", architecture="qwen2")
+    qwen = metadata(
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}",
+        name="Qwen2.5 7B Instruct",
+        architecture="qwen2",
+    )
     assert llama3.detect_family(metadata=qwen, spec=model_spec("Qwen2.5-7B-Instruct")) is None
     assert pm.hook.detect_family(metadata=qwen, spec=model_spec("Qwen2.5-7B-Instruct")) == "chatml"
     assert pm.hook.detect_family(metadata=metadata(LLAMA31_TEMPLATE), spec=model_spec()) == "llama3"
@@ -267,7 +293,11 @@ def test_no_tool_call(llama3, text):
 
 def test_a_llama31_gguf_end_to_end(tmp_path):
     folder = tmp_path / "models"
-    gguf_factory.write_tiny_llama(folder / "Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf", chat_template=LLAMA31_TEMPLATE, name="Meta Llama 3.1 8B Instruct")
+    gguf_factory.write_tiny_llama(
+        folder / "Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf",
+        chat_template=LLAMA31_TEMPLATE,
+        name="Meta Llama 3.1 8B Instruct",
+    )
     gguf_factory.write_tiny_llama(folder / "llama-3-no-template.gguf", chat_template=None, name="tiny")
     config = load_config(None, environ={"GGUF_MODELS_DIR": str(folder)})
     pm = make_plugin_manager(config)
@@ -277,5 +307,8 @@ def test_a_llama31_gguf_end_to_end(tmp_path):
     assert registry.get("llama-3-no-template").family == "llama3"
     prompt = pm.hook.format_chat(model=info, messages=TEXT_CHATS["odd-content-spaces-after-system"])
     # the family plugin and ggufd's rendering of the GGUF's own template agree
-    assert prompt.text == gguf_template.format_chat(model=info, messages=TEXT_CHATS["odd-content-spaces-after-system"]).text
+    assert (
+        prompt.text
+        == gguf_template.format_chat(model=info, messages=TEXT_CHATS["odd-content-spaces-after-system"]).text
+    )
     assert prompt.add_bos is True and prompt.stop == ("<|eot_id|>", "<|eom_id|>")

@@ -67,7 +67,12 @@ def test_v3_multi_turn(mistral):
 
 
 def test_v3_system_goes_before_the_last_user_message(mistral):
-    messages = [{"role": "system", "content": "Be brief."}, *MULTI_TURN[:2], {"role": "system", "content": "Be kind."}, MULTI_TURN[2]]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        *MULTI_TURN[:2],
+        {"role": "system", "content": "Be kind."},
+        MULTI_TURN[2],
+    ]
     assert render(mistral, V3, messages) == (
         "[INST] Hi[/INST] Hello! How can I help?</s>[INST] Be brief.\n\nBe kind.\n\nName a colour.[/INST]"
     )
@@ -112,7 +117,11 @@ def test_tool_details(mistral):
 
 
 def test_v3_trims_answers(mistral):
-    messages = [{"role": "user", "content": " hi "}, {"role": "assistant", "content": "\n yes \n"}, {"role": "user", "content": "ok"}]
+    messages = [
+        {"role": "user", "content": " hi "},
+        {"role": "assistant", "content": "\n yes \n"},
+        {"role": "user", "content": "ok"},
+    ]
     assert render(mistral, V3, messages) == "[INST]  hi [/INST] yes</s>[INST] ok[/INST]"
 
 
@@ -120,7 +129,10 @@ def test_v3_trims_answers(mistral):
 
 
 def test_tekken(mistral):
-    assert render(mistral, TEKKEN, SYSTEM_AND_USER) == "[INST]You are a helpful assistant.\n\nWhat is the capital of France?[/INST]"
+    assert (
+        render(mistral, TEKKEN, SYSTEM_AND_USER)
+        == "[INST]You are a helpful assistant.\n\nWhat is the capital of France?[/INST]"
+    )
     assert render(mistral, TEKKEN, MULTI_TURN) == "[INST]Hi[/INST]Hello! How can I help?</s>[INST]Name a colour.[/INST]"
     assert render(mistral, TEKKEN, TOOL_CONVERSATION) == (
         "[INST]What's the weather in Paris?[/INST]"
@@ -132,11 +144,19 @@ def test_tekken(mistral):
 
 
 def test_v1(mistral):
-    assert render(mistral, V1, SYSTEM_AND_USER) == " [INST] You are a helpful assistant.\n\nWhat is the capital of France? [/INST]"
-    assert render(mistral, V1, MULTI_TURN) == " [INST] Hi [/INST] Hello! How can I help?</s> [INST] Name a colour. [/INST]"
+    assert (
+        render(mistral, V1, SYSTEM_AND_USER)
+        == " [INST] You are a helpful assistant.\n\nWhat is the capital of France? [/INST]"
+    )
+    assert (
+        render(mistral, V1, MULTI_TURN) == " [INST] Hi [/INST] Hello! How can I help?</s> [INST] Name a colour. [/INST]"
+    )
     # v1 puts the system prompt before the first user message
     messages = [{"role": "system", "content": "Be brief."}, *MULTI_TURN]
-    assert render(mistral, V1, messages) == " [INST] Be brief.\n\nHi [/INST] Hello! How can I help?</s> [INST] Name a colour. [/INST]"
+    assert (
+        render(mistral, V1, messages)
+        == " [INST] Be brief.\n\nHi [/INST] Hello! How can I help?</s> [INST] Name a colour. [/INST]"
+    )
 
 
 def test_v1_has_no_tool_calls(mistral):
@@ -176,7 +196,14 @@ TOOL_CROSS_CHECK = [
     [{"role": "system", "content": "Use tools."}] + TOOL_CONVERSATION,
     [
         TOOL_CONVERSATION[0],
-        {"role": "assistant", "content": "", "tool_calls": [CALL, {**CALL, "id": "xyz789ABC", "function": {"name": "get_time", "arguments": '{"tz": "Europe/Paris"}'}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                CALL,
+                {**CALL, "id": "xyz789ABC", "function": {"name": "get_time", "arguments": '{"tz": "Europe/Paris"}'}},
+            ],
+        },
         {"role": "tool", "tool_call_id": "abcDEF123", "content": '{"temperature": 22}'},
         {"role": "tool", "tool_call_id": "xyz789ABC", "content": '"12:00"'},
         {"role": "assistant", "content": "Warm, noon."},
@@ -201,9 +228,22 @@ def test_detect_family_positive(mistral):
     for meta in (V3, TEKKEN, V1):
         assert mistral.detect_family(metadata=meta, spec=model_spec()) == "mistral"
     for arch in ("llama", "mistral", "mistral3"):
-        assert mistral.detect_family(metadata=metadata(MISTRAL_V3_TEMPLATE, name=None, architecture=arch), spec=model_spec()) == "mistral"
-        assert mistral.detect_family(metadata=metadata(None, name="Mixtral 8x7B Instruct v0.1", architecture=arch), spec=model_spec()) == "mistral"
-    assert mistral.detect_family(metadata=metadata(None, name=None), spec=model_spec("mistral-7b-instruct-v0.2.Q4_K_M")) == "mistral"
+        assert (
+            mistral.detect_family(
+                metadata=metadata(MISTRAL_V3_TEMPLATE, name=None, architecture=arch), spec=model_spec()
+            )
+            == "mistral"
+        )
+        assert (
+            mistral.detect_family(
+                metadata=metadata(None, name="Mixtral 8x7B Instruct v0.1", architecture=arch), spec=model_spec()
+            )
+            == "mistral"
+        )
+    assert (
+        mistral.detect_family(metadata=metadata(None, name=None), spec=model_spec("mistral-7b-instruct-v0.2.Q4_K_M"))
+        == "mistral"
+    )
 
 
 def test_detect_family_negative(mistral, tiny_model):
@@ -215,7 +255,9 @@ def test_detect_family_negative(mistral, tiny_model):
     assert mistral.detect_family(metadata=openhermes, spec=model_spec("openhermes-2.5-mistral-7b")) is None
     # other architectures, names
     for arch in ("qwen2", "gemma3", None):
-        assert mistral.detect_family(metadata=metadata(MISTRAL_V3_TEMPLATE, architecture=arch), spec=model_spec()) is None
+        assert (
+            mistral.detect_family(metadata=metadata(MISTRAL_V3_TEMPLATE, architecture=arch), spec=model_spec()) is None
+        )
     assert mistral.detect_family(metadata=metadata(None, name="Meta Llama 3 8B"), spec=model_spec()) is None
     assert mistral.detect_family(metadata=read_metadata(tiny_model), spec=ModelSpec(id="tiny", path=tiny_model)) is None
 
@@ -223,7 +265,10 @@ def test_detect_family_negative(mistral, tiny_model):
 def test_detection_through_the_plugin_manager(pm):
     assert pm.hook.detect_family(metadata=V3, spec=model_spec()) == "mistral"
     assert pm.hook.detect_family(metadata=metadata(V7_TEMPLATE), spec=model_spec()) == "gguf-template"
-    assert pm.hook.detect_family(metadata=metadata(LLAMA2_TEMPLATE, name="Llama 2 7B Chat"), spec=model_spec()) == "gguf-template"
+    assert (
+        pm.hook.detect_family(metadata=metadata(LLAMA2_TEMPLATE, name="Llama 2 7B Chat"), spec=model_spec())
+        == "gguf-template"
+    )
 
 
 # --------------------------------------------------------------------------- tool calls
@@ -278,7 +323,11 @@ def test_no_tool_call(mistral, text):
 
 def test_a_mistral_gguf_end_to_end(tmp_path):
     folder = tmp_path / "models"
-    gguf_factory.write_tiny_llama(folder / "Mistral-7B-Instruct-v0.3.Q4_K_M.gguf", chat_template=MISTRAL_V3_TEMPLATE, name="Mistral 7B Instruct v0.3")
+    gguf_factory.write_tiny_llama(
+        folder / "Mistral-7B-Instruct-v0.3.Q4_K_M.gguf",
+        chat_template=MISTRAL_V3_TEMPLATE,
+        name="Mistral 7B Instruct v0.3",
+    )
     gguf_factory.write_tiny_llama(folder / "mixtral-no-template.gguf", chat_template=None, name="tiny")
     config = load_config(None, environ={"GGUF_MODELS_DIR": str(folder)})
     pm = make_plugin_manager(config)

@@ -48,10 +48,7 @@ def test_phi3_system_and_user(phi):
 def test_phi3_multi_turn(phi):
     prompt = phi.format_chat(model=model(), messages=MULTI_TURN)
     assert prompt.text == (
-        "<|user|>\nHi<|end|>\n"
-        "<|assistant|>\nHello!<|end|>\n"
-        "<|user|>\nName a colour.<|end|>\n"
-        "<|assistant|>\n"
+        "<|user|>\nHi<|end|>\n<|assistant|>\nHello!<|end|>\n<|user|>\nName a colour.<|end|>\n<|assistant|>\n"
     )
 
 
@@ -81,7 +78,9 @@ def test_phi4_multi_turn(phi):
 
 def test_phi4_mini_system_and_user(phi):
     prompt = phi.format_chat(model=styled("phi4-mini"), messages=SYSTEM_AND_USER)
-    assert prompt == ChatPrompt(text="<|system|>You are terse.<|end|><|user|>Hi<|end|><|assistant|>", stop=("<|end|>",), add_bos=True)
+    assert prompt == ChatPrompt(
+        text="<|system|>You are terse.<|end|><|user|>Hi<|end|><|assistant|>", stop=("<|end|>",), add_bos=True
+    )
 
 
 def test_phi4_mini_multi_turn(phi):
@@ -99,10 +98,21 @@ def test_add_bos_follows_the_vocabulary(phi):
     assert phi.format_chat(model=model(meta=metadata(add_bos=True)), messages=MULTI_TURN).add_bos is True
 
 
-@pytest.mark.parametrize("messages", [
-    [{"role": "user", "content": "x"}, {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}],
-    [{"role": "user", "content": "x"}, {"role": "tool", "content": "42", "tool_call_id": "c1"}],
-], ids=["tool_calls", "tool_result"])
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [
+            {"role": "user", "content": "x"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+            },
+        ],
+        [{"role": "user", "content": "x"}, {"role": "tool", "content": "42", "tool_call_id": "c1"}],
+    ],
+    ids=["tool_calls", "tool_result"],
+)
 def test_tool_messages_are_refused(phi, messages):
     with pytest.raises(InvalidRequest) as info:
         phi.format_chat(model=model(), messages=messages)
@@ -124,13 +134,18 @@ def test_only_a_system_message_is_rejected(phi):
 def test_phi35_template_drops_an_empty_system_message_like_the_plugin(phi):
     messages = [{"role": "system", "content": ""}, {"role": "user", "content": "Hi"}]
     meta = metadata(template=PHI35_TEMPLATE)
-    assert phi.format_chat(model=model(meta=meta), messages=messages).text == render_template(PHI35_TEMPLATE, messages, meta).text
+    assert (
+        phi.format_chat(model=model(meta=meta), messages=messages).text
+        == render_template(PHI35_TEMPLATE, messages, meta).text
+    )
 
 
 def test_style_follows_the_template_fingerprint(phi):
     assert phi.prompt_style(metadata()) == "phi3"  # no template: Phi-3
     assert phi.prompt_style(metadata(template=PHI35_TEMPLATE)) == "phi3"
-    assert phi.prompt_style(metadata(template=PHI35_TEMPLATE.replace("\\n", "\n"))) == "phi3"  # a real newline in the literal
+    assert (
+        phi.prompt_style(metadata(template=PHI35_TEMPLATE.replace("\\n", "\n"))) == "phi3"
+    )  # a real newline in the literal
     assert phi.prompt_style(metadata(template=PHI4_TEMPLATE)) == "phi4"
     assert phi.prompt_style(metadata(template=PHI4_MINI_TEMPLATE)) == "phi4-mini"
     # Phi-3-medium's template, with the newline as its own string
@@ -146,11 +161,22 @@ def test_detect_family(phi):
     assert phi.detect_family(metadata=metadata(), spec=spec) == "phi"  # phi3 without template
     for style, template in TEMPLATES.items():
         assert phi.detect_family(metadata=metadata(template=template), spec=spec) == "phi", style
-    assert phi.detect_family(metadata=metadata(PHI35_TEMPLATE, architecture="phimoe", name="Phi 3.5 MoE Instruct"), spec=spec) == "phi"
+    assert (
+        phi.detect_family(
+            metadata=metadata(PHI35_TEMPLATE, architecture="phimoe", name="Phi 3.5 MoE Instruct"), spec=spec
+        )
+        == "phi"
+    )
     # Phi-2 is a base model without a chat format
     assert phi.detect_family(metadata=metadata(None, architecture="phi2", name="Phi2"), spec=spec) is None
     # a Phi-3 fine-tune in ChatML keeps its own template
-    assert phi.detect_family(metadata=metadata(QWEN_TEMPLATE.replace("<tool_call>", ""), architecture="phi3", name="dolphin phi3"), spec=spec) is None
+    assert (
+        phi.detect_family(
+            metadata=metadata(QWEN_TEMPLATE.replace("<tool_call>", ""), architecture="phi3", name="dolphin phi3"),
+            spec=spec,
+        )
+        is None
+    )
     # a "llamafied" Phi-4 is still Phi-4
     assert phi.detect_family(metadata=metadata(PHI4_TEMPLATE, architecture="llama", name="phi-4"), spec=spec) == "phi"
 

@@ -112,7 +112,6 @@ def test_non_object_bodies(raw):
     assert info.value.message == "The request body must be a JSON object."
 
 
-
 def test_dumps_is_compact_strict_utf8_and_keeps_non_ascii():
     out = dumps({"text": "héllo 😀 日本", "n": [1, 2]})
     assert out == '{"text":"héllo 😀 日本","n":[1,2]}'.encode()

@@ -58,7 +58,11 @@ def test_model_is_passed_through():
 
 def test_text_parts_are_joined():
     chat = parse_chat_request(
-        {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hello, "}, {"type": "text", "text": "world"}]}]}
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Hello, "}, {"type": "text", "text": "world"}]}
+            ]
+        }
     )
     assert chat.messages == ({"role": "user", "content": "Hello, world"},)
 
@@ -104,7 +108,9 @@ def test_assistant_content_null_becomes_empty_text_and_extras_are_kept():
 
 
 def test_normalise_messages_drops_unknown_message_keys():
-    assert normalise_messages([{"role": "user", "content": "x", "audio": {"id": 1}, "name": None}]) == ({"role": "user", "content": "x"},)
+    assert normalise_messages([{"role": "user", "content": "x", "audio": {"id": 1}, "name": None}]) == (
+        {"role": "user", "content": "x"},
+    )
 
 
 # --- max_tokens
@@ -141,7 +147,16 @@ def test_model_defaults_fill_unset_sampling_values_and_request_values_win():
 
 def test_request_sampling_values_without_defaults():
     chat = parse_chat_request(
-        body(temperature=1.5, top_p=0.5, top_k=3, min_p=0.2, repeat_penalty=1.3, presence_penalty=-1, frequency_penalty=0.5, seed=42)
+        body(
+            temperature=1.5,
+            top_p=0.5,
+            top_k=3,
+            min_p=0.2,
+            repeat_penalty=1.3,
+            presence_penalty=-1,
+            frequency_penalty=0.5,
+            seed=42,
+        )
     )
     assert chat.sampling == SamplingParams(1.5, 0.5, 3, 0.2, 1.3, -1, 0.5, 42)
 
@@ -228,13 +243,17 @@ def test_validation_errors_come_before_anything_else():
 
 def test_usage_and_chat_completion():
     assert usage(3, 4) == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
-    doc = chat_completion("chatcmpl-1", 1700000000, "tiny", Outcome(reason="stop", prompt_tokens=5, completion_tokens=2, content="Hi!"))
+    doc = chat_completion(
+        "chatcmpl-1", 1700000000, "tiny", Outcome(reason="stop", prompt_tokens=5, completion_tokens=2, content="Hi!")
+    )
     assert doc == {
         "id": "chatcmpl-1",
         "object": "chat.completion",
         "created": 1700000000,
         "model": "tiny",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi!"}, "logprobs": None, "finish_reason": "stop"}],
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "Hi!"}, "logprobs": None, "finish_reason": "stop"}
+        ],
         "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
     }
 
@@ -258,8 +277,15 @@ def test_chat_output_stream():
     events = [enc.role(), enc.content("Hel"), enc.content("lo\nworld"), enc.finish("length"), enc.usage(4, 3)]
     chunks = [parse_event(e) for e in events]
     for chunk in chunks:
-        assert (chunk["id"], chunk["object"], chunk["created"], chunk["model"]) == ("chatcmpl-abc", "chat.completion.chunk", 1700000001, "tiny")
-    assert chunks[0]["choices"] == [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
+        assert (chunk["id"], chunk["object"], chunk["created"], chunk["model"]) == (
+            "chatcmpl-abc",
+            "chat.completion.chunk",
+            1700000001,
+            "tiny",
+        )
+    assert chunks[0]["choices"] == [
+        {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+    ]
     assert chunks[1]["choices"][0]["delta"] == {"content": "Hel"}
     assert chunks[2]["choices"][0]["delta"] == {"content": "lo\nworld"}
     assert chunks[2]["choices"][0]["finish_reason"] is None
@@ -287,19 +313,70 @@ def test_chat_output_error_event():
     assert parse_event(event) == {"error": {"message": "boom", "type": "server_error", "param": None, "code": None}}
 
 
-
 # --- fuzz: any JSON-ish document is a ChatRequest or a 400, never another exception
 
 FIELDS = [
-    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p",
-    "repeat_penalty", "presence_penalty", "frequency_penalty", "seed", "stop", "stream", "stream_options", "n",
-    "user", "tools", "functions", "response_format", "logprobs", "top_logprobs", "logit_bias", "extra",
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+    "n",
+    "user",
+    "tools",
+    "functions",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "extra",
 ]
 MESSAGE_KEYS = ["role", "content", "name", "tool_calls", "tool_call_id", "type", "text", "include_usage"]
 ROLES = ["system", "developer", "user", "assistant", "tool", "bot", ""]
 ATOMS = [
-    None, True, False, 0, 1, -1, -2, 2, 3, 128, 129, 2**31, -(2**63), 10**30, 0.0, -0.0, 0.5, 1.0, 1.5, 2.0, 2.5, -1.0,
-    1e308, -1e308, "", "text", "é😀", "\x00", "\n\n", "x" * 2000, "text", "json_object", "image_url",
+    None,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    -2,
+    2,
+    3,
+    128,
+    129,
+    2**31,
+    -(2**63),
+    10**30,
+    0.0,
+    -0.0,
+    0.5,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    -1.0,
+    1e308,
+    -1e308,
+    "",
+    "text",
+    "é😀",
+    "\x00",
+    "\n\n",
+    "x" * 2000,
+    "text",
+    "json_object",
+    "image_url",
 ]
 
 
@@ -324,7 +401,9 @@ def random_message(rng: random.Random):
         message["content"] = rng.choice(["hi", "", "é😀", None])
     elif r < 0.7:
         message["content"] = [
-            {"type": rng.choice(["text", "text", "image_url", 5]), "text": rng.choice(["a", "", 5, None])} if rng.random() < 0.8 else random_value(rng, 3)
+            {"type": rng.choice(["text", "text", "image_url", 5]), "text": rng.choice(["a", "", 5, None])}
+            if rng.random() < 0.8
+            else random_value(rng, 3)
             for _ in range(rng.randint(0, 3))
         ]
     elif r < 0.9:
@@ -357,7 +436,12 @@ PLAUSIBLE = {
 
 def plausible_document(rng: random.Random) -> dict:
     """Mostly valid requests with a few fields that may or may not be acceptable."""
-    messages = [{"role": rng.choice(["system", "developer", "user", "assistant", "tool"]), "content": rng.choice(["hi", "", "é😀"])}]
+    messages = [
+        {
+            "role": rng.choice(["system", "developer", "user", "assistant", "tool"]),
+            "content": rng.choice(["hi", "", "é😀"]),
+        }
+    ]
     if rng.random() < 0.3:
         messages.append({"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]})
     if rng.random() < 0.2:
@@ -420,7 +504,9 @@ def test_fuzz_parse_chat_request_returns_a_request_or_a_400():
 
 def test_fuzz_decode_json_body_with_mutated_bytes():
     rng = random.Random(1)
-    seed_body = json.dumps({"messages": [{"role": "user", "content": "héllo [1, {2}] \\ \""}], "stop": ["a"], "max_tokens": 5}).encode()
+    seed_body = json.dumps(
+        {"messages": [{"role": "user", "content": 'héllo [1, {2}] \\ "'}], "stop": ["a"], "max_tokens": 5}
+    ).encode()
     for _ in range(3000):
         raw = bytearray(seed_body)
         for _ in range(rng.randint(1, 4)):
@@ -444,7 +530,9 @@ def test_fuzz_decode_json_body_with_mutated_bytes():
             assert exc.status == 400
 
 
-@pytest.mark.parametrize("value", ["json", ["text"], {"type": "yaml"}, {"type": "json_schema", "json_schema": {"schema": "x"}}])
+@pytest.mark.parametrize(
+    "value", ["json", ["text"], {"type": "yaml"}, {"type": "json_schema", "json_schema": {"schema": "x"}}]
+)
 def test_malformed_response_format_is_400(value):
     with pytest.raises(InvalidRequest) as err:
         parse_chat_request(body(response_format=value))
@@ -455,14 +543,35 @@ def test_response_format_becomes_a_grammar():
     assert parse_chat_request(body(response_format={"type": "text"})).sampling.grammar is None
     assert "object" in parse_chat_request(body(response_format={"type": "json_object"})).sampling.grammar
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
-    grammar = parse_chat_request(body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})).sampling.grammar
-    assert '"\\"ok\\""' in grammar or '\"ok\"' in grammar
+    grammar = parse_chat_request(
+        body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+    ).sampling.grammar
+    assert '"\\"ok\\""' in grammar or '"ok"' in grammar
 
 
-@pytest.mark.parametrize("schema", [{"type": "array", "maxItems": 100000}, {"type": "string", "minLength": 5000}, {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": {"j": {"k": {"l": {"m": {"n": {"o": {"p": {"q": {}}}}}}}}}}}}}}}}}}])
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "array", "maxItems": 100000},
+        {"type": "string", "minLength": 5000},
+        {
+            "a": {
+                "b": {
+                    "c": {
+                        "d": {
+                            "e": {"f": {"g": {"h": {"i": {"j": {"k": {"l": {"m": {"n": {"o": {"p": {"q": {}}}}}}}}}}}}}
+                        }
+                    }
+                }
+            }
+        },
+    ],
+)
 def test_grammar_blowups_are_refused_at_once(schema):
     with pytest.raises(InvalidRequest) as err:
-        parse_chat_request(body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}))
+        parse_chat_request(
+            body(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+        )
     assert err.value.param == "response_format.json_schema.schema"
 
 
