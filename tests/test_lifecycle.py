@@ -109,6 +109,16 @@ def test_full_queue_answers_503_with_retry_after(slow_model, tmp_path, make_daem
     assert [r[0] for r in responses] == [200, 200]
 
 
+def open_running_stream(daemon, max_tokens: int = 4000) -> http.client.HTTPConnection:
+    """A long streamed request whose first event has arrived (it certainly runs); close it when done."""
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=60)
+    body = json.dumps({"messages": MESSAGES, "max_tokens": max_tokens, "stream": True})
+    conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+    stream = conn.getresponse()
+    assert stream.status == 200 and stream.read1(64).startswith(b"data: ")
+    return conn
+
+
 def wait_until_running(url: str, timeout: float = 120) -> None:
     """Until the daemon counts a request as queued or running (instead of sleeping and hoping it arrived)."""
     deadline = time.monotonic() + timeout
@@ -122,7 +132,6 @@ def test_queue_timeout_answers_503(slow_model, tmp_path, make_daemon):
     request is still running (it is not held until the model is free). The model is preloaded and
     the busy stream has sent its first event before the second request: nothing here depends on how
     fast the machine loads or generates."""
-    import http.client
 
     folder = models_folder(tmp_path, slow_model)
     daemon = make_daemon(
@@ -139,15 +148,7 @@ def test_queue_timeout_answers_503(slow_model, tmp_path, make_daemon):
         and time.monotonic() < deadline
     ):
         time.sleep(0.05)
-    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=60)
-    conn.request(
-        "POST",
-        "/v1/chat/completions",
-        body=json.dumps({"messages": MESSAGES, "max_tokens": 4000, "stream": True}),
-        headers={"Content-Type": "application/json"},
-    )
-    stream = conn.getresponse()
-    assert stream.status == 200 and stream.read1(64).startswith(b"data: ")
+    conn = open_running_stream(daemon)
     status, headers, _ = response = chat(daemon.url, {"messages": MESSAGES, "max_tokens": 5})
     still_running = json.loads(request(daemon.url, path="/health")[2])["pending_requests"]
     conn.close()
@@ -194,19 +195,9 @@ def test_admin_load_unload_and_memory_returns(slow_model, tmp_path, make_daemon)
 def test_admin_unload_refuses_a_busy_model(slow_model, tmp_path, make_daemon):
     """The unload is asked for while a stream is open and has sent its first event (so the request
     is certainly running, whatever the machine's speed); the stream is closed afterwards."""
-    import http.client
-
     folder = models_folder(tmp_path, slow_model)
     daemon = make_daemon({"models_dir": str(folder), "llama": {"n_ctx": 4096, "n_threads": 1}})
-    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=60)
-    conn.request(
-        "POST",
-        "/v1/chat/completions",
-        body=json.dumps({"messages": MESSAGES, "max_tokens": 4000, "stream": True}),
-        headers={"Content-Type": "application/json"},
-    )
-    stream = conn.getresponse()
-    assert stream.status == 200 and stream.read1(64).startswith(b"data: ")
+    conn = open_running_stream(daemon)
     status, _, _ = response = request(daemon.url, "POST", "/admin/models/slow/unload", body=b"")
     conn.close()
     assert status == 409 and error_of(response)["code"] == "model_busy"
