@@ -12,6 +12,12 @@
 # layer offloaded (checked through /health); the benchmark at 1, 4, 8 and 32 streams (4 and 8 settle issue 7's
 # batching ratios on a GPU) against ggufd, in-process
 # llama-cpp-python and the in-process llama_decode loop; the GPU-only tests. Budget: under 5 minutes.
+# CPU dry run (no GPU; passed 2026-12-01 after the layer refactor, Python 3.12 from pyenv): a CPU llama_cpp
+# packed as the CUDA one is (`tar -czf /tmp/llama_cpp-cpu.tar.gz -C .venv/lib/python3.11/site-packages llama_cpp`:
+# it is ctypes only, so a 3.11 build runs under 3.12), the GPU image's own packages added to the bundle, then
+#   EXTRA="numpy jinja2 pluggy prometheus-client pytest httpx anyio pyyaml requests tqdm" DEST=/tmp/dry PYTHON=python3.12 bash bench/device-bundle.sh
+#   OUT=/tmp/dry-out WHEELS=/tmp/dry/wheels CUDA_LLAMA=/tmp/llama_cpp-cpu.tar.gz PYTHON=python3.12 N_GPU_LAYERS=0 \
+#       MODEL_ARGS="--n-layer 4" CONCURRENCY=1,4 bash bench/gpu-check.sh
 set -euo pipefail
 OUT=${OUT:?set OUT to a folder for the results}
 WHEELS=${WHEELS:-.device/wheels}
