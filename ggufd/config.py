@@ -110,6 +110,10 @@ class Config:
     body_timeout: float = 60
     max_tokens_cap: int = 0  # 0 = no server cap
     max_messages: int = 4096
+    max_embedding_inputs: int = 2048  # inputs per embeddings request
+    max_logit_bias: int = 1024  # logit_bias entries per request
+    max_tools: int = 128  # tools per chat request
+    max_content_parts: int = 4096  # content parts per chat request, all messages together
     log_content: bool = False  # log prompts and completions (never by default)
     llama: LlamaSettings = field(default_factory=LlamaSettings)
     #: model id -> its ``[models."<id>"]`` table, paths resolved, chat_template_file read.
@@ -259,6 +263,10 @@ def load_config(
         body_timeout=doc.get("body_timeout", Config.body_timeout),
         max_tokens_cap=doc.get("max_tokens_cap", Config.max_tokens_cap),
         max_messages=doc.get("max_messages", Config.max_messages),
+        max_embedding_inputs=doc.get("max_embedding_inputs", Config.max_embedding_inputs),
+        max_logit_bias=doc.get("max_logit_bias", Config.max_logit_bias),
+        max_tools=doc.get("max_tools", Config.max_tools),
+        max_content_parts=doc.get("max_content_parts", Config.max_content_parts),
         log_content=doc.get("log_content", Config.log_content),
         llama=LlamaSettings(**doc.get("llama", {})),
         models=MappingProxyType({mid: _finish_model(mid, table, source_name) for mid, table in models.items()}),

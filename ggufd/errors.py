@@ -7,6 +7,8 @@ Messages never contain filesystem paths or tracebacks.
 
 from __future__ import annotations
 
+import re
+
 from ggufd.sizes import format_bytes
 
 
@@ -49,14 +51,28 @@ class InvalidRequest(ApiError):
         super().__init__(400, message, param=param, code=code)
 
 
+class LimitExceeded(InvalidRequest):
+    """400 ``limit_exceeded``: an array of the request is longer than the server's limit
+    (checked on the decoded body before any other work); the message names the config key."""
+
+    def __init__(self, what: str, limit: int, key: str, param: str) -> None:
+        super().__init__(
+            f"The request has more {what} than this server accepts: at most {limit} (config '{key}').",
+            param=param,
+            code="limit_exceeded",
+        )
+
+
+#: an id that names a file, a URL or a home directory is never echoed
+_PATH_LIKE = re.compile(r"^(?:[/\\~.]|[A-Za-z]:[/\\])|://|\\|\.\.|^file:|\.gguf$", re.IGNORECASE)
+
+
 class ModelNotFound(ApiError):
     """404: the requested model id (or alias) is not served."""
 
     def __init__(self, model: str, message: str | None = None) -> None:
         # Echo the name only when it looks like a model id, never a path or junk.
-        looks_like_id = (
-            0 < len(model) <= 128 and model.isprintable() and not model.startswith("/") and ".." not in model
-        )
+        looks_like_id = 0 < len(model) <= 128 and model.isprintable() and not _PATH_LIKE.search(model)
         name = f"The model '{model}'" if looks_like_id else "The requested model"
         super().__init__(
             404,

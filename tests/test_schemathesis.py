@@ -58,6 +58,7 @@ def keep_short(case) -> None:
         body["max_tokens"] = MAX_TOKENS
     if body.get("stream") is True:
         body["stream"] = False
+        body.pop("stream_options", None)  # only allowed with a stream
 
 
 def check_error_body(response) -> None:

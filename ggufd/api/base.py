@@ -7,9 +7,11 @@ Errors are :class:`~ggufd.errors.ApiError` instances, rendered in the route's wi
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 import tornado.web
@@ -33,6 +35,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("ggufd.http")
 
 JSON_TYPES = ("application/json",)
+#: bodies from this size on are decoded and parsed in a worker thread, off the event loop
+OFF_LOOP_BYTES = 64 * 1024
+
+T = TypeVar("T")
 
 
 @tornado.web.stream_request_body
@@ -107,13 +113,33 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_status(status)
         self.finish(dumps(obj))
 
-    def json_body(self) -> dict:
+    def json_body(self, yielding: bool = False) -> dict:
         content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type and content_type not in JSON_TYPES and not content_type.endswith("+json"):
             raise UnsupportedMediaType(content_type)
         if self._body_too_large:
             raise self._too_large()
-        return decode_json_body(bytes(self._body))
+        return decode_json_body(bytes(self._body), yielding=yielding)
+
+    async def parsed_body(self, parse: Callable[[dict], T]) -> T:
+        """``parse(self.json_body())``: inline for a small body; for one of ``OFF_LOOP_BYTES`` or
+        more in a worker thread, so that decoding, validating and planning a large body never
+        holds the event loop (``/health`` and the streams keep being served meanwhile)."""
+        if len(self._body) < OFF_LOOP_BYTES:
+            return parse(self.json_body())
+
+        def work() -> tuple[T | None, ApiError | None]:
+            # The decoded body dies here, in the thread (freeing a large one takes time too):
+            # an error comes back without its traceback, whose frames would keep it alive.
+            try:
+                return parse(self.json_body(yielding=True)), None
+            except ApiError as exc:
+                return None, exc.with_traceback(None)
+
+        result, error = await asyncio.to_thread(work)
+        if error is not None:
+            raise error
+        return result  # type: ignore[return-value]
 
     # --- errors
 

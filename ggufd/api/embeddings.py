@@ -11,7 +11,8 @@ class EmbeddingsHandler(BaseHandler):
     endpoint = "embeddings"
 
     async def post(self) -> None:
-        request = parse_embeddings_request(self.json_body())
+        limits = self.state.limits()
+        request = await self.parsed_body(lambda body: parse_embeddings_request(body, limits))
         model = self.state.registry.get(request.model)
         self.log_fields["model"] = model.id
         if not self.state.engine.is_embedding_model(model):

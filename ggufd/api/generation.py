@@ -181,7 +181,8 @@ class ChatCompletionsHandler(GenerationHandler):
     endpoint = "chat.completions"
 
     async def post(self) -> None:
-        await self.generate(openai_chat.plan(self.json_body(), self.state.served()))
+        served = self.state.served()
+        await self.generate(await self.parsed_body(lambda body: openai_chat.plan(body, served)))
 
 
 class CompletionsHandler(GenerationHandler):
@@ -190,4 +191,5 @@ class CompletionsHandler(GenerationHandler):
     endpoint = "completions"
 
     async def post(self) -> None:
-        await self.generate(openai_completions.plan(self.json_body(), self.state.served()))
+        served = self.state.served()
+        await self.generate(await self.parsed_body(lambda body: openai_completions.plan(body, served)))

@@ -163,7 +163,42 @@ def response_components() -> dict[str, dict]:
             "capabilities": {"type": "object"},
         },
     }
+
+    def chunk(obj: str, choice: dict) -> dict:
+        return {
+            "type": "object",
+            "required": ["id", "object", "created", "model", "choices"],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": obj},
+                "created": {"type": "integer"},
+                "model": {"type": "string"},
+                "choices": {"type": "array", "items": choice, "description": "empty in the usage chunk"},
+                "usage": _ref("Usage"),
+            },
+        }
+
+    chat_chunk_choice = {
+        "type": "object",
+        "required": ["index", "delta", "finish_reason"],
+        "properties": {
+            "index": {"type": "integer"},
+            "delta": {
+                "type": "object",
+                "properties": {
+                    "role": {"const": "assistant"},
+                    "content": _nullable("string"),
+                    "reasoning_content": {"type": "string"},
+                    "tool_calls": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+            "logprobs": _nullable("object"),
+            "finish_reason": finish_reason,
+        },
+    }
     return {
+        "ChatCompletionChunk": chunk("chat.completion.chunk", chat_chunk_choice),
+        "TextCompletionChunk": chunk("text_completion", text_choice),
         "Error": {
             "type": "object",
             "description": "The OpenAI error object.",
@@ -267,12 +302,34 @@ def _errors(*statuses: str) -> dict:
     return {status: _json_response(_ERROR_STATUSES[status], _ref("Error")) for status in statuses}
 
 
-def _post(summary: str, operation_id: str, request: str, ok: dict, *, stream: bool = False) -> dict:
+def sse_event_schema(chunk: str) -> dict:
+    """One server-sent event of a stream (OpenAPI 3.1: the ``schema`` of ``text/event-stream``
+    describes each event): its ``data`` is a JSON chunk, the error object (a failure after
+    the 200) or ``[DONE]``."""
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "data": {
+                "anyOf": [
+                    {"const": "[DONE]"},
+                    {
+                        "type": "string",
+                        "contentMediaType": JSON,
+                        "contentSchema": {"anyOf": [_ref(chunk), _ref("Error")]},
+                    },
+                ]
+            }
+        },
+        "description": "Server-sent events: `data: {chunk}` ... `data: [DONE]`; an error after the 200 is "
+        "`data: {error}` and ends the stream.",
+    }
+
+
+def _post(summary: str, operation_id: str, request: str, ok: dict, *, stream: str | None = None) -> dict:
     content = {JSON: {"schema": ok}}
     if stream:
-        content["text/event-stream"] = {
-            "schema": {"type": "string", "description": "Server-sent events: `data: {chunk}` ... `data: [DONE]`."}
-        }
+        content["text/event-stream"] = {"schema": sse_event_schema(stream)}
     return {
         "post": {
             "summary": summary,
@@ -319,14 +376,18 @@ def _build() -> dict:
         },
         "paths": {
             "/v1/chat/completions": _post(
-                "Chat completion", "createChatCompletion", "ChatCompletionsRequest", _ref("ChatCompletion"), stream=True
+                "Chat completion",
+                "createChatCompletion",
+                "ChatCompletionsRequest",
+                _ref("ChatCompletion"),
+                stream="ChatCompletionChunk",
             ),
             "/v1/completions": _post(
                 "Text completion (legacy)",
                 "createCompletion",
                 "CompletionsRequest",
                 _ref("TextCompletion"),
-                stream=True,
+                stream="TextCompletionChunk",
             ),
             "/v1/embeddings": _post(
                 "Embeddings (embedding models only)", "createEmbedding", "EmbeddingsRequest", _ref("EmbeddingList")

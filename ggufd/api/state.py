@@ -34,6 +34,16 @@ class AppState:
     def served(self) -> Served:
         """The view a wire format's parser gets (rebuilt per request: a reload may replace the registry)."""
         config = self.config
-        return Served(
-            self.registry, self.plugins, ServerLimits(config.max_tokens_cap, config.max_messages), config.log_content
+        return Served(self.registry, self.plugins, self.limits(), config.log_content)
+
+    def limits(self) -> ServerLimits:
+        """The operator's per-request limits from the config in force."""
+        config = self.config
+        return ServerLimits(
+            max_tokens_cap=config.max_tokens_cap,
+            max_messages=config.max_messages,
+            max_embedding_inputs=config.max_embedding_inputs,
+            max_logit_bias=config.max_logit_bias,
+            max_tools=config.max_tools,
+            max_content_parts=config.max_content_parts,
         )

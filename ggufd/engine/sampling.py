@@ -25,7 +25,9 @@ def make_sampler(s: SamplingParams, n_vocab: int, vocab=None):
         if bad:
             llama_cpp.llama_sampler_free(chain)
             raise InvalidRequest(
-                f"logit_bias names token {bad[0]}, but the vocabulary has {n_vocab} tokens.", param="logit_bias"
+                f"logit_bias names token{'s' if len(bad) > 1 else ''} {', '.join(map(str, sorted(bad)))}, "
+                f"but the vocabulary has {n_vocab} tokens (ids 0 to {n_vocab - 1}).",
+                param="logit_bias",
             )
         biases = (llama_cpp.llama_logit_bias * len(s.logit_bias))(
             *[llama_cpp.llama_logit_bias(token, bias) for token, bias in s.logit_bias]

@@ -6,12 +6,15 @@ from __future__ import annotations
 from ggufd.errors import InvalidRequest
 from ggufd.plugins import Plugins
 from ggufd.protocol.openai_chat import parse_chat_request
+from ggufd.protocol.options import DEFAULT_LIMITS, ServerLimits, check_array_limits
 from ggufd.protocol.prompt import build_generation
 from ggufd.types import ModelInfo
 from ggufd.validation import validate
 
 
-def parse_tokenize_request(body: dict) -> dict:
+def parse_tokenize_request(body: dict, limits: ServerLimits = DEFAULT_LIMITS) -> dict:
+    """Validate a tokenize body; ``messages`` are bounded like a chat request's, before validation."""
+    check_array_limits({"messages": body.get("messages")}, limits)
     validate(body, "tokenize")
     return body
 
@@ -22,10 +25,12 @@ def detokenize_tokens(body: dict) -> list[int]:
     return body["tokens"]
 
 
-def text_to_tokenize(body: dict, plugins: Plugins, model: ModelInfo) -> tuple[str, bool]:
+def text_to_tokenize(
+    body: dict, plugins: Plugins, model: ModelInfo, limits: ServerLimits = DEFAULT_LIMITS
+) -> tuple[str, bool]:
     """-> (text, add_bos): ``input`` as it is, or ``messages`` rendered as a chat request would be."""
     if "messages" in body:
-        chat = parse_chat_request({"messages": body["messages"]})
+        chat = parse_chat_request({"messages": body["messages"]}, limits=limits)
         prompt = build_generation(plugins, model, chat.messages, chat).prompt
         return prompt.text, prompt.add_bos
     if "input" in body:

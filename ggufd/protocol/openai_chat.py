@@ -16,7 +16,17 @@ from typing import Any
 from ggufd.errors import ApiError, InvalidRequest
 from ggufd.protocol.answer import AnswerAssembler, Outcome, Piece
 from ggufd.protocol.generation import Plan, Served
-from ggufd.protocol.options import GenerationOptions, apply_server_limits, sampling_from, stop_list, with_model_defaults
+from ggufd.protocol.options import (
+    DEFAULT_LIMITS,
+    GenerationOptions,
+    ServerLimits,
+    apply_server_limits,
+    check_array_limits,
+    check_stream_options,
+    sampling_from,
+    stop_list,
+    with_model_defaults,
+)
 from ggufd.protocol.prompt import build_generation
 from ggufd.protocol.sse import MEDIA_TYPE, sse
 from ggufd.protocol.structured_output import grammar_for
@@ -58,13 +68,18 @@ def normalise_messages(messages: Sequence[Mapping[str, Any]]) -> tuple[dict, ...
     return tuple(result)
 
 
-def parse_chat_request(body: dict, defaults: Mapping[str, Any] | None = None) -> ChatRequest:
+def parse_chat_request(
+    body: dict, defaults: Mapping[str, Any] | None = None, limits: ServerLimits = DEFAULT_LIMITS
+) -> ChatRequest:
     """Validate a chat completions body and turn it into a :class:`ChatRequest`.
 
     :param defaults: the model's configured ``sampling`` table; request values win
         (see :func:`~ggufd.protocol.options.with_model_defaults`).
+    :param limits: the operator's array limits, checked before the schema walks the body.
     """
+    check_array_limits(body, limits)
     validate(body, "chat_completions")
+    check_stream_options(body)
     for key in UNSUPPORTED:
         if body.get(key) not in (None, False, [], {}):
             raise InvalidRequest(f"'{key}' is not supported by this server yet.", param=key)
@@ -105,11 +120,11 @@ def parse_chat_request(body: dict, defaults: Mapping[str, Any] | None = None) ->
 
 def plan(body: dict, served: Served) -> Plan:
     """A chat completions body -> the generation loop's :class:`Plan`."""
-    chat = parse_chat_request(body)
+    chat = parse_chat_request(body, limits=served.limits)
     model = served.registry.get(chat.model)
     if model.options.get("sampling"):
         chat = with_model_defaults(chat, model.options["sampling"])
-    chat = apply_server_limits(chat, served.limits, messages=len(chat.messages))
+    chat = apply_server_limits(chat, served.limits)  # messages: checked before validation
     log_fields: dict[str, Any] = {"model": model.id}
     if served.log_content:  # off by default: prompts and answers stay out of the logs
         log_fields["messages"] = list(chat.messages)

@@ -12,7 +12,17 @@ from ggufd.errors import ApiError, InvalidRequest
 from ggufd.protocol.answer import AnswerAssembler, Outcome, Piece
 from ggufd.protocol.generation import Plan, Served
 from ggufd.protocol.openai_chat import usage
-from ggufd.protocol.options import GenerationOptions, apply_server_limits, sampling_from, stop_list, with_model_defaults
+from ggufd.protocol.options import (
+    DEFAULT_LIMITS,
+    GenerationOptions,
+    ServerLimits,
+    apply_server_limits,
+    check_array_limits,
+    check_stream_options,
+    sampling_from,
+    stop_list,
+    with_model_defaults,
+)
 from ggufd.protocol.sse import MEDIA_TYPE, sse
 from ggufd.types import ChatPrompt, GenerationRequest
 from ggufd.validation import validate
@@ -29,9 +39,12 @@ class CompletionRequest(GenerationOptions):
     echo: bool = False
 
 
-def parse_completion_request(body: dict) -> CompletionRequest:
-    """Validate a ``/v1/completions`` body; fields ggufd cannot honour are refused with a 400."""
+def parse_completion_request(body: dict, limits: ServerLimits = DEFAULT_LIMITS) -> CompletionRequest:
+    """Validate a ``/v1/completions`` body; fields ggufd cannot honour are refused with a 400.
+    The operator's array limits are checked first, before the schema walks the body."""
+    check_array_limits(body, limits)
     validate(body, "completions")
+    check_stream_options(body)
     prompt = body["prompt"]
     if isinstance(prompt, list):
         if len(prompt) != 1 or not isinstance(prompt[0], str):
@@ -64,7 +77,7 @@ def parse_completion_request(body: dict) -> CompletionRequest:
 
 def plan(body: dict, served: Served) -> Plan:
     """A completions body -> the generation loop's :class:`Plan`."""
-    completion = parse_completion_request(body)
+    completion = parse_completion_request(body, served.limits)
     model = served.registry.get(completion.model)
     if model.options.get("sampling"):
         completion = with_model_defaults(completion, model.options["sampling"])

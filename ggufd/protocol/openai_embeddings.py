@@ -7,6 +7,7 @@ import struct
 from dataclasses import dataclass
 
 from ggufd.errors import InvalidRequest
+from ggufd.protocol.options import DEFAULT_LIMITS, ServerLimits, check_embedding_inputs
 from ggufd.validation import validate
 
 
@@ -17,7 +18,10 @@ class EmbeddingsRequest:
     encoding_format: str  # "float" | "base64"
 
 
-def parse_embeddings_request(body: dict) -> EmbeddingsRequest:
+def parse_embeddings_request(body: dict, limits: ServerLimits = DEFAULT_LIMITS) -> EmbeddingsRequest:
+    """Validate an embeddings body; more inputs than ``max_embedding_inputs`` are refused before
+    the schema walks them."""
+    check_embedding_inputs(body, limits)
     validate(body, "embeddings")
     if body.get("dimensions") is not None:
         raise InvalidRequest("'dimensions' is not supported: the model's own size is returned.", param="dimensions")

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from ggufd.errors import InvalidRequest
+from ggufd.errors import InvalidRequest, LimitExceeded
 from ggufd.types import SamplingParams
 
 SAMPLING_FIELDS = (
@@ -44,12 +44,69 @@ class GenerationOptions:
 Options = TypeVar("Options", bound=GenerationOptions)
 
 
+#: OpenAI's limit on ``stop`` (also the request schemas' ``maxItems``); not configurable
+MAX_STOP = 4
+
+
 @dataclass(frozen=True)
 class ServerLimits:
-    """The operator's per-request limits (config ``max_tokens_cap``, ``max_messages``; 0 = none)."""
+    """The operator's per-request limits (config ``max_tokens_cap`` (0 = none),
+    ``max_messages``, ...). The array limits default to the request schemas' ``maxItems``
+    ceilings, which stay in force above them."""
 
     max_tokens_cap: int = 0
-    max_messages: int = 0
+    max_messages: int = 4096
+    max_embedding_inputs: int = 2048
+    max_logit_bias: int = 1024
+    max_tools: int = 128
+    max_content_parts: int = 4096
+
+
+DEFAULT_LIMITS = ServerLimits()
+
+
+def _too_long(value: Any, limit: int) -> bool:
+    return isinstance(value, (list, dict)) and len(value) > limit
+
+
+def check_array_limits(body: Mapping[str, Any], limits: ServerLimits) -> None:
+    """Refuse an over-long array of a generation request (chat or completions) with a 400
+    naming its limit, before JSON Schema validation walks it: O(number of messages), never
+    more, whatever the body holds."""
+    if not isinstance(body, Mapping):
+        return  # the schema refuses it
+    messages = body.get("messages")
+    if limits.max_messages and _too_long(messages, limits.max_messages):
+        raise LimitExceeded("messages", limits.max_messages, "max_messages", "messages")
+    if _too_long(body.get("logit_bias"), limits.max_logit_bias):
+        raise LimitExceeded("logit_bias entries", limits.max_logit_bias, "max_logit_bias", "logit_bias")
+    if _too_long(body.get("tools"), limits.max_tools):
+        raise LimitExceeded("tools", limits.max_tools, "max_tools", "tools")
+    if _too_long(body.get("stop"), MAX_STOP):
+        raise LimitExceeded("stop strings", MAX_STOP, "stop (OpenAI's limit)", "stop")
+    if isinstance(messages, list):
+        parts = 0
+        for i, message in enumerate(messages):
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, list):
+                parts += len(content)
+                if parts > limits.max_content_parts:
+                    raise LimitExceeded(
+                        "content parts (all messages together)",
+                        limits.max_content_parts,
+                        "max_content_parts",
+                        f"messages.{i}.content",
+                    )
+
+
+def check_embedding_inputs(body: Mapping[str, Any], limits: ServerLimits) -> None:
+    """An embeddings ``input`` with more inputs than ``max_embedding_inputs``: a 400 before validation."""
+    value = body.get("input") if isinstance(body, Mapping) else None
+    if not isinstance(value, list) or len(value) <= limits.max_embedding_inputs:
+        return
+    if isinstance(value[0], int) and not isinstance(value[0], bool):
+        return  # one input given as token ids (bounded by the schema)
+    raise LimitExceeded("embedding inputs", limits.max_embedding_inputs, "max_embedding_inputs", "input")
 
 
 def sampling_from(body: Mapping[str, Any], grammar: str | None = None) -> SamplingParams:
@@ -92,6 +149,12 @@ def apply_server_limits(options: Options, limits: ServerLimits, messages: int = 
         if options.max_tokens > cap:
             raise InvalidRequest(f"max_tokens may be at most {cap} on this server.", param="max_tokens")
     return options
+
+
+def check_stream_options(body: Mapping[str, Any]) -> None:
+    """``stream_options`` only with ``stream: true`` (as OpenAI answers)."""
+    if body.get("stream_options") is not None and not body.get("stream"):
+        raise InvalidRequest("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
 
 
 def stop_list(value: str | list[str] | None) -> tuple[str, ...]:

@@ -43,6 +43,62 @@ def _check_text(text: str, path: str) -> None:
         )
 
 
+BOUND_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _bounded(node: Any, path: str) -> Any:
+    """llama-cpp-python's converter ignores numeric bounds (``{"age": 10**15}`` passed
+    ``maximum: 150``). An integer with a small closed range (at most ``MAX_REPEAT`` + 1 values)
+    becomes an ``enum`` of its values, which the grammar enforces; any other bound is refused."""
+    if isinstance(node, list):
+        return [_bounded(item, f"{path}/{i}") for i, item in enumerate(node)]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _bounded_member(key, value, f"{path}/{key}") for key, value in node.items()}
+    present = [key for key in BOUND_KEYS if key in node]
+    if not present:
+        return node
+    low, high = node.get("minimum"), node.get("maximum")
+    if _is_number(node.get("exclusiveMinimum")):
+        low = node["exclusiveMinimum"] + 1 if isinstance(node["exclusiveMinimum"], int) else None
+    if _is_number(node.get("exclusiveMaximum")):
+        high = node["exclusiveMaximum"] - 1 if isinstance(node["exclusiveMaximum"], int) else None
+    if (
+        node.get("type") == "integer"
+        and "multipleOf" not in node
+        and isinstance(low, int)
+        and isinstance(high, int)
+        and 0 <= high - low <= MAX_REPEAT
+        and "enum" not in node
+        and "const" not in node
+    ):
+        rest = {key: value for key, value in node.items() if key not in BOUND_KEYS and key != "type"}
+        return {**rest, "enum": list(range(low, high + 1))}
+    raise InvalidRequest(
+        f"'{present[0]}' at '{path or '/'}' cannot be enforced by grammar-constrained output; "
+        f"only integer ranges of at most {MAX_REPEAT + 1} values (with both minimum and maximum) are.",
+        param="response_format.json_schema.schema",
+    )
+
+
+#: keywords whose value is a map of names to schemas (the names are no keywords)
+SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+#: keywords whose value is data, not a schema
+DATA_KEYS = ("const", "enum", "default", "examples")
+
+
+def _bounded_member(key: str, value: Any, path: str) -> Any:
+    if key in DATA_KEYS:
+        return value
+    if key in SCHEMA_MAPS and isinstance(value, dict):
+        return {name: _bounded(schema, f"{path}/{name}") for name, schema in value.items()}
+    return _bounded(value, path)
+
+
 def _check(node: Any, depth: int, path: str) -> None:
     if isinstance(node, str):
         _check_text(node, path)
@@ -86,6 +142,7 @@ def grammar_for(response_format: dict | None) -> str | None:
             f"The JSON schema is larger than {MAX_SCHEMA_BYTES} bytes.", param="response_format.json_schema.schema"
         )
     _check(schema, 0, "")
+    text = json.dumps(_bounded(schema, ""))
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:

@@ -193,7 +193,8 @@ def test_stream_and_include_usage():
     chat = parse_chat_request(body(stream=True, stream_options={"include_usage": True}))
     assert (chat.stream, chat.include_usage) == (True, True)
     assert parse_chat_request(body(stream=None, stream_options=None)).stream is False
-    assert parse_chat_request(body(stream_options={"include_usage": False})).include_usage is False
+    with pytest.raises(InvalidRequest, match="stream_options"):  # as OpenAI: only with a stream
+        parse_chat_request(body(stream_options={"include_usage": False}))
 
 
 # --- refused fields
