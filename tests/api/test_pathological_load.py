@@ -6,6 +6,11 @@ each answer's latency. The issue asks for a /health p95 under 50 ms; so that the
 depend on the machine's speed, the bound is ``max(50 ms, 5 x the p95 of the same polling with no
 load)`` measured here first. Each body must be refused with a 400 naming its limit. The figures
 (p95 idle, p95 under load, the process's RSS growth) are printed (``pytest -s``).
+
+A timed test, so it is marked ``load`` and left out of ``make test`` (CONTRIBUTING: speed targets
+are checked by the benchmark, never by a timed unit test); ``make bench`` runs it, and
+``pytest -m load`` runs it alone. That every such body is refused, cheaply and before any other
+work, is asserted without timing in ``test_request_limits.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from http_helpers import request
 from inprocess import InProcessServer
 
 from ggufd.engine.fake import FakeEngine
+
+pytestmark = pytest.mark.load
 
 SAMPLES_MIN = 30  # /health answers measured at least, per body
 
