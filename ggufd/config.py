@@ -66,6 +66,9 @@ class LlamaSettings:
     swa_full: bool = False
     embedding: bool = False  # serve /v1/embeddings (and nothing else) from this model
     gguf_pooling: bool = False  # the GGUF names its own pooling (an embedding model by design)
+    # Map the weights from the file (llama.cpp's use_mmap). false reads them into memory (or onto the
+    # GPU): a later change of the file cannot touch the running model (README "Updating a model file").
+    mmap: bool = False
 
     @property
     def threads(self) -> int:
@@ -131,6 +134,7 @@ class Config:
             flash_attn=options.get("flash_attn", base.flash_attn),
             swa_full=options.get("swa_full", base.swa_full),
             embedding=options.get("embedding", base.embedding),
+            mmap=options.get("mmap", base.mmap),
         )
 
 

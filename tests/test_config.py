@@ -307,12 +307,21 @@ def test_unknown_key_in_llama(tmp_path):
         ('log_level = "verbose"\n', "log_level", "is not one of"),
         ('[models."m"]\naliases = "a"\n', "models.m.aliases", "is not of type 'array'"),
         ('[models."m".sampling]\ntemperature = 3\n', "models.m.sampling.temperature", "greater than the maximum of 2"),
+        ('[llama]\nmmap = "no"\n', "llama.mmap", "is not of type 'boolean'"),
+        ('[models."m"]\nmmap = 1\n', "models.m.mmap", "is not of type 'boolean'"),
     ],
 )
 def test_wrong_type_or_value_names_file_and_key(tmp_path, text, key, fragment):
     message = config_error(tmp_path, 'models_dir = "."\n' + text)
     assert message.startswith(f"{tmp_path / 'ggufd.toml'}: {key}: ")
     assert fragment in message
+
+
+def test_mmap_is_off_by_default_and_set_globally_or_per_model(tmp_path):
+    assert load_text(tmp_path, "").model_settings({}).mmap is False
+    config = load_text(tmp_path, '[llama]\nmmap = true\n[models."a"]\nmmap = false\n')
+    assert config.llama.mmap is True and config.model_settings({}).mmap is True
+    assert config.model_settings(config.models["a"]).mmap is False
 
 
 @pytest.mark.parametrize("port", [-1, 65536, 70000])
@@ -513,7 +522,16 @@ def _schema_keys() -> dict[str, set[str]]:
 def test_schema_sections_are_not_empty():
     keys = _schema_keys()
     assert {"host", "port", "models_dir", "llama", "models"} <= keys["top level"]
-    assert keys["[llama]"] == {"n_ctx", "n_gpu_layers", "n_batch", "n_threads", "parallel", "flash_attn", "swa_full"}
+    assert keys["[llama]"] == {
+        "n_ctx",
+        "n_gpu_layers",
+        "n_batch",
+        "n_threads",
+        "parallel",
+        "flash_attn",
+        "swa_full",
+        "mmap",
+    }
     assert {"path", "chat_template_file", "sampling"} <= keys['[models."<id>"]']
     assert {"temperature", "stop", "max_tokens"} <= keys["sampling"]
 

@@ -371,3 +371,32 @@ def test_disabled_gemma_plugin(tiny_model, tmp_path, models_dir):
     copy_model(tiny_model, models_dir / "gemma-lookalike.gguf")
     registry = registry_for(tmp_path, models_dir, 'disable_plugins = ["gemma"]\n')
     assert registry.get("gemma-lookalike").family == "gguf-template"
+
+
+# --------------------------------------------------------------------------- files that change
+
+
+def test_refresh_follows_a_changed_file_and_a_file_that_broke(tiny_model, tmp_path, models_dir):
+    from ggufd.registry import refresh
+
+    copy_model(tiny_model, models_dir / "a.gguf")
+    copy_model(tiny_model, models_dir / "b.gguf")
+    config_path = tmp_path / "ggufd.toml"
+    config_path.write_text(f"models_dir = {toml_str(models_dir)}\n")
+    config = load_config(config_path, environ={})
+    plugins = make_plugin_manager(config)
+    registry = build_registry(config, plugins)
+    assert registry.changed() == {} and set(registry.stamps) == {"a", "b"}
+
+    gguf_factory.write_tiny_llama(models_dir / "a.gguf.part", context_length=777)
+    os.replace(models_dir / "a.gguf.part", models_dir / "a.gguf")
+    (models_dir / "b.gguf").write_bytes(b"")
+    assert set(registry.changed()) == {"a", "b"}
+    updated = refresh(registry, ["a", "b"], plugins)
+    assert list(updated.models) == ["a"] and updated.models["a"].metadata.context_length == 777
+    assert [s.id for s in updated.skipped] == ["b"] and updated.changed() == {}
+    assert updated.default_id == "a"
+
+    shutil.copy(tiny_model, models_dir / "b.gguf")  # fixed: served again
+    again = refresh(updated, list(updated.changed()), plugins)
+    assert list(again.models) == ["a", "b"] and again.skipped == () and again.default_id == "a"

@@ -1,7 +1,7 @@
 """The Tornado application and the daemon's life: listen, preload, reload on SIGHUP, drain on SIGTERM.
 
-``make_app`` wires routes to handlers with one shared :class:`AppState`; ``serve`` runs
-until SIGTERM/SIGINT, then drains: new requests (and ``/health``) get 503 while running
+``make_app`` wires routes to handlers with one shared :class:`AppState`; ``serve`` watches the
+model files (:func:`watch_model_files`) and runs until SIGTERM/SIGINT, then drains: new requests (and ``/health``) get 503 while running
 requests finish, up to ``shutdown_timeout``; the rest are cancelled, models freed, exit 0.
 A second signal exits at once.
 """
@@ -29,10 +29,13 @@ from ggufd.api.tokenize import TokenizeHandler
 from ggufd.config import Config
 from ggufd.engine.lifecycle import Engine, Limits
 from ggufd.errors import ApiError, ConfigError
-from ggufd.registry import build_registry
+from ggufd.registry import build_registry, refresh
 from ggufd.systemd import inherited_sockets, watchdog_seconds
 
 log = structlog.get_logger("ggufd.app")
+
+#: seconds between two looks at the model files (one ``stat`` per model)
+FILE_POLL_SECONDS = 1.0
 
 
 def limits_of(config: Config) -> Limits:
@@ -103,6 +106,41 @@ async def reload(state: AppState) -> bool:
     log.info("reloaded", models=len(registry), added=added, removed=removed)
     state.notifier.ready()
     return True
+
+
+async def check_model_files(state: AppState, seen: dict) -> list[str]:
+    """One look at the model files. The engine protects loaded models whose file changed at once;
+    the registry re-reads a changed file once its stamp is the same in two looks in a row (a copy
+    or download has stopped writing), so a half-written file is not read. ``seen`` carries the
+    stamps of the changes still settling from one look to the next. Returns the ids read again."""
+    state.engine.check_files()
+    registry = state.registry
+    changed = await asyncio.to_thread(registry.changed)
+    settled = [model_id for model_id, stamp in changed.items() if model_id in seen and seen[model_id] == stamp]
+    for model_id in [m for m in changed if m not in seen]:
+        log.info("model file changed; reading it again once it is still", model=model_id)
+    seen.clear()
+    seen.update({model_id: stamp for model_id, stamp in changed.items() if model_id not in settled})
+    if not settled:
+        return []
+    updated = await asyncio.to_thread(refresh, registry, settled, state.plugins)
+    if state.registry is not registry:  # a SIGHUP reload replaced it meanwhile; it read every file
+        return []
+    state.registry = updated
+    config = state.config
+    state.engine.update_models(updated.models, lambda info: config.model_settings(info.options), limits_of(config))
+    return settled
+
+
+async def watch_model_files(state: AppState, interval: float = FILE_POLL_SECONDS) -> None:
+    """Poll the model files for changes (a ``stat`` each; see :func:`check_model_files`)."""
+    seen: dict = {}
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await check_model_files(state, seen)
+        except Exception:  # never let the watcher die; the next look tries again
+            log.exception("checking the model files failed")
 
 
 async def drain(state: AppState, timeout: float) -> None:
@@ -202,10 +240,12 @@ async def serve(state: AppState) -> None:
     await asyncio.gather(*(preload(state, model_id) for model_id in config.preload))
     state.notifier.ready()
     reporter = loop.create_task(report_to_systemd(state, watchdog_seconds()))
+    watcher = loop.create_task(watch_model_files(state))
 
     await stop.wait()
     await drain(state, state.config.shutdown_timeout)
     reporter.cancel()
+    watcher.cancel()
     server.stop()
     await server.close_all_connections()
     state.plugins.shutdown()

@@ -32,8 +32,12 @@ from ggufd.protocol.generation import Plan
 
 
 def stopped_by_server() -> Overloaded:
-    """The server cancelled the request (shutdown deadline) while its client still waited."""
-    return Overloaded("The server is shutting down; the request was stopped before it finished.", retry_after=5)
+    """The server cancelled the request (shutdown deadline, or its model's file was written in place
+    under mapped weights) while its client still waited."""
+    return Overloaded(
+        "The server stopped the request before it finished (shutting down, or its model file changed); try again.",
+        retry_after=5,
+    )
 
 
 class GenerationHandler(BaseHandler):

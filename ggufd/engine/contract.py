@@ -95,6 +95,11 @@ class EngineClient(Protocol):
         """After a reload: new settings apply on the next load; removed models go once idle."""
         ...
 
+    def check_files(self) -> list[str]:
+        """Compare each loaded model's file with the one it was loaded from; protect the models whose
+        file changed (no new work, unloaded once unused) and return their ids."""
+        ...
+
     async def close(self) -> None:
         """Free every model and stop the device threads."""
         ...

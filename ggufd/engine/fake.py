@@ -187,6 +187,9 @@ class FakeEngine:
     def update_models(self, models: Mapping[str, ModelInfo], settings_for: Any, limits: Any) -> None:
         self._loaded &= set(models)
 
+    def check_files(self) -> list[str]:
+        return []
+
     async def close(self) -> None:
         for generation in list(self._running):
             generation.cancel()

@@ -9,7 +9,16 @@ need, last use). A request becomes a :class:`Generation`; its task
 2. runs the generation on the model's device thread (:mod:`ggufd.engine.devices`), FIFO.
 
 A model with running or queued requests is never unloaded, so no request ever runs on a
-freed model. Results reach the loop with ``call_soon_threadsafe``. Nothing here imports HTTP or
+freed model.
+
+A loaded model's file is watched (:mod:`ggufd.file_stamps`): :meth:`Engine.check_files` (polled)
+and every request compare the file with the stamp taken when the model was loaded. On a change
+the slot turns *stale* (no new work starts on the old model; it is unloaded once the requests
+running on it are done) and *changing* (nothing loads the file until the registry has re-read it,
+:meth:`Engine.update_models`, or it has been still for ``FILE_SETTLE_SECONDS``). New requests wait
+meanwhile, at most ``FILE_WAIT_SECONDS``, then get a 503. A file written in place under a model
+that maps its weights (``mmap = true``) is the dangerous case: its running generations are
+cancelled at once, since their next step reads the changed pages. Results reach the loop with ``call_soon_threadsafe``. Nothing here imports HTTP or
 a wire format (``tests/test_layers.py`` checks it); the errors a client sees are :mod:`ggufd.errors`.
 """
 
@@ -30,7 +39,8 @@ from ggufd.engine.gpu import GpuReport, gpu_report
 from ggufd.engine.llama_log import LoadError, configure_llama, gpu_startup_problems
 from ggufd.engine.memory import estimate_model_bytes
 from ggufd.engine.model import free_model, load_model
-from ggufd.errors import ApiError, ModelLoadFailed, ModelTooLarge, Overloaded, ServerError
+from ggufd.errors import ApiError, ModelLoadFailed, ModelNotFound, ModelTooLarge, Overloaded, ServerError
+from ggufd.file_stamps import FileStamp, changed_in_place, file_stamp
 from ggufd.sizes import format_bytes
 from ggufd.types import GenerationRequest, ModelInfo
 
@@ -51,6 +61,10 @@ class ModelState(StrEnum):
 _RESIDENT = (ModelState.LOADING, ModelState.LOADED, ModelState.UNLOADING)
 #: States that end with ``ModelSlot.transition``.
 _IN_TRANSITION = (ModelState.LOADING, ModelState.UNLOADING)
+#: A changed file that nobody re-read counts as complete once its stamp has not moved for this long.
+FILE_SETTLE_SECONDS = 5.0
+#: The longest a request waits for a changed model file to settle and load; then 503 + Retry-After.
+FILE_WAIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,15 @@ class ModelSlot:
     transition: asyncio.Future | None = None  # set while loading/unloading
     retired: bool = False  # removed from the registry; unloaded once idle
     idle_timer: asyncio.TimerHandle | None = None
+    # the model file (see the module docstring)
+    stamp: FileStamp | None = None  # the file as the loaded model read it (taken before the load)
+    mapped: bool = False  # the loaded model maps its weights from the file
+    stale: bool = False  # the loaded model is not its file's current content: unloaded once unused
+    changing: bool = False  # the file changed and was not re-read yet: nothing loads or starts
+    changing_stamp: FileStamp | None = None  # the last stamp seen while changing, and since when
+    changing_since: float = 0.0
+    using: int = 0  # requests running on the loaded model (past the wait for it)
+    generations: set[Generation] = field(default_factory=set)  # the generations among them
 
     @property
     def id(self) -> str:
@@ -106,6 +129,8 @@ class ModelSlot:
             data["total_layers"] = layers
         if self.load_error is not None:
             data["error"] = self.load_error.message
+        if self.stale or self.changing:
+            data["file_changed"] = True
         return data
 
 
@@ -209,10 +234,14 @@ class Engine:
         is immutable, and a running batch must not make a token count wait."""
         slot = self._slot(info)
         slot.pending += 1
+        using = False
         try:
             await self._ensure_loaded(slot, None)
+            slot.using, using = slot.using + 1, True
             return await asyncio.to_thread(fn, slot.llama)
         finally:
+            if using:
+                self._done_using(slot)
             self._release(slot)
 
     def settings_for(self, info: ModelInfo):
@@ -226,10 +255,14 @@ class Engine:
         """Embeddings on the model's device thread (the context is not thread-safe)."""
         slot = self._slot(info)
         slot.pending += 1
+        using = False
         try:
             await self._ensure_loaded(slot, None)
+            slot.using, using = slot.using + 1, True
             return await self._devices.run(slot.placement.device, slot.llama.embed, inputs)
         finally:
+            if using:
+                self._done_using(slot)
             self._release(slot)
 
     async def unload(self, model_id: str) -> bool:
@@ -248,7 +281,8 @@ class Engine:
         return True
 
     def update_models(self, models: Mapping[str, ModelInfo], settings_for: Callable, limits: Limits) -> None:
-        """After a reload: new settings apply on the next load; removed models go once idle."""
+        """After a reload (or a re-read of changed model files): new settings and files apply on the
+        next load; removed models go once idle."""
         self._settings_for = settings_for
         self.limits = limits
         for model_id, slot in list(self._slots.items()):
@@ -257,12 +291,33 @@ class Engine:
                 slot.retired = True
                 self._maybe_unload_idle(slot)
                 continue
+            self._file_changed(slot)  # a loaded model whose file the registry read anew is stale
             slot.retired = False
             slot.info = info
+            slot.changing = False  # the registry has read the file as it is now
             slot.max_queue = info.options.get("max_queue", limits.max_queue)
             slot.keep_alive = info.options.get("keep_alive", limits.keep_alive)
             if slot.state == ModelState.FAILED:  # the file may have been fixed
                 slot.state, slot.load_error = ModelState.UNLOADED, None
+        self._notify_capacity()
+
+    def check_files(self) -> list[str]:
+        """Compare every loaded model's file with the stamp it was loaded from (one ``stat`` each)
+        and act on a change (module docstring); the ids whose file changed now."""
+        changed = []
+        now = time.monotonic()
+        for slot in list(self._slots.values()):
+            if slot.changing:
+                stamp = file_stamp(slot.info.path)
+                if stamp != slot.changing_stamp:
+                    slot.changing_stamp, slot.changing_since = stamp, now
+                elif now - slot.changing_since >= FILE_SETTLE_SECONDS:
+                    log.info("model file is still again; loading it on the next request", model=slot.id)
+                    slot.changing = False
+                    self._notify_capacity()
+            elif self._file_changed(slot):
+                changed.append(slot.id)
+        return changed
 
     def status(self) -> dict[str, dict]:
         return {model_id: slot.describe() for model_id, slot in self._slots.items()}
@@ -338,6 +393,11 @@ class Engine:
         event.set()
         self._capacity_changed = asyncio.Event()
 
+    def _done_using(self, slot: ModelSlot) -> None:
+        slot.using -= 1
+        if slot.using == 0 and slot.stale:
+            self._maybe_unload_idle(slot)
+
     def _release(self, slot: ModelSlot) -> None:
         slot.pending -= 1
         slot.last_used = time.monotonic()
@@ -349,9 +409,12 @@ class Engine:
 
     async def _run(self, slot: ModelSlot, generation: Generation, request: GenerationRequest) -> None:
         final: Finished | Failed = Finished("cancelled", 0, 0)
+        using = False
         try:
             await self._ensure_loaded(slot, generation)
             if not generation.cancelled:
+                slot.using, using = slot.using + 1, True
+                slot.generations.add(generation)
                 runner = slot.llama.runner
                 future, start = runner.submit(generation, request)
                 if start:  # the model's batch loop is idle: run it on the device thread
@@ -365,15 +428,34 @@ class Engine:
         finally:
             # Release the slot before the caller learns the request is over, so that whatever
             # the client does next (another request, an unload) sees the model idle.
+            if using:
+                slot.generations.discard(generation)
+                self._done_using(slot)
             self._release(slot)
             generation.emit(final)
 
     # --- loading and eviction
 
     async def _ensure_loaded(self, slot: ModelSlot, generation: Generation | None) -> None:
-        while slot.state != ModelState.LOADED:
+        waiting_since: float | None = None
+        while True:
             if generation is not None and generation.cancelled:
                 return
+            if slot.stale or slot.changing:  # the file changed: wait for the old model to go, the new file to settle
+                if slot.retired:
+                    raise ModelNotFound(
+                        slot.id, f"The model '{slot.id}' is no longer served: its file changed and cannot be read."
+                    )
+                now = time.monotonic()
+                waiting_since = waiting_since or now
+                if now - waiting_since > FILE_WAIT_SECONDS:
+                    raise Overloaded(f"The file of the model '{slot.id}' is being replaced; try again shortly.", 5)
+                await self._wait_for_capacity(0.25)
+                continue
+            if slot.state == ModelState.LOADED:
+                if not self._file_changed(slot):  # a stat per request: no work starts on a changed file
+                    return
+                continue
             if slot.state == ModelState.FAILED:
                 assert slot.load_error is not None  # set with the FAILED state
                 raise slot.load_error
@@ -415,12 +497,15 @@ class Engine:
                 await self._unload(victim)
                 return False
             # Everything resident is busy: wait until a model becomes idle (or the client leaves).
-            waiter = self._capacity()
-            try:
-                await asyncio.wait_for(waiter.wait(), timeout=0.25)
-            except TimeoutError:
-                pass
+            await self._wait_for_capacity(0.25)
             return False
+
+    async def _wait_for_capacity(self, timeout: float) -> None:
+        waiter = self._capacity()
+        try:
+            await asyncio.wait_for(waiter.wait(), timeout=timeout)
+        except TimeoutError:
+            pass
 
     async def _load(self, slot: ModelSlot) -> None:
         slot.state = ModelState.LOADING
@@ -436,6 +521,8 @@ class Engine:
             memory_estimate=format_bytes(slot.need_bytes),
         )
         logged = 0  # tenths of the load reported so far
+        slot.stamp = file_stamp(slot.info.path)  # before the load: a change during it counts as a change
+        slot.mapped = bool(getattr(slot.settings, "mmap", False))
 
         def on_progress(value: float) -> None:  # device thread
             nonlocal logged
@@ -461,12 +548,14 @@ class Engine:
             log.info("model loaded", model=slot.id, seconds=round(seconds, 3), device=slot.placement.device)
             if self._on_load is not None:
                 self._on_load(slot.id, seconds)
+            self._file_changed(slot)  # the file changed while it loaded: the model may be a mix
         finally:
             slot.transition.set_result(None)
             slot.transition = None
             self._notify_capacity()
 
     async def _unload(self, slot: ModelSlot) -> None:
+        slot.stale = False  # what is loaded next is read from the file as it is then
         slot.state = ModelState.UNLOADING
         slot.transition = asyncio.get_running_loop().create_future()
         llama, slot.llama = slot.llama, None
@@ -483,10 +572,14 @@ class Engine:
             self._notify_capacity()
 
     def _maybe_unload_idle(self, slot: ModelSlot) -> None:
-        """keep_alive and retirement: unload a model once it has been idle long enough."""
+        """keep_alive and retirement: unload a model once it has been idle long enough; a stale
+        model as soon as no request runs on it (the waiting ones wait for the new file)."""
         if slot.idle_timer is not None:
             slot.idle_timer.cancel()
             slot.idle_timer = None
+        if slot.stale and slot.using == 0 and slot.state == ModelState.LOADED:
+            self._spawn(self._unload_stale(slot))
+            return
         if slot.pending:
             return
         if slot.retired and slot.state in (ModelState.UNLOADED, ModelState.FAILED):
@@ -505,3 +598,36 @@ class Engine:
         if slot.pending == 0 and slot.state == ModelState.LOADED:
             log.info("unloading idle model", model=slot.id, keep_alive=slot.keep_alive, retired=slot.retired)
             self._spawn(self._unload(slot))
+
+    # --- model files
+
+    def _file_changed(self, slot: ModelSlot) -> bool:
+        """Stat a loaded model's file; on a change, protect the model and say True."""
+        if slot.state != ModelState.LOADED or slot.stale:
+            return False
+        stamp = file_stamp(slot.info.path)
+        if stamp == slot.stamp:
+            return False
+        in_place = changed_in_place(slot.stamp, stamp)
+        slot.stale = True
+        slot.changing, slot.changing_stamp, slot.changing_since = True, stamp, time.monotonic()
+        cancel = in_place and slot.mapped
+        log.warning(
+            "model file changed",
+            model=slot.id,
+            change="gone" if stamp is None else "in place" if in_place else "replaced",
+            mmap=slot.mapped,
+            running=slot.using,
+            cancelling=len(slot.generations) if cancel else 0,
+        )
+        if cancel:  # their next step would read the changed (or vanished) pages
+            for generation in list(slot.generations):
+                generation.cancel()
+        self._maybe_unload_idle(slot)
+        self._notify_capacity()
+        return True
+
+    async def _unload_stale(self, slot: ModelSlot) -> None:
+        if slot.stale and slot.using == 0 and slot.state == ModelState.LOADED:
+            log.info("unloading model whose file changed", model=slot.id)
+            await self._unload(slot)

@@ -44,6 +44,19 @@ def _extra_buffers_usable() -> bool:
     return False
 
 
+def set_mmap(model_params, mmap: bool) -> None:
+    """Map the weights from the file, or read them into memory (or onto the GPU) so that a later
+    write to the file cannot touch them. llama.cpp's ``load_mode`` (``use_mmap`` before it); lazy
+    tensor reading needs the mapping, so it is off without one."""
+    fields = {name for name, *_ in type(model_params)._fields_}
+    if "load_mode" in fields:
+        model_params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
+        if not mmap and "lazy_mode" in fields:
+            model_params.lazy_mode = llama_cpp.LLAMA_LAZY_MODE_OFF
+    else:  # pragma: no cover - llama-cpp-python before load_mode
+        model_params.use_mmap = mmap
+
+
 class LoadedModel:
     """A llama.cpp model and its context with ``parallel`` sequences (each ``n_ctx`` long)."""
 
@@ -59,6 +72,7 @@ class LoadedModel:
         model_params.n_gpu_layers = 0x7FFFFFFF if placement.n_gpu_layers < 0 else placement.n_gpu_layers
         model_params.main_gpu = placement.main_gpu
         model_params.split_mode = placement.split_mode
+        set_mmap(model_params, bool(getattr(settings, "mmap", False)))
         if not _extra_buffers_usable():
             model_params.use_extra_bufts = False  # plain CPU weight buffers (llama-server's --no-repack)
         if on_progress is not None:

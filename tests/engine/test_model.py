@@ -78,3 +78,20 @@ def test_a_sliding_window_cache_takes_a_fraction_of_the_full_cache(gemma_model):
     windowed, full = rss_growth(False), rss_growth(True)
     # KV cache of 4 x 4096 positions: 18 layers in full (~300 MB) vs 3 full layers + 15 windows (~90 MB)
     assert full - windowed > 150 * 1024**2, (windowed, full)
+
+
+def test_the_mmap_setting_reaches_llama_cpp():
+    """``mmap = false`` reads the weights into memory (llama.cpp's load_mode NONE, no lazy tensors)."""
+    import llama_cpp
+
+    from ggufd.engine.model import set_mmap
+
+    params = llama_cpp.llama_model_default_params()
+    set_mmap(params, False)
+    if hasattr(params, "load_mode"):
+        assert params.load_mode == llama_cpp.LLAMA_LOAD_MODE_NONE
+        assert params.lazy_mode == llama_cpp.LLAMA_LAZY_MODE_OFF
+        set_mmap(params, True)
+        assert params.load_mode == llama_cpp.LLAMA_LOAD_MODE_MMAP
+    else:  # pragma: no cover - older llama-cpp-python
+        assert params.use_mmap is False
