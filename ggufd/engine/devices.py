@@ -87,8 +87,7 @@ class DeviceExecutors:
         return [device for device, beat in list(self._busy.items()) if now - beat[0] > max_silence]
 
     def _tracked(self, device: str, fn: Callable, args: tuple) -> Any:
-        with self._queued_lock:
-            self._queued[device] -= 1
+        self._unqueue(device)
         beat = [time.monotonic()]
         _current.beat = beat
         self._busy[device] = beat
@@ -109,11 +108,17 @@ class DeviceExecutors:
         with self._queued_lock:
             self._queued[device] = self._queued.get(device, 0) + 1
         try:
-            return executor.submit(self._tracked, device, fn, args)
+            future = executor.submit(self._tracked, device, fn, args)
         except BaseException:
-            with self._queued_lock:
-                self._queued[device] -= 1
+            self._unqueue(device)
             raise
+        # cancelled before it started (its awaiter was cancelled): it never reaches _tracked
+        future.add_done_callback(lambda done: self._unqueue(device) if done.cancelled() else None)
+        return future
+
+    def _unqueue(self, device: str) -> None:
+        with self._queued_lock:
+            self._queued[device] -= 1
 
     async def run(self, device: str, fn: Callable, *args) -> Any:
         return await asyncio.wrap_future(self._submit(device, fn, *args))

@@ -4,6 +4,7 @@ and a prompt too long for the context is refused from its length, tokenized off 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import gguf_factory
@@ -69,6 +70,39 @@ def test_drivers_on_one_device_alternate_and_a_lone_one_never_requeues(monkeypat
     assert order[:200] == ["solo"] * 200 and lone_submissions == 1  # 200 steps in one slice
     # a's first step held the thread while b and a job were queued: then they take turns
     assert order[200:] == ["a", "b", "job", "a", "b", "a", "b", "a", "a", "a"]
+
+
+def test_a_job_cancelled_before_it_ran_leaves_a_lone_driver_alone(monkeypatch):
+    executors = DeviceExecutors()
+    release, submitted = threading.Event(), []
+    original = DeviceExecutors._submit
+    monkeypatch.setattr(DeviceExecutors, "_submit", lambda self, *a: submitted.append(a[1]) or original(self, *a))
+
+    async def main():
+        blocker = asyncio.ensure_future(executors.run("cpu", release.wait, 5))
+        waiter = asyncio.ensure_future(executors.run("cpu", lambda: None))
+        await asyncio.sleep(0.01)
+        waiter.cancel()  # its job never runs
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiter
+        for _ in range(3):  # the cancellation reaches the job's future (loop callbacks)
+            await asyncio.sleep(0)
+        release.set()
+        await blocker
+        left, done = [50], threading.Event()
+
+        def step() -> bool:
+            left[0] -= 1
+            if not left[0]:
+                done.set()
+            return left[0] > 0
+
+        executors.drive("cpu", step)
+        await asyncio.to_thread(done.wait, 5)
+
+    asyncio.run(main())
+    executors.shutdown()
+    assert len(submitted) == 3  # the two jobs and one slice: the driver was never asked to make way
 
 
 @pytest.fixture(scope="module")
