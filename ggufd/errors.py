@@ -85,16 +85,18 @@ class ModelNotFound(ApiError):
 class ContextLengthExceeded(ApiError):
     """400: prompt (plus the requested completion) does not fit the model's context."""
 
-    def __init__(self, n_ctx: int, prompt_tokens: int, max_tokens: int | None) -> None:
+    def __init__(self, n_ctx: int, prompt_tokens: int, max_tokens: int | None, *, at_least: bool = False) -> None:
+        # at_least: ``prompt_tokens`` is a lower bound (a prompt refused from its length, untokenized)
+        many = "at least " if at_least else ""
         if max_tokens is None:
             message = (
                 f"This model's maximum context length is {n_ctx} tokens. However, your messages "
-                f"resulted in {prompt_tokens} tokens. Please reduce the length of the messages."
+                f"resulted in {many}{prompt_tokens} tokens. Please reduce the length of the messages."
             )
         else:
             message = (
                 f"This model's maximum context length is {n_ctx} tokens. However, you requested "
-                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} "
+                f"{many}{prompt_tokens + max_tokens} tokens ({many}{prompt_tokens} in the messages, {max_tokens} "
                 "in the completion). Please reduce the length of the messages or completion."
             )
         super().__init__(400, message, code="context_length_exceeded", param="messages")

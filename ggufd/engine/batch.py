@@ -7,8 +7,10 @@ chain (temperature, top-k/p, min-p, penalties, seed) and its own stop strings, U
 and token budget. A finished sequence keeps its KV cells so that a conversation that
 continues reuses its prefix.
 
-Everything here except :meth:`BatchRunner.submit` runs on the model's device thread
-(:mod:`ggufd.engine.devices`), never on the event loop.
+Everything here except :meth:`BatchRunner.submit` and :meth:`BatchRunner.prepare` runs on
+the model's device thread (:mod:`ggufd.engine.devices`), never on the event loop. ``prepare``
+tokenizes a prompt in a worker thread before it is submitted: a long prompt's tokenization
+does not stop the model's running batch, nor the other models on its device.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class _Sequence:
     generation: Generation
     request: GenerationRequest
     future: Future
+    tokens: list[int] | None = None  # the prompt, tokenized by ``prepare`` before ``submit``
     seq_id: int = -1
     prompt: list[int] = field(default_factory=list)
     prefilled: int = 0  # prompt tokens in the KV cache
@@ -74,28 +77,48 @@ class BatchRunner:
         }  # tokens in each KV stream
         self._outbox: list = []  # (generation, event) of this step, delivered together
 
-    def submit(self, generation: Generation, request: GenerationRequest) -> tuple[Future, bool]:
-        """Queue a request; returns its future (resolved with the Finished event) and whether
-        the caller must start :meth:`run` on the device thread."""
-        sequence = _Sequence(generation, request, Future())
+    def prepare(self, request: GenerationRequest) -> list[int]:
+        """The prompt's tokens, or :class:`ContextLengthExceeded` if it cannot fit with its
+        ``max_tokens``. Thread-safe (the vocabulary is read-only): the engine calls it in a worker
+        thread. A prompt too long to fit is refused from its length in bytes before tokenizing
+        when it must have more tokens than fit (:meth:`LoadedModel.min_tokens`)."""
+        n_ctx, max_tokens = self.model.n_ctx, request.max_tokens
+        limit = n_ctx - max(1, max_tokens or 0)  # the most prompt tokens that fit (and leave one to generate)
+        data = request.prompt.text.encode("utf-8")
+        at_least = self.model.min_tokens(len(data), more_than=limit)
+        if at_least is not None:
+            raise ContextLengthExceeded(n_ctx, at_least, max_tokens, at_least=True)
+        tokens = self.model.tokenize_bytes(data, request.prompt.add_bos)
+        if len(tokens) > limit:
+            raise ContextLengthExceeded(n_ctx, len(tokens), max_tokens)
+        return tokens
+
+    def submit(
+        self, generation: Generation, request: GenerationRequest, tokens: list[int] | None = None
+    ) -> tuple[Future, bool]:
+        """Queue a request (its prompt's ``tokens`` from :meth:`prepare`, else it is tokenized
+        when admitted); returns its future (resolved with the Finished event) and whether the
+        caller must start :meth:`step` on the device thread (``DeviceExecutors.drive``)."""
+        sequence = _Sequence(generation, request, Future(), tokens)
         with self._lock:
             self._inbox.append(sequence)
             start = not self._running
             self._running = True
         return sequence.future, start
 
-    def run(self) -> None:
-        """Step until no sequence is left (on the device thread)."""
+    def step(self) -> bool:
+        """One turn on the device thread: admit, drop the cancelled, decode one step. False once
+        no sequence is left (the runner is idle; the next :meth:`submit` says to start it again)."""
         try:
-            while True:
-                with self._lock:
-                    if not self._inbox and not self._active:
-                        self._running = False
-                        return
-                self._admit()
-                self._drop_cancelled()
-                if self._active:
-                    self._step()
+            with self._lock:
+                if not self._inbox and not self._active:
+                    self._running = False
+                    return False
+            self._admit()
+            self._drop_cancelled()
+            if self._active:
+                self._step()
+            return True
         except BaseException as exc:  # a bug: fail every request instead of hanging them
             log.exception("batch runner failed")
             with self._lock:
@@ -110,6 +133,12 @@ class BatchRunner:
                 if not sequence.future.done():
                     sequence.future.set_exception(exc)
             self._forget_all()
+            return False
+
+    def run(self) -> None:
+        """Step until no sequence is left (on the device thread, holding it)."""
+        while self.step():
+            pass
 
     def close(self) -> None:
         for sequence in self._active.values():
@@ -127,17 +156,13 @@ class BatchRunner:
                 sequence.future.set_result(Finished("cancelled", 0, 0))
                 continue
             request = sequence.request
-            tokens = self.model.tokenize(request.prompt.text, request.prompt.add_bos)
-            n_ctx = self.model.n_ctx
-            budget = n_ctx - len(tokens)
-            if budget <= 0 or (request.max_tokens is not None and request.max_tokens > budget):
-                sequence.future.set_exception(ContextLengthExceeded(n_ctx, len(tokens), request.max_tokens))
-                continue
             try:
+                tokens = sequence.tokens if sequence.tokens is not None else self.prepare(request)
                 sampler = make_sampler(request.sampling, self.model.n_vocab, self.model.vocab)
             except ApiError as exc:
                 sequence.future.set_exception(exc)
                 continue
+            budget = self.model.n_ctx - len(tokens)
             sequence.max_tokens = budget if request.max_tokens is None else request.max_tokens
             sequence.prompt = tokens
             sequence.seq_id = self._choose_stream(tokens)

@@ -416,9 +416,11 @@ class Engine:
                 slot.using, using = slot.using + 1, True
                 slot.generations.add(generation)
                 runner = slot.llama.runner
-                future, start = runner.submit(generation, request)
-                if start:  # the model's batch loop is idle: run it on the device thread
-                    self._spawn(self._devices.run(slot.placement.device, runner.run))
+                tokens = await asyncio.to_thread(runner.prepare, request)  # not on the device thread
+            if not generation.cancelled:
+                future, start = runner.submit(generation, request, tokens)
+                if start:  # the model's batch is idle: step it on the device thread, in turn with others
+                    self._devices.drive(slot.placement.device, runner.step)
                 final = await asyncio.wrap_future(future)
         except ApiError as exc:
             final = Failed(exc)

@@ -29,6 +29,9 @@ log = structlog.get_logger("ggufd.llama")
 
 _warned_extra_buffers = threading.Event()
 
+#: Vocabularies whose tokens cover the text without dropping any of it (see ``min_tokens``).
+_BOUNDED_VOCABS = (llama_cpp.LLAMA_VOCAB_TYPE_SPM, llama_cpp.LLAMA_VOCAB_TYPE_BPE)
+
 
 def _extra_buffers_usable() -> bool:
     """False where llama.cpp's AMX kernel faults (:mod:`ggufd.engine.cpu_probe`); asked at the
@@ -118,6 +121,7 @@ class LoadedModel:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
+        self._max_token_text: int | None = None
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.n_swa = llama_cpp.llama_model_n_swa(self.model)  # 0: no sliding-window layers
         self.n_ctx = min(n_ctx, llama_cpp.llama_n_ctx_seq(self.ctx))
@@ -126,14 +130,50 @@ class LoadedModel:
         self.runner = BatchRunner(self)
 
     def tokenize(self, text: str, add_bos: bool) -> list[int]:
-        data = text.encode("utf-8")
-        size = len(data) + 8
+        return self.tokenize_bytes(text.encode("utf-8"), add_bos)
+
+    def tokenize_bytes(self, data: bytes, add_bos: bool) -> list[int]:
+        size = len(data) + 8  # enough: a token covers at least one byte (plus BOS and a space prefix)
         while True:
             buffer = (llama_cpp.llama_token * size)()
             n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, size, add_bos, True)
             if n >= 0:
                 return list(buffer[:n])
             size = -n
+
+    def min_tokens(self, n_bytes: int, more_than: int) -> int | None:
+        """A lower bound on the tokens of any text of ``n_bytes`` bytes, when it exceeds
+        ``more_than``; else None (tokenize to know). Cheap, to refuse a prompt that cannot fit
+        before tokenizing it: llama.cpp's tokenizer is superlinear on some long inputs (768 KB
+        of spaces: 2.7 s for gemma). A token of a SentencePiece or byte-level BPE vocabulary
+        stands for at most as many bytes of the text as its own text has (the longest:
+        :meth:`max_token_text`), and these tokenizers drop nothing, so the bound never refuses
+        a text that would fit. No bound (None) where text can vanish: WordPiece and Unigram
+        normalise whitespace, and a special token marked to strip the whitespace beside it
+        (llama.cpp does so for phi-3's) swallows any amount of it."""
+        if n_bytes <= more_than:
+            return None  # a token has at least one byte: a text this short may fit
+        longest = self.max_token_text()
+        if longest is None:
+            return None
+        at_least = -(-n_bytes // longest)
+        return at_least if at_least > more_than else None
+
+    def max_token_text(self) -> int | None:
+        """The longest token text of the vocabulary in bytes, None where a token may stand for
+        more of the text than its own (see :meth:`min_tokens`). Computed on first use, in the
+        worker thread of the first long prompt (0.4 s for gemma's 262k tokens)."""
+        if self._max_token_text is None:
+            vocab, longest = self.vocab, 0
+            if llama_cpp.llama_vocab_type(vocab) in _BOUNDED_VOCABS:
+                strip = llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP | llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP
+                for token in range(self.n_vocab):
+                    if llama_cpp.llama_vocab_get_attr(vocab, token) & strip:
+                        longest = 0
+                        break
+                    longest = max(longest, len(llama_cpp.llama_vocab_get_text(vocab, token) or b""))
+            self._max_token_text = longest  # 0: no bound
+        return self._max_token_text or None
 
     def token_bytes(self, token: int) -> bytes:
         """The bytes of one generated token (special tokens render as nothing); remembered."""
