@@ -26,7 +26,8 @@ WAIT = 10  # seconds; every wait below ends on a condition long before
 
 
 class FakeRunner:
-    """Runs one generation at a time until the model's ``release`` is set or it is cancelled."""
+    """Runs one generation at a time until the model's ``release`` is set or it is cancelled
+    (the BatchRunner contract: ``prepare`` off the device thread, ``submit``, ``step`` on it)."""
 
     def __init__(self, model: FakeModel) -> None:
         self.model = model
@@ -34,24 +35,28 @@ class FakeRunner:
         self.lock = threading.Lock()
         self.running = False
 
-    def submit(self, generation: Generation, request):
+    def prepare(self, request) -> list[int]:
+        return [1]
+
+    def submit(self, generation: Generation, request, tokens=None):
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self.lock:
             self.queue.append((generation, future))
             start, self.running = not self.running, True
         return future, start
 
-    def run(self) -> None:
-        while True:
-            with self.lock:
-                if not self.queue:
-                    self.running = False
-                    return
-                generation, future = self.queue.pop(0)
-            generation.emit(Started(1))
-            while not generation.cancelled and not self.model.release.wait(0.01):
-                pass
-            future.set_result(Finished("cancelled" if generation.cancelled else "stop", 1, 0))
+    def step(self) -> bool:
+        """One generation from start to end (a fake "step"); False once nothing is queued."""
+        with self.lock:
+            if not self.queue:
+                self.running = False
+                return False
+            generation, future = self.queue.pop(0)
+        generation.emit(Started(1))
+        while not generation.cancelled and not self.model.release.wait(0.01):
+            pass
+        future.set_result(Finished("cancelled" if generation.cancelled else "stop", 1, 0))
+        return True
 
 
 class FakeModel:
