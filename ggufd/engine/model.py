@@ -256,3 +256,20 @@ def load_model(
 
 def free_model(model: LoadedModel) -> None:
     model.close()
+    _return_freed_memory()
+
+
+def _return_freed_memory() -> None:
+    """Give the freed weights back to the system (glibc's ``malloc_trim``).
+
+    With ``mmap = false`` the weights live in malloc'd buffers; after the first large free, glibc
+    raises its mmap threshold and later buffers come from the heap, which keeps freed pages: 50
+    load/unload cycles of a 9 MB model grew RSS by 29 MB before this (measured in
+    tests/test_lifecycle.py). A no-op where there is no glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
