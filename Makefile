@@ -91,7 +91,7 @@ LLAMA_SERVER ?= $(wildcard $(LLAMA_SERVER_BUILD)/bin/llama-server)
 bench: $(VENV)/.installed-bench $(VENV)/.installed-test bench/.cache/examples/server/server.py
 	$(BIN)/python -m pytest -m load -s -q -p no:cacheprovider tests/api/test_pathological_load.py
 	$(BIN)/python bench/run.py --write-benchmarks --example-server bench/.cache/examples/server/server.py \
-		$(if $(LLAMA_SERVER),--llama-server $(LLAMA_SERVER)) $(BENCH_ARGS)
+		--two-models $(if $(LLAMA_SERVER),--llama-server $(LLAMA_SERVER)) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

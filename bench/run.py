@@ -593,6 +593,69 @@ def prefix_reuse(server: Server, model: Path, args) -> dict:
     return {"cold_ttft_ms": 1000 * statistics.median(colds), "warm_ttft_ms": 1000 * statistics.median(warms)}
 
 
+def two_models(model: Path, args, workdir: Path, streams: int = 4, rounds: int = 3) -> dict:
+    """Issue 24: a small model's time to first token alone, and while ``streams`` streams of the benchmark
+    model run on the same device (one ggufd, both models on "cpu"). Before models took turns step by
+    step, the small model's request waited for the other model's whole batch."""
+    import openai
+
+    sys.path.insert(0, str(REPO / "tests"))
+    import gguf_factory  # tests/gguf_factory.py: a tiny random-weight llama
+
+    tiny = gguf_factory.write_tiny_llama(workdir / "two-models-tiny.gguf")
+    port = free_port()
+    models = workdir / "two-models"
+    models.mkdir(exist_ok=True)
+    config = workdir / "two-models.toml"
+    config.write_text(
+        f'models_dir = "{models}"\nlog_level = "warning"\nmax_queue = 64\n'
+        f"[llama]\nn_ctx = {args.n_ctx}\nn_threads = {args.threads}\nparallel = {streams}\nn_gpu_layers = {args.n_gpu_layers}\n"
+        f'[models."{model.stem}"]\npath = "{model}"\ndevice = "cpu"\n[models.tiny]\npath = "{tiny}"\ndevice = "cpu"\n'
+    )
+    server = Server(
+        "ggufd (two models)", [sys.executable, "-m", "ggufd", "--config", str(config), "--port", str(port)], port
+    )
+    client = openai.OpenAI(base_url=server.url, api_key="bench", max_retries=0, timeout=600)
+
+    def tiny_ttft() -> float:
+        started = time.perf_counter()
+        for chunk in client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0, stream=True
+        ):
+            if chunk.choices and chunk.choices[0].delta.content is not None:
+                return 1000 * (time.perf_counter() - started)
+        return 1000 * (time.perf_counter() - started)
+
+    def busy(i: int) -> None:
+        client.chat.completions.create(
+            model=model.stem,
+            messages=messages_for(i, "two-models"),
+            max_tokens=args.max_tokens,
+            temperature=0,
+            logit_bias=LOGIT_BIAS or None,
+        )
+
+    try:
+        tiny_ttft(), busy(0)  # both loaded
+        alone = [tiny_ttft() for _ in range(rounds)]
+        loaded = []
+        for r in range(rounds):
+            threads = [threading.Thread(target=busy, args=(r * streams + i,)) for i in range(streams)]
+            for thread in threads:
+                thread.start()
+            time.sleep(0.5)  # the streams are being decoded (their TTFT is far below this here)
+            loaded.append(tiny_ttft())
+            for thread in threads:
+                thread.join()
+    finally:
+        server.stop()
+    return {
+        "streams": streams,
+        "alone_ttft_ms": statistics.median(alone),
+        "under_load_ttft_ms": statistics.median(loaded),
+    }
+
+
 def idle_footprint(model: Path, args, workdir: Path) -> dict:
     server = start_ggufd(model, args, workdir)
     time.sleep(0.5)
@@ -677,6 +740,14 @@ def report(results: dict, args) -> str:
             "",
             f"Multi-turn prefix reuse (ggufd): time to first token {fmt(extra['cold_ttft_ms'])} ms with a new conversation prefix, "
             f"{fmt(extra['warm_ttft_ms'])} ms when the conversation continues (cached prefix).",
+        ]
+    shared = results.get("two_models")
+    if shared:
+        lines += [
+            "",
+            f"Two models on one device (issue 24): a 4-token request to a tiny model, time to first token "
+            f"{fmt(shared['alone_ttft_ms'])} ms alone, {fmt(shared['under_load_ttft_ms'])} ms while "
+            f"{shared['streams']} streams of the benchmark model run on the same device (medians).",
         ]
     idle = results.get("idle")
     if idle:
@@ -792,6 +863,7 @@ def main(argv=None) -> int:
     parser.add_argument("--systems", default="inprocess,inprocess-batched,ggufd,llama_cpp.server,example,llama-server")
     parser.add_argument("--example-server", help="examples/server/server.py from llama-cpp-python's source package")
     parser.add_argument("--llama-server", help="llama.cpp's llama-server binary")
+    parser.add_argument("--two-models", action="store_true", help="also measure two models sharing one device")
     parser.add_argument(
         "--ggufd-tree",
         type=Path,
@@ -866,6 +938,7 @@ def main(argv=None) -> int:
     finally:
         for system in systems:
             system.close()
+    shared_device = two_models(model, args, workdir) if args.two_models else None
     if "ggufd" in wanted:
         idle = idle_footprint(model, args, workdir)
 
@@ -880,6 +953,7 @@ def main(argv=None) -> int:
         "machine": machine(),
         "rows": rows,
         "prefix_reuse": prefix,
+        "two_models": shared_device,
         "idle": idle,
         "settings": {
             "max_tokens": args.max_tokens,
