@@ -1,9 +1,9 @@
 """The Tornado application and the daemon's life: listen, preload, reload on SIGHUP, drain on SIGTERM.
 
 ``make_app`` wires routes to handlers with one shared :class:`AppState`; ``serve`` watches the
-model files (:func:`watch_model_files`) and runs until SIGTERM/SIGINT, then drains: new requests (and ``/health``) get 503 while running
-requests finish, up to ``shutdown_timeout``; the rest are cancelled, models freed, exit 0.
-A second signal exits at once.
+model files (:func:`watch_model_files`) and runs until SIGTERM/SIGINT, then drains: new requests
+(and ``/health``) get 503 while running requests finish, up to ``shutdown_timeout``; the rest are
+cancelled, models freed, exit 0. A second signal exits at once.
 """
 
 from __future__ import annotations
