@@ -28,7 +28,7 @@ from ggufd.protocol.options import (
     with_model_defaults,
 )
 from ggufd.protocol.prompt import build_generation
-from ggufd.protocol.sse import MEDIA_TYPE, sse
+from ggufd.protocol.sse import DONE, MEDIA_TYPE, sse
 from ggufd.protocol.structured_output import grammar_for
 from ggufd.protocol.tools import ToolPolicy, find_calls, tool_policy, with_instruction
 from ggufd.protocol.tools import grammar as tools_grammar
@@ -200,7 +200,7 @@ class ChatOutput:
     and model in each) or, not streamed, its ``chat.completion`` body."""
 
     media_type = MEDIA_TYPE
-    DONE = b"data: [DONE]\n\n"
+    DONE = DONE
 
     def __init__(self, completion_id: str, model: str, created: int | None = None, include_usage: bool = False) -> None:
         self.completion_id = completion_id

@@ -23,7 +23,7 @@ from ggufd.protocol.options import (
     stop_list,
     with_model_defaults,
 )
-from ggufd.protocol.sse import MEDIA_TYPE, sse
+from ggufd.protocol.sse import DONE, MEDIA_TYPE, sse
 from ggufd.types import ChatPrompt, GenerationRequest
 from ggufd.validation import validate
 
@@ -146,7 +146,7 @@ class TextOutput:
     prompt itself when the request asked for ``echo``: it comes first, as text."""
 
     media_type = MEDIA_TYPE
-    DONE = b"data: [DONE]\n\n"
+    DONE = DONE
 
     def __init__(
         self, completion_id: str, model: str, created: int | None = None, include_usage: bool = False, prefix: str = ""

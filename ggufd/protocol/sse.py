@@ -11,6 +11,8 @@ from typing import Any
 from ggufd.protocol.body import dumps
 
 MEDIA_TYPE = "text/event-stream; charset=utf-8"
+#: the end of an OpenAI-style stream (Chat Completions, Completions)
+DONE = b"data: [DONE]\n\n"
 
 
 def sse(data: Any, event: str | None = None) -> bytes:

@@ -124,7 +124,7 @@ def test_a_failure_before_the_first_token_is_a_generic_500():
         assert error["message"] == "The model failed."
 
 
-def test_an_unexpected_exception_is_a_500_without_details(monkeypatch):
+def test_an_unexpected_exception_is_a_500_without_details():
     engine = FakeEngine(reply=lambda request: (_ for _ in ()).throw(RuntimeError("/secret/path exploded")))
     with InProcessServer(engine) as server:
         status, _, raw = response = chat(server.url, {**HELLO, "stream": False})
