@@ -9,7 +9,9 @@ import pluggy
 from ggufd.errors import ApiError, InvalidRequest
 from ggufd.gguf_metadata import GGUFMetadata
 from ggufd.protocol.tools import tool_arguments, tool_call
-from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
+from ggufd.reasoning import ReasoningFilter
+from ggufd.tool_calls import Block, MarkedCalls, OpenerGate, json_call_block
+from ggufd.types import ChatPrompt, ModelInfo, ModelSpec, ReasoningSyntax, ToolCallDelta
 
 __version__ = "0.1.0"
 
@@ -17,13 +19,20 @@ hookimpl = pluggy.HookimplMarker("ggufd")
 
 __all__ = [
     "ApiError",
+    "Block",
     "ChatPrompt",
     "GGUFMetadata",
     "InvalidRequest",
+    "MarkedCalls",
     "ModelInfo",
     "ModelSpec",
+    "OpenerGate",
+    "ReasoningFilter",
+    "ReasoningSyntax",
+    "ToolCallDelta",
     "__version__",
     "hookimpl",
+    "json_call_block",
     "tool_arguments",
     "tool_call",
 ]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from ggufd.gguf_metadata import GGUFMetadata
-from ggufd.types import AnswerFilter, ChatPrompt, ModelInfo, ModelSpec
+from ggufd.types import AnswerFilter, ChatPrompt, ModelInfo, ModelSpec, ToolCallStream
 
 if TYPE_CHECKING:
     from ggufd.config import Config
@@ -58,7 +58,12 @@ def detect_family(metadata: GGUFMetadata, spec: ModelSpec) -> str | None:
 
 
 @hookspec(firstresult=True)
-def format_chat(model: ModelInfo, messages: Sequence[Mapping[str, Any]]) -> ChatPrompt | None:
+def format_chat(
+    model: ModelInfo,
+    messages: Sequence[Mapping[str, Any]],
+    tools: Sequence[Mapping[str, Any]],
+    template_kwargs: Mapping[str, Any],
+) -> ChatPrompt | None:
     """Render a chat (OpenAI ``messages``) into prompt text for ``model``.
 
     firstresult: the first non-``None`` answer wins. Family plugins answer only for
@@ -67,12 +72,24 @@ def format_chat(model: ModelInfo, messages: Sequence[Mapping[str, Any]]) -> Chat
     :param model: the model, with ``family`` and GGUF ``metadata``.
     :param messages: normalised messages: ``role`` and ``content`` (always a string;
         text parts already joined), plus ``name``/``tool_calls``/``tool_call_id`` if sent.
-    :returns: a :class:`ChatPrompt` ending with the generation prompt for the assistant.
+    :param tools: the tools the model may call (OpenAI ``{"type": "function", "function":
+        {...}}`` objects), empty when none may be. A family that renders them in its own syntax
+        returns ``tools_rendered=True``; otherwise ggufd adds a system message describing them
+        (asking for a JSON call) and calls this hook again with no tools.
+    :param template_kwargs: variables for the template, as llama.cpp and vLLM take them: the
+        request's ``chat_template_kwargs`` over the model's and the server's defaults, plus
+        ``reasoning_effort`` when one was asked for. Families read what they understand (e.g.
+        ``enable_thinking``) and name it in ``ChatPrompt.honoured``; the keys no one honoured
+        are reported to the client as ignored.
+    :returns: a :class:`ChatPrompt` ending with the generation prompt for the assistant; its
+        ``reasoning`` names the syntax the model reasons in, when it does.
     :raises ggufd.errors.InvalidRequest: for messages the format cannot express.
 
     Precedence: ``template_override`` (tryfirst: a ``chat_template`` in the model's config)
     > family plugins > ``gguf_template`` (trylast: the GGUF's own template in a sandboxed
-    Jinja environment, else a logged generic fallback).
+    Jinja environment, else a logged generic fallback). Implementations written before
+    ``tools`` and ``template_kwargs`` existed keep working (pluggy passes only the arguments
+    an implementation names).
     """
 
 
@@ -107,12 +124,50 @@ def parse_tool_calls(model: ModelInfo, text: str) -> list[dict] | None:
     """
 
 
+@hookspec
+def tool_call_openers(model: ModelInfo) -> list[str] | None:
+    """The strings with which the family's tool-call syntax starts (``<tool_call>``,
+    ``[TOOL_CALLS]``, ``<|python_tag|>``, ...).
+
+    Every plugin's answer is used. When a request offers tools, its content streams as it is
+    generated up to the first opener; from there on it is held and, at the end, handed to
+    ``parse_tool_calls`` (a call is delivered, or the held text as content). An answer that
+    starts with a JSON object or array (ggufd's generic call syntax) is held from its start.
+
+    :param model: the model, with ``family`` and GGUF ``metadata``.
+    :returns: a list of strings, or ``None``.
+
+    Default: none (only the generic JSON call is recognised).
+    """
+
+
 @hookspec(firstresult=True)
-def answer_filter(model: ModelInfo) -> AnswerFilter | None:
+def tool_call_stream(
+    model: ModelInfo, tools: Sequence[Mapping[str, Any]], parallel: bool
+) -> ToolCallStream | None:
+    """Return a fresh :class:`~ggufd.types.ToolCallStream` that finds the calls in one answer's
+    content while it is generated, streaming their arguments as they are written; ``None`` to
+    use the openers and ``parse_tool_calls`` (calls delivered whole at the end).
+
+    firstresult. Called once per request that offers tools. ``ggufd.tool_calls.MarkedCalls``
+    builds one for syntaxes where each call sits between a begin and an end marker.
+
+    :param model: the model the request runs on.
+    :param tools: the offered tools (a call to any other name is not a call).
+    :param parallel: ``False`` when the request set ``parallel_tool_calls: false``; ggufd keeps
+        only the first call either way.
+    :returns: a stream object, or ``None``.
+
+    Default: none.
+    """
+
+
+@hookspec(firstresult=True)
+def answer_filter(model: ModelInfo, prompt: ChatPrompt) -> AnswerFilter | None:
     """Return a fresh filter for one request's generated text, or ``None`` (the text is the answer as it is).
 
     firstresult. Called once per request. For families whose output mixes reasoning, channels or
-    other markup with the answer (gpt-oss's harmony format), the filter separates them:
+    other markup with the answer (``<think>`` blocks, gpt-oss's harmony format), the filter separates them:
 
     - ``feed(text: str) -> tuple[str, str]``: the (content, reasoning) for the next piece of
       generated text; it may hold back a partial marker until the next piece;
@@ -121,8 +176,11 @@ def answer_filter(model: ModelInfo) -> AnswerFilter | None:
     Concatenating the pieces must give the same result however the text was split, so streamed
     and non-streamed answers stay identical. Content is returned as ``content``; reasoning as
     ``reasoning_content`` (the field DeepSeek's and llama.cpp's servers use).
+    ``ggufd.ReasoningFilter(prompt.reasoning)`` does this for ``<think>``-style syntaxes.
 
     :param model: the model the request runs on.
+    :param prompt: the request's rendered prompt (``prompt.reasoning.opened``: the answer
+        starts inside the reasoning).
     :returns: a filter object, or ``None``.
 
     Default: none.

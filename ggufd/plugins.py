@@ -37,7 +37,7 @@ import pluggy
 import structlog
 
 from ggufd import __version__, hookspecs
-from ggufd.types import AnswerFilter, ChatPrompt, ModelInfo, ModelSpec, PassThrough
+from ggufd.types import AnswerFilter, ChatPrompt, ModelInfo, ModelSpec, PassThrough, ToolCallStream
 
 if TYPE_CHECKING:
     from ggufd.config import Config
@@ -103,9 +103,17 @@ class Plugins:
     def detect_family(self, metadata: GGUFMetadata, spec: ModelSpec) -> str:
         return self.manager.hook.detect_family(metadata=metadata, spec=spec) or "generic"
 
-    def format_chat(self, model: ModelInfo, messages: Sequence[Mapping[str, Any]]) -> ChatPrompt | None:
+    def format_chat(
+        self,
+        model: ModelInfo,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] = (),
+        template_kwargs: Mapping[str, Any] | None = None,
+    ) -> ChatPrompt | None:
         """``None`` only when the built-in formatter is disabled and no plugin answers."""
-        return self.manager.hook.format_chat(model=model, messages=messages)
+        return self.manager.hook.format_chat(
+            model=model, messages=messages, tools=list(tools), template_kwargs=dict(template_kwargs or {})
+        )
 
     def stop_sequences(self, model: ModelInfo) -> tuple[str, ...]:
         return tuple(stop for answer in self.manager.hook.stop_sequences(model=model) for stop in (answer or ()))
@@ -113,9 +121,17 @@ class Plugins:
     def parse_tool_calls(self, model: ModelInfo, text: str) -> list[dict] | None:
         return self.manager.hook.parse_tool_calls(model=model, text=text)
 
-    def answer_filter(self, model: ModelInfo) -> AnswerFilter:
+    def answer_filter(self, model: ModelInfo, prompt: ChatPrompt | None = None) -> AnswerFilter:
         """A fresh filter for one request; :class:`~ggufd.types.PassThrough` when no family has one."""
-        return self.manager.hook.answer_filter(model=model) or PassThrough()
+        return self.manager.hook.answer_filter(model=model, prompt=prompt or ChatPrompt("")) or PassThrough()
+
+    def tool_call_openers(self, model: ModelInfo) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(o for answer in self.manager.hook.tool_call_openers(model=model) for o in answer or ()))
+
+    def tool_call_stream(
+        self, model: ModelInfo, tools: Sequence[Mapping[str, Any]], parallel: bool = True
+    ) -> ToolCallStream | None:
+        return self.manager.hook.tool_call_stream(model=model, tools=list(tools), parallel=parallel)
 
     def startup(self, config: Config) -> None:
         self.manager.hook.startup(config=config)

@@ -52,6 +52,26 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class ReasoningSyntax:
+    """How a family's models write their reasoning, e.g. ``<think>`` … ``</think>``.
+
+    ``opened``: the prompt already opened the reasoning (a generation prompt ending in
+    ``<think>``), so the answer starts inside it. ``close`` is what ends the reasoning when a
+    reasoning budget is spent: the engine makes the model "write" it, then the answer begins
+    (default: ``"\n" + end + "\n\n"``).
+    """
+
+    start: str
+    end: str
+    opened: bool = False
+    close: str | None = None
+
+    @property
+    def closing_text(self) -> str:
+        return self.close if self.close is not None else f"\n{self.end}\n\n"
+
+
+@dataclass(frozen=True)
 class ChatPrompt:
     """A rendered chat prompt.
 
@@ -59,11 +79,23 @@ class ChatPrompt:
     to prepend the model's BOS token (formatters strip a BOS they rendered
     themselves, so it is never doubled). ``stop`` are extra stop strings that
     belong to this format (end-of-turn markers).
+
+    What the formatter tells ggufd beyond the text:
+
+    - ``tools_rendered``: the ``tools`` passed to ``format_chat`` are in the prompt in the
+      family's own syntax; otherwise ggufd describes them in a system message and renders again;
+    - ``honoured``: the ``template_kwargs`` keys that changed the prompt (or the answer), so that
+      the others can be reported as ignored (``X-Ggufd-Ignored``);
+    - ``reasoning``: the model reasons in this syntax; ``None`` when it does not (or not here).
+      Needed for a reasoning budget; the family's ``answer_filter`` splits the reasoning off.
     """
 
     text: str
     stop: tuple[str, ...] = ()
     add_bos: bool = True
+    tools_rendered: bool = False
+    honoured: frozenset[str] = frozenset()
+    reasoning: ReasoningSyntax | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +124,32 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # None: off; N: each token's logprob and its N most likely alternatives
     stream: bool = True  # False: the text is read only at the end (the engine may hand it over in one piece)
+    #: the most tokens the model may reason (``prompt.reasoning`` must be set); then it is made to close
+    #: its reasoning and answer. None: no limit
+    max_reasoning_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call in a streamed answer. The first piece of each call has its ``id``
+    and ``name``; ``arguments`` are fragments of its JSON arguments, in order (joined, they are
+    the call's whole arguments)."""
+
+    index: int  # 0, 1, ... in the order the calls appear
+    arguments: str = ""
+    id: str | None = None
+    name: str | None = None
+
+
+class ToolCallStream(Protocol):
+    """Finds tool calls in one answer's content while it is generated; see the ``tool_call_stream``
+    hook. Each call returns, in order, content (``str``) and :class:`ToolCallDelta` pieces.
+
+    Concatenating the results must give the same content and calls however the text was split."""
+
+    def feed(self, text: str) -> list[str | ToolCallDelta]: ...
+
+    def finish(self) -> list[str | ToolCallDelta]: ...
 
 
 class AnswerFilter(Protocol):

@@ -508,6 +508,8 @@ def test_hookspecs_are_the_documented_set():
         "format_chat",
         "stop_sequences",
         "parse_tool_calls",
+        "tool_call_openers",
+        "tool_call_stream",
         "answer_filter",
         "startup",
         "shutdown",
