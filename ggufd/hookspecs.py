@@ -142,9 +142,7 @@ def tool_call_openers(model: ModelInfo) -> list[str] | None:
 
 
 @hookspec(firstresult=True)
-def tool_call_stream(
-    model: ModelInfo, tools: Sequence[Mapping[str, Any]], parallel: bool
-) -> ToolCallStream | None:
+def tool_call_stream(model: ModelInfo, tools: Sequence[Mapping[str, Any]], parallel: bool) -> ToolCallStream | None:
     """Return a fresh :class:`~ggufd.types.ToolCallStream` that finds the calls in one answer's
     content while it is generated, streaming their arguments as they are written; ``None`` to
     use the openers and ``parse_tool_calls`` (calls delivered whole at the end).

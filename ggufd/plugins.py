@@ -126,7 +126,9 @@ class Plugins:
         return self.manager.hook.answer_filter(model=model, prompt=prompt or ChatPrompt("")) or PassThrough()
 
     def tool_call_openers(self, model: ModelInfo) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(o for answer in self.manager.hook.tool_call_openers(model=model) for o in answer or ()))
+        return tuple(
+            dict.fromkeys(o for answer in self.manager.hook.tool_call_openers(model=model) for o in answer or ())
+        )
 
     def tool_call_stream(
         self, model: ModelInfo, tools: Sequence[Mapping[str, Any]], parallel: bool = True

@@ -87,7 +87,9 @@ class OpenerGate:
         if not calls:
             return [held]
         return [
-            ToolCallDelta(index, call["function"]["arguments"], call.get("id") or new_call_id(), call["function"]["name"])
+            ToolCallDelta(
+                index, call["function"]["arguments"], call.get("id") or new_call_id(), call["function"]["name"]
+            )
             for index, call in enumerate(calls)
         ]
 

@@ -46,6 +46,7 @@ IM_END = "<|im_end|>"
 END_OF_TEXT = "<|endoftext|>"
 # markers of more specific families: a template with these is not plain ChatML
 OTHER_FORMATS = ("<|start_header_id|>", "[INST]", "<start_of_turn>", "<|im_sep|>")
+TOOL_CALL_BEGIN, TOOL_CALL_END = "<tool_call>", "</tool_call>"
 TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 DEFAULT_SYSTEM = re.compile(r"""(['"])<\|im_start\|>system\\n([^'"{}\\]+)<\|im_end\|>\\n\1""")
 
@@ -123,3 +124,19 @@ def parse_tool_calls(model, text):
             return None
         calls.append(ggufd.tool_call(data["name"], arguments, f"call_{index}"))
     return calls or None
+
+
+@ggufd.hookimpl
+def tool_call_openers(model):
+    if model.family == FAMILY:
+        return [TOOL_CALL_BEGIN]
+    return None
+
+
+@ggufd.hookimpl
+def tool_call_stream(model, tools):
+    """Each ``<tool_call>`` block is a call whose arguments stream as they are written."""
+    if model.family != FAMILY:
+        return None
+    names = [tool["function"]["name"] for tool in tools]
+    return ggufd.MarkedCalls(TOOL_CALL_BEGIN, TOOL_CALL_END, ggufd.json_call_block, names)

@@ -179,3 +179,11 @@ def parse_tool_calls(model, text):
     if any(call is None for call in calls):
         return None  # one malformed call: the answer is returned as text, not half of its calls
     return calls
+
+
+@ggufd.hookimpl
+def tool_call_openers(model):
+    if model.family == FAMILY:
+        # the calls block, or (distills) a call without it; "_" or " " in place of "▁" too
+        return [marker.replace("▁", space) for marker in (CALLS_BEGIN, CALL_BEGIN) for space in ("▁", "_", " ")]
+    return None

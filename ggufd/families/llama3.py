@@ -148,3 +148,10 @@ def parse_tool_calls(model, text):
             return None
         calls.append(ggufd.tool_call(data["name"], arguments, f"call_{index}"))
     return calls or None
+
+
+@ggufd.hookimpl
+def tool_call_openers(model):
+    if model.family == FAMILY:
+        return [PYTHON_TAG]  # a bare JSON call at the start is ggufd's generic opener
+    return None

@@ -158,3 +158,10 @@ def parse_tool_calls(model, text):
             )
         )
     return calls
+
+
+@ggufd.hookimpl
+def tool_call_openers(model):
+    if model.family == FAMILY:
+        return [TOOL_CALLS]
+    return None
