@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 import jinja2
+import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ggufd.errors import InvalidRequest
@@ -53,6 +54,19 @@ def compile_template(source: str) -> jinja2.Template:
     return env.from_string(source)
 
 
+#: variables ggufd itself gives a template; ``chat_template_kwargs`` may not replace them
+RESERVED_VARIABLES = frozenset(
+    {"messages", "tools", "add_generation_prompt", "bos_token", "eos_token", "raise_exception", "strftime_now"}
+)
+
+
+@lru_cache(maxsize=64)
+def template_variables(source: str) -> frozenset[str]:
+    """The variables a template reads from its context (what ``chat_template_kwargs`` can set)."""
+    env = compile_template(source).environment
+    return frozenset(jinja2.meta.find_undeclared_variables(env.parse(source)))
+
+
 def adds_bos(metadata: GGUFMetadata) -> bool:
     """Whether llama.cpp's tokenizer adds BOS for this vocabulary (its default is to add it)."""
     return bool(metadata.get("tokenizer.ggml.add_bos_token", True))
@@ -64,13 +78,18 @@ def render_chat_template(
     metadata: GGUFMetadata,
     *,
     add_generation_prompt: bool = True,
+    template_kwargs: Mapping[str, Any] | None = None,
     **extra: Any,
 ) -> ChatPrompt:
     """Render ``messages`` with a Jinja chat template into a :class:`ChatPrompt`.
 
     A BOS the template renders itself is stripped when the tokenizer adds one anyway,
-    so the prompt never starts with two BOS tokens.
+    so the prompt never starts with two BOS tokens. ``template_kwargs`` (the request's
+    ``chat_template_kwargs``, ...) become template variables, except ggufd's own; those the
+    template reads are the prompt's ``honoured`` keys.
     """
+    kwargs = {k: v for k, v in (template_kwargs or {}).items() if k not in RESERVED_VARIABLES}
+    extra = {**kwargs, **extra}
     bos = metadata.bos_token or ""
     eos = metadata.eos_token or ""
     template = compile_template(source)
@@ -87,4 +106,4 @@ def render_chat_template(
     add_bos = adds_bos(metadata)
     if add_bos and bos and text.startswith(bos):
         text = text[len(bos) :]
-    return ChatPrompt(text=text, add_bos=add_bos)
+    return ChatPrompt(text=text, add_bos=add_bos, honoured=frozenset(kwargs) & template_variables(source))

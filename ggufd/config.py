@@ -118,6 +118,10 @@ class Config:
     max_tools: int = 128  # tools per chat request
     max_content_parts: int = 4096  # content parts per chat request, all messages together
     log_content: bool = False  # log prompts and completions (never by default)
+    # chat defaults (a model's table may set them too; a request's own values win)
+    chat_template_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    reasoning_effort: str | None = None
+    max_reasoning_tokens: int | None = None
     llama: LlamaSettings = field(default_factory=LlamaSettings)
     #: model id -> its ``[models."<id>"]`` table, paths resolved, chat_template_file read.
     models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -272,6 +276,9 @@ def load_config(
         max_tools=doc.get("max_tools", Config.max_tools),
         max_content_parts=doc.get("max_content_parts", Config.max_content_parts),
         log_content=doc.get("log_content", Config.log_content),
+        chat_template_kwargs=MappingProxyType(dict(doc.get("chat_template_kwargs") or {})),
+        reasoning_effort=doc.get("reasoning_effort"),
+        max_reasoning_tokens=doc.get("max_reasoning_tokens"),
         llama=LlamaSettings(**doc.get("llama", {})),
         models=MappingProxyType({mid: _finish_model(mid, table, source_name) for mid, table in models.items()}),
     )

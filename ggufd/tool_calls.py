@@ -53,6 +53,7 @@ class OpenerGate:
         self.json_at_start = json_at_start
         self._started = False  # some non-whitespace content was seen
         self._held: str | None = None  # from the opener on, once one was seen
+        self._space = ""  # the whitespace before the held text: dropped if a call follows
         self._pending = ""  # whitespace and a partial opener, not yet decided on
 
     def feed(self, text: str) -> list[str | ToolCallDelta]:
@@ -70,9 +71,9 @@ class OpenerGate:
                 return []
         at = min((i for i in (self._pending.find(o) for o in self.openers) if i >= 0), default=-1)
         if at >= 0:
-            before, self._held = self._pending[:at], self._pending[at:]
-            self._pending = ""
-            return [before] if before else []  # its trailing whitespace is dropped at the end if a call follows
+            before, self._space = _split_trailing_space(self._pending[:at])
+            self._held, self._pending = self._pending[at:], ""
+            return [before] if before else []
         keep = partial_suffix(self._pending, self.openers) if self.openers else len(self._pending)
         ready, space = _split_trailing_space(self._pending[:keep])
         self._pending = space + self._pending[keep:]
@@ -85,7 +86,7 @@ class OpenerGate:
         held, self._held = self._held, None
         calls = self.parse(held)
         if not calls:
-            return [held]
+            return [self._space + held]
         return [
             ToolCallDelta(
                 index, call["function"]["arguments"], call.get("id") or new_call_id(), call["function"]["name"]
@@ -112,17 +113,6 @@ def _json_start(text: str) -> bool | None:
     if not rest:
         return None
     return rest[0] in "{["
-
-
-def trim_before_calls(pieces: list[str | ToolCallDelta]) -> list[str | ToolCallDelta]:
-    """The pieces with the whitespace right before the first call removed from the content piece
-    that ends there (used by the answer: text then call)."""
-    for at, piece in enumerate(pieces):
-        if isinstance(piece, ToolCallDelta):
-            if at and isinstance(pieces[at - 1], str):
-                pieces = [*pieces[: at - 1], str(pieces[at - 1]).rstrip(), *pieces[at:]]
-            return pieces
-    return pieces
 
 
 @dataclass(frozen=True)
@@ -155,6 +145,7 @@ class MarkedCalls:
         self.names = set(names)
         self._pending = ""  # outside a call: whitespace and a partial begin marker
         self._block: str | None = None  # inside a call: its text so far
+        self._space = ""  # the whitespace before the current block: dropped if it is a call
         self._index = 0
         self._sent: str | None = None  # the current call's arguments delivered so far (None: no header yet)
 
@@ -174,8 +165,9 @@ class MarkedCalls:
                         out.append(ready)
                     self._pending = space + self._pending[keep:]
                     return out
-                if self._pending[:at]:
-                    out.append(self._pending[:at])
+                before, self._space = _split_trailing_space(self._pending[:at])
+                if before:
+                    out.append(before)
                 self._block, self._pending = self._pending[at + len(self.begin) :], ""
                 continue
             at = self._block.find(self.end)
@@ -202,7 +194,7 @@ class MarkedCalls:
         if self._sent is None:
             if block.name not in self.names:
                 return []
-            self._sent = ""
+            self._sent, self._space = "", ""
             out: list[str | ToolCallDelta] = [ToolCallDelta(self._index, "", new_call_id(), block.name)]
         else:
             out = []
@@ -214,7 +206,7 @@ class MarkedCalls:
     def _close(self, body: str, end: str) -> list[str | ToolCallDelta]:
         out = self._progress(body, complete=True)
         if self._sent is None:
-            return [self.begin + body + end]  # not a call: content, as written
+            return [self._space + self.begin + body + end]  # not a call: content, as written
         self._sent = None
         self._index += 1
         return out

@@ -175,6 +175,10 @@ def test_generic_parser():
         assert parse_generic(text, names) is None
 
 
+def named_body() -> dict:
+    return {"tools": [WEATHER, TIME], "tool_choice": {"type": "function", "function": {"name": "get_time"}}}
+
+
 def test_tool_policy_and_call_schema():
     assert tool_policy({}) is None
     assert tool_policy({"tools": [WEATHER], "tool_choice": "none"}) is None
@@ -182,7 +186,12 @@ def test_tool_policy_and_call_schema():
     named = tool_policy(
         {"tools": [WEATHER, TIME], "tool_choice": {"type": "function", "function": {"name": "get_time"}}}
     )
-    assert named.choice == "named" and call_schema(named)["properties"]["name"] == {"const": "get_time"}
-    assert len(call_schema(tool_policy({"tools": [WEATHER, TIME], "tool_choice": "required"}))["anyOf"]) == 2
+    one, several = call_schema(named)["anyOf"]  # parallel_tool_calls (default true): one call or a list
+    assert named.choice == "named" and one["properties"]["name"] == {"const": "get_time"}
+    assert several == {"type": "array", "items": one, "minItems": 1}
+    single = tool_policy({**named_body(), "parallel_tool_calls": False})
+    assert not single.parallel and call_schema(single)["properties"]["name"] == {"const": "get_time"}
+    required = tool_policy({"tools": [WEATHER, TIME], "tool_choice": "required", "parallel_tool_calls": False})
+    assert len(call_schema(required)["anyOf"]) == 2
     with pytest.raises(InvalidRequest):
         tool_policy({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}})

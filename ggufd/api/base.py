@@ -75,7 +75,7 @@ class BaseHandler(tornado.web.RequestHandler):
         if allowed_origin:
             self.set_header("Access-Control-Allow-Origin", allowed_origin)
             self.set_header("Vary", "Origin")
-            self.set_header("Access-Control-Expose-Headers", "X-Request-ID, Retry-After")
+            self.set_header("Access-Control-Expose-Headers", "X-Request-ID, Retry-After, X-Ggufd-Ignored")
         if self.request.method == "OPTIONS":
             return  # CORS preflight: no key needed, answered by options()
         if config.api_keys and not self.is_public():

@@ -30,6 +30,19 @@ from ggufd.protocol import openai_chat, openai_completions
 from ggufd.protocol.answer import AnswerAssembler
 from ggufd.protocol.generation import Plan
 
+#: names the request fields that were accepted but had no effect on the answer
+IGNORED_HEADER = "X-Ggufd-Ignored"
+#: at most this many names, each cut to 64 characters (unknown fields are the client's to name)
+MAX_IGNORED, MAX_NAME = 32, 64
+
+
+def ignored_header(names: tuple[str, ...]) -> str:
+    """The header's value: the names, comma-separated; ``...`` when some were left out. Names are
+    cut to printable ASCII (a header carries no more)."""
+    shown = [name[:MAX_NAME].encode("ascii", "replace").decode("ascii") for name in names[:MAX_IGNORED]]
+    shown = ["".join(c if c.isprintable() and c != "," else "?" for c in name) for name in shown]
+    return ", ".join(shown + (["..."] if len(names) > MAX_IGNORED else []))
+
 
 def stopped_by_server() -> Overloaded:
     """The server cancelled the request (shutdown deadline, or its model's file was written in place
@@ -64,6 +77,9 @@ class GenerationHandler(BaseHandler):
 
     async def _generate(self, plan: Plan) -> None:
         self.log_fields.update(plan.log_fields)
+        if plan.ignored:
+            self.set_header(IGNORED_HEADER, ignored_header(plan.ignored))
+            self.log_fields["ignored"] = list(plan.ignored)
         engine = self.state.engine
         if engine.is_embedding_model(plan.model):
             raise WrongModelType(plan.model.id, wanted="chat")

@@ -34,7 +34,12 @@ class AppState:
     def served(self) -> Served:
         """The view a wire format's parser gets (rebuilt per request: a reload may replace the registry)."""
         config = self.config
-        return Served(self.registry, self.plugins, self.limits(), config.log_content)
+        defaults = {
+            "chat_template_kwargs": config.chat_template_kwargs,
+            "reasoning_effort": config.reasoning_effort,
+            "max_reasoning_tokens": config.max_reasoning_tokens,
+        }
+        return Served(self.registry, self.plugins, self.limits(), config.log_content, defaults)
 
     def limits(self) -> ServerLimits:
         """The operator's per-request limits from the config in force."""

@@ -44,10 +44,10 @@ def generic_transcript(messages, add_bos: bool = True) -> ChatPrompt:
 
 
 @hookimpl(trylast=True)
-def format_chat(model, messages):
+def format_chat(model, messages, template_kwargs):
     source = usable_template(model.metadata)
     if source is not None:
-        return render_chat_template(source, messages, model.metadata)
+        return render_chat_template(source, messages, model.metadata, template_kwargs=template_kwargs)
     if model.id not in _warned:
         _warned.add(model.id)
         log.warning(

@@ -7,8 +7,8 @@ from ggufd.chat_template import render_chat_template
 
 
 @hookimpl(tryfirst=True)
-def format_chat(model, messages):
+def format_chat(model, messages, template_kwargs):
     source = model.options.get("chat_template")
     if not source:
         return None
-    return render_chat_template(source, messages, model.metadata)
+    return render_chat_template(source, messages, model.metadata, template_kwargs=template_kwargs)

@@ -12,6 +12,7 @@ handler; nothing else changes shape.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -58,6 +59,8 @@ class Served:
     plugins: Plugins
     limits: ServerLimits = ServerLimits()
     log_content: bool = False  # prompts and answers may go into the request log line
+    #: the server's chat_template_kwargs / reasoning_effort / max_reasoning_tokens defaults
+    chat_defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,6 +73,8 @@ class Plan:
     answer: AnswerAssembler
     #: fields for the request's log line (the model id; the prompt when ``log_content`` is on)
     log_fields: dict[str, Any] = field(default_factory=dict)
+    #: request fields that had no effect on this answer (the ``X-Ggufd-Ignored`` header)
+    ignored: tuple[str, ...] = ()
 
     @property
     def stream(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ggufd.errors import ApiError, InvalidRequest
@@ -27,21 +27,78 @@ from ggufd.protocol.options import (
     stop_list,
     with_model_defaults,
 )
-from ggufd.protocol.prompt import build_generation
+from ggufd.protocol.prompt import CONTROL_KEYS, build_generation, chat_controls
 from ggufd.protocol.sse import DONE, MEDIA_TYPE, sse
 from ggufd.protocol.structured_output import grammar_for
-from ggufd.protocol.tools import ToolPolicy, find_calls, tool_policy, with_instruction
+from ggufd.protocol.tools import ToolPolicy, call_stream, raw_calls, tool_policy
 from ggufd.protocol.tools import grammar as tools_grammar
+from ggufd.types import GenerationRequest, ToolCallDelta
 from ggufd.validation import validate
 
 #: fields that change the answer's meaning; until they are implemented they are refused, never ignored.
 UNSUPPORTED = ("functions",)
 
 
+#: fields that change the answer whenever they are sent (the others are checked one by one, or ignored)
+EFFECTIVE = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repeat_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "stop",
+        "stream",
+        "n",
+        "logit_bias",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "logprobs",
+        "top_logprobs",
+        "stream_options",  # only accepted with stream: true
+    }
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ChatRequest(GenerationOptions):
     messages: tuple[Mapping[str, Any], ...]
     tool_policy: ToolPolicy | None = None  # tools may be called
+    #: the request's own chat_template_kwargs / reasoning_effort / max_reasoning_tokens (defaults apply later)
+    controls: Mapping[str, Any] = field(default_factory=dict)
+    fields: frozenset[str] = frozenset()  # the body's top-level keys
+
+
+def ignored_fields(chat: ChatRequest, request: GenerationRequest) -> tuple[str, ...]:
+    """The fields the client sent that had no effect on this answer (``X-Ggufd-Ignored``): fields
+    ggufd does not act on (``user``, ``metadata``, unknown ones), ``parallel_tool_calls`` without
+    tools, template kwargs no template read, a reasoning control on a model that does not reason."""
+    prompt = request.prompt
+    ignored: list[str] = []
+    for name in sorted(chat.fields - EFFECTIVE):
+        if name == "parallel_tool_calls" and chat.tool_policy is not None:
+            continue
+        if name == "reasoning_effort" and "reasoning_effort" in prompt.honoured:
+            continue
+        if name == "max_reasoning_tokens" and request.max_reasoning_tokens is not None:
+            continue
+        if name == "chat_template_kwargs":
+            ignored.extend(
+                f"chat_template_kwargs.{key}"
+                for key in sorted(chat.controls.get("chat_template_kwargs") or {})
+                if key not in prompt.honoured
+            )
+            continue
+        ignored.append(name)
+    return tuple(ignored)
 
 
 def normalise_messages(messages: Sequence[Mapping[str, Any]]) -> tuple[dict, ...]:
@@ -93,7 +150,6 @@ def parse_chat_request(
     messages = normalise_messages(body["messages"])
     grammar = grammar_for(body.get("response_format"))
     if policy is not None:
-        messages = with_instruction(messages, policy)
         forced = tools_grammar(policy)
         if forced and grammar:
             raise InvalidRequest(
@@ -114,6 +170,8 @@ def parse_chat_request(
         include_usage=bool(stream_options.get("include_usage")),
         max_tokens_given=max_key is not None,
         stop_given=stop is not None,
+        controls={key: body[key] for key in CONTROL_KEYS if body.get(key) is not None},
+        fields=frozenset(body),
     )
     return with_model_defaults(chat, defaults) if defaults else chat
 
@@ -129,16 +187,22 @@ def plan(body: dict, served: Served) -> Plan:
     if served.log_content:  # off by default: prompts and answers stay out of the logs
         log_fields["messages"] = list(chat.messages)
     policy = chat.tool_policy
+    controls = chat_controls(chat.controls, model.options, served.chat_defaults)
+    request = build_generation(served.plugins, model, chat.messages, chat, policy, controls)
+    plugins = served.plugins
     return Plan(
         model=model,
-        request=build_generation(served.plugins, model, chat.messages, chat),
+        request=request,
         output=ChatOutput(new_completion_id(), model.id, include_usage=chat.include_usage),
         answer=AnswerAssembler(
-            answer_filter=served.plugins.answer_filter(model),
-            find_calls=(lambda text: find_calls(served.plugins, model, text, policy)) if policy is not None else None,
+            answer_filter=plugins.answer_filter(model, request.prompt),
+            tool_calls=call_stream(plugins, model, policy, request.prompt) if policy is not None else None,
+            find_calls=(lambda raw: raw_calls(plugins, model, raw, policy)) if policy is not None else None,
+            parallel=policy.parallel if policy is not None else True,
             logprobs=chat.logprobs is not None,
         ),
         log_fields=log_fields,
+        ignored=ignored_fields(chat, request),
     )
 
 
@@ -177,7 +241,7 @@ def chat_completion(completion_id: str, created: int, model: str, outcome: Outco
     if outcome.reasoning:
         message["reasoning_content"] = outcome.reasoning
     if outcome.tool_calls:
-        message.update(content=None, tool_calls=outcome.tool_calls)
+        message.update(content=outcome.content or None, tool_calls=outcome.tool_calls)
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -217,14 +281,14 @@ class ChatOutput:
         out = self.reasoning(piece.reasoning) if piece.reasoning else b""
         if piece.content or piece.logprobs:
             out += self.content(piece.content, logprobs=piece.logprobs)
+        for delta in piece.tool_calls:
+            out += self.tool_call_delta(delta)
         return out
 
     def end(self, outcome: Outcome) -> bytes:
         out = b""
-        if outcome.tool_calls:
+        if outcome.tool_calls and outcome.late_calls:
             out += self.tool_calls(outcome.tool_calls)
-        elif outcome.held_content:
-            out += self.content(outcome.held_content)
         out += self.finish(outcome.reason)
         if self.include_usage:
             out += self.usage(outcome.prompt_tokens, outcome.completion_tokens)
@@ -278,6 +342,18 @@ class ChatOutput:
             out += self.delta(
                 {"tool_calls": [{"index": index, "function": {"arguments": call["function"]["arguments"]}}]}
             )
+        return out
+
+    def tool_call_delta(self, delta: ToolCallDelta) -> bytes:
+        """One piece of a streamed call: the first has its id, type and name (arguments ""), the others
+        a fragment of its arguments."""
+        if delta.id is not None:
+            header = {"index": delta.index, "id": delta.id, "type": "function"}
+            out = self.delta({"tool_calls": [{**header, "function": {"name": delta.name, "arguments": ""}}]})
+        else:
+            out = b""
+        if delta.arguments:
+            out += self.delta({"tool_calls": [{"index": delta.index, "function": {"arguments": delta.arguments}}]})
         return out
 
     def finish(self, reason: str) -> bytes:

@@ -24,6 +24,8 @@ from typing import Any
 
 from ggufd.errors import InvalidRequest
 from ggufd.protocol.structured_output import grammar_for
+from ggufd.tool_calls import OpenerGate
+from ggufd.types import ChatPrompt, ToolCallStream
 
 FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
@@ -33,6 +35,7 @@ class ToolPolicy:
     tools: tuple[Mapping[str, Any], ...]  # the request's tools (type "function")
     choice: str  # "auto" | "required" | "named"
     name: str | None = None  # the function tool_choice names
+    parallel: bool = True  # False: at most one call (``parallel_tool_calls: false``)
 
     @property
     def names(self) -> list[str]:
@@ -51,8 +54,8 @@ def tool_policy(body: Mapping[str, Any]) -> ToolPolicy | None:
         name = choice["function"]["name"]
         if name not in [t["function"]["name"] for t in tools]:
             raise InvalidRequest(f"tool_choice names '{name}', which is not among the tools.", param="tool_choice")
-        return ToolPolicy(tools, "named", name)
-    return ToolPolicy(tools, choice or "auto")
+        return ToolPolicy(tools, "named", name, parallel=body.get("parallel_tool_calls") is not False)
+    return ToolPolicy(tools, choice or "auto", parallel=body.get("parallel_tool_calls") is not False)
 
 
 def instruction(policy: ToolPolicy) -> str:
@@ -81,6 +84,12 @@ def instruction(policy: ToolPolicy) -> str:
             'To call a function, answer only with JSON: {"name": <function name>, "arguments": {...}}. '
             "Otherwise answer normally."
         )
+    if policy.choice != "named":
+        lines.append(
+            "To call several functions at once, answer with a JSON list of such objects."
+            if policy.parallel
+            else "Call at most one function at a time."
+        )
     return "\n".join(lines)
 
 
@@ -96,7 +105,8 @@ def with_instruction(messages: Sequence[Mapping[str, Any]], policy: ToolPolicy) 
 
 
 def call_schema(policy: ToolPolicy) -> dict:
-    """JSON schema of one call to the allowed tool(s)."""
+    """JSON schema of what a forced answer may be: one call to the allowed tool(s), or (unless
+    ``parallel_tool_calls`` is false) a list of such calls."""
     options = [
         {
             "type": "object",
@@ -110,7 +120,10 @@ def call_schema(policy: ToolPolicy) -> dict:
         for t in policy.tools
         if policy.choice != "named" or t["function"]["name"] == policy.name
     ]
-    return options[0] if len(options) == 1 else {"anyOf": options}
+    one = options[0] if len(options) == 1 else {"anyOf": options}
+    if not policy.parallel:
+        return one
+    return {"anyOf": [one, {"type": "array", "items": one, "minItems": 1}]}  # one call, or several
 
 
 def grammar(policy: ToolPolicy) -> str | None:
@@ -190,3 +203,26 @@ def find_calls(plugins, model, text: str, policy: ToolPolicy) -> list[dict] | No
                 for c in calls
             ]
     return parse_generic(text, policy.names)
+
+
+def call_stream(plugins, model, policy: ToolPolicy, prompt: ChatPrompt) -> ToolCallStream:
+    """How the request's answer is searched for calls while it streams. The family's own stream
+    when the prompt describes the tools in the family's syntax; otherwise (ggufd's JSON
+    instruction, a forced call) the family's openers and ggufd's generic JSON call, parsed at the end."""
+    if prompt.tools_rendered and policy.choice == "auto":
+        stream = plugins.tool_call_stream(model, policy.tools, policy.parallel)
+        if stream is not None:
+            return stream
+    openers = plugins.tool_call_openers(model) if policy.choice == "auto" else ()
+    return OpenerGate(openers, lambda text: find_calls(plugins, model, text, policy))
+
+
+def raw_calls(plugins, model, raw_text: str, policy: ToolPolicy) -> list[dict] | None:
+    """The calls the family's ``parse_tool_calls`` finds in the whole generated text, markup
+    included: for families whose answer filter takes calls out of the content (gpt-oss's harmony
+    messages to ``functions.*``). Only calls to offered tools count."""
+    calls = plugins.parse_tool_calls(model, raw_text) or []
+    calls = [c for c in calls if c.get("function", {}).get("name") in policy.names]
+    return [
+        c if c.get("id") else tool_call(c["function"]["name"], c["function"].get("arguments", "{}")) for c in calls
+    ] or None

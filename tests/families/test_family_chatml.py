@@ -356,7 +356,7 @@ def test_a_qwen_gguf_end_to_end(tmp_path):
     info = build_registry(config, pm).get("Qwen2.5-7B-Instruct-Q4_K_M")
     assert info.family == "chatml"
     for messages in [*TEXT_CHATS.values(), *TOOL_CROSS_CHECK]:
-        prompt = pm.hook.format_chat(model=info, messages=messages)
+        prompt = pm.hook.format_chat(model=info, messages=messages, tools=[], template_kwargs={})
         # the family plugin and ggufd's rendering of the GGUF's own template agree
         assert prompt.text == gguf_template.format_chat(model=info, messages=hf_messages(messages)).text
         assert prompt.add_bos is False
@@ -368,7 +368,7 @@ def test_turn_markers_are_single_tokens_of_a_real_vocabulary(tmp_path, pm):
     config = load_config(None, environ={"GGUF_MODELS_DIR": str(tmp_path)})
     info = build_registry(config, pm).get("tiny-qwen")
     assert info.family == "chatml"  # by its name; the plain ChatML template alone would not be enough
-    prompt = pm.hook.format_chat(model=info, messages=TOOL_CONVERSATION)
+    prompt = pm.hook.format_chat(model=info, messages=TOOL_CONVERSATION, tools=[], template_kwargs={})
     llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
     try:
         tokens = llm.tokenize(prompt.text.encode("utf-8"), add_bos=prompt.add_bos, special=True)

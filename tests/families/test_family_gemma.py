@@ -105,7 +105,7 @@ def test_googles_template_as_a_configured_chat_template(pm, tiny_model):
         metadata=read_metadata(tiny_model),
         family="gguf-template",
     )
-    prompt = pm.hook.format_chat(model=info, messages=TEXT_CHATS["pirate-system"])
+    prompt = pm.hook.format_chat(model=info, messages=TEXT_CHATS["pirate-system"], tools=[], template_kwargs={})
     # the tiny model's BOS is "<s>", so the template's "<s>" is stripped as well
     assert prompt.text == "<start_of_turn>user\nYou are a pirate.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
 

@@ -196,7 +196,7 @@ def test_tiny_gguf_with_a_phi4_template(pm, tmp_path):
     assert meta.architecture == "llama" and meta.chat_template == PHI4_TEMPLATE
     assert pm.hook.detect_family(metadata=meta, spec=spec) == "phi"
     info = ModelInfo(spec=spec, metadata=meta, family="phi")
-    prompt = pm.hook.format_chat(model=info, messages=MULTI_TURN)
+    prompt = pm.hook.format_chat(model=info, messages=MULTI_TURN, tools=[], template_kwargs={})
     assert prompt.text == render_template(PHI4_TEMPLATE, MULTI_TURN, meta).text
 
 

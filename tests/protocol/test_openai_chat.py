@@ -49,6 +49,7 @@ def test_minimal_request():
         stop=(),
         stream=False,
         include_usage=False,
+        fields=frozenset({"messages"}),
     )
 
 
