@@ -571,3 +571,27 @@ def test_empty_plugins_dir_means_no_plugins_folder(tmp_path):
     config_path = tmp_path / "c.toml"
     config_path.write_text(f'models_dir = "{tmp_path}"\nplugins_dir = ""\n')
     assert load_config(config_path, environ={}).plugins_dir is None
+
+
+# --- chat defaults
+
+
+def test_chat_defaults_at_the_top_and_per_model(tmp_path):
+    config = load_text(
+        tmp_path,
+        'reasoning_effort = "low"\nmax_reasoning_tokens = 512\n'
+        "chat_template_kwargs = { enable_thinking = false }\n"
+        '[models.qwen]\nreasoning_effort = "high"\nchat_template_kwargs = { x = 1 }\n',
+    )
+    assert (config.reasoning_effort, config.max_reasoning_tokens) == ("low", 512)
+    assert dict(config.chat_template_kwargs) == {"enable_thinking": False}
+    assert config.models["qwen"]["reasoning_effort"] == "high"
+    assert config.models["qwen"]["chat_template_kwargs"] == {"x": 1}
+
+
+@pytest.mark.parametrize(
+    "text", ['reasoning_effort = "extreme"\n', "max_reasoning_tokens = -1\n", 'chat_template_kwargs = "x"\n']
+)
+def test_bad_chat_defaults_are_config_errors(tmp_path, text):
+    (tmp_path / "models").mkdir()
+    assert config_error(tmp_path, 'models_dir = "models"\n' + text)

@@ -73,6 +73,7 @@ def test_named_tool_choice_always_yields_a_valid_call(client, seed):
         temperature=1.0,
         seed=seed,
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False,  # exactly one call, by the grammar
     )
     choice = response.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
@@ -92,10 +93,46 @@ def test_required_calls_one_of_the_tools(client):
             max_tokens=120,
             temperature=1.0,
             seed=seed,
+            parallel_tool_calls=False,
         )
         (call,) = response.choices[0].message.tool_calls
         assert call.function.name in ("get_weather", "get_time")
         jsonschema.validate(json.loads(call.function.arguments), schema_of(call.function.name))
+
+
+@pytest.mark.e2e
+def test_required_with_parallel_calls_gives_one_or_more_valid_calls(client):
+    answered = 0
+    for seed in range(3):
+        response = client.chat.completions.create(
+            model="tiny",
+            messages=MESSAGES,
+            tools=[WEATHER, TIME],
+            tool_choice="required",
+            max_tokens=200,
+            temperature=1.0,
+            seed=seed,
+        )
+        choice = response.choices[0]
+        if choice.finish_reason == "length":
+            continue  # a list cut short by max_tokens is no call
+        assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+        for call in choice.message.tool_calls:
+            jsonschema.validate(json.loads(call.function.arguments), schema_of(call.function.name))
+        assert len({call.id for call in choice.message.tool_calls}) == len(choice.message.tool_calls)
+        answered += 1
+    assert answered, "every answer ran out of tokens"
+
+
+@pytest.mark.e2e
+def test_text_streams_token_by_token_while_tools_are_offered(client):
+    kwargs = dict(model="tiny", messages=MESSAGES, tools=[WEATHER, TIME], max_tokens=16, temperature=0)
+    plain = client.chat.completions.create(**kwargs).choices[0].message
+    assert plain.tool_calls is None and plain.content
+    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    contents = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(contents) > 4  # piece by piece, not one piece at the end
+    assert "".join(contents) == plain.content
 
 
 @pytest.mark.e2e
