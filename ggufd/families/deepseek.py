@@ -52,7 +52,7 @@ CALLS_BEGIN, CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end
 CALL_BEGIN, CALL_END, SEP = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>"
 OUTPUTS_BEGIN, OUTPUTS_END = "<｜tool▁outputs▁begin｜>", "<｜tool▁outputs▁end｜>"
 OUTPUT_BEGIN, OUTPUT_END = "<｜tool▁output▁begin｜>", "<｜tool▁output▁end｜>"
-THINK_END = "</think>"
+THINK_START, THINK_END = "<think>", "</think>"
 # templates of later DeepSeek formats (V3.1 thinking switch, V3.2 DSML tool calls)
 NEWER_FORMATS = ("<｜Assistant｜></think>", "｜DSML｜")
 # tool-call markers as the models write them, also with "_" or " " in place of "▁" (the distills slip)
@@ -130,9 +130,11 @@ def format_chat(model, messages):
     if in_outputs:
         parts.append(OUTPUTS_END)  # the model goes on with its answer after the results
     else:
-        parts.append(ASSISTANT + ("<think>\n" if thinks else ""))
+        parts.append(ASSISTANT + (THINK_START + "\n" if thinks else ""))
     add_bos = bool(model.metadata.get("tokenizer.ggml.add_bos_token", True))
-    return ChatPrompt(text="".join(parts), stop=(EOS,), add_bos=add_bos)
+    # R1 reasons in <think>; its generation prompt opens the block (after tool results it goes on without one)
+    reasoning = ggufd.ReasoningSyntax(THINK_START, THINK_END, opened=thinks and not in_outputs) if thinks else None
+    return ChatPrompt(text="".join(parts), stop=(EOS,), add_bos=add_bos, reasoning=reasoning)
 
 
 @ggufd.hookimpl
@@ -187,3 +189,11 @@ def tool_call_openers(model):
         # the calls block, or (distills) a call without it; "_" or " " in place of "▁" too
         return [marker.replace("▁", space) for marker in (CALLS_BEGIN, CALL_BEGIN) for space in ("▁", "_", " ")]
     return None
+
+
+@ggufd.hookimpl
+def answer_filter(model, prompt):
+    """R1's ``<think>`` block becomes ``reasoning_content``."""
+    if model.family != FAMILY or prompt.reasoning is None:
+        return None
+    return ggufd.ReasoningFilter(prompt.reasoning)

@@ -377,7 +377,7 @@ class HarmonyFilter:
 
 
 @ggufd.hookimpl
-def answer_filter(model):
+def answer_filter(model, prompt):
     if model.family != FAMILY:
         return None
     return HarmonyFilter()

@@ -19,7 +19,7 @@ import ggufd
 import ggufd.families
 from ggufd.plugins import BUILTIN_ORIGIN, FAMILY_PLUGINS
 from ggufd.testing import gguf_metadata, model_spec, plugin_manager, render
-from ggufd.types import ChatPrompt, PassThrough
+from ggufd.types import ChatPrompt, PassThrough, ReasoningSyntax
 
 #: model families as the registry names them: every built-in one, plus the built-in fallbacks
 LABELS = sorted({family.name for family in FAMILIES.values()} | {"gguf-template", "generic"})
@@ -175,15 +175,22 @@ def test_parse_tool_calls_reads_only_its_own_syntax(family, plugin, plugins):
         assert plugins.parse_tool_calls(model, text) is None, text
 
 
+#: a prompt in which the model reasons (families that split reasoning only do so then)
+PROMPT = ChatPrompt("", reasoning=ReasoningSyntax("<think>", "</think>", opened=True))
+
+
 @family_params
 def test_answer_filter_only_for_its_family(family, plugin, plugins):
     if not hasattr(plugin, "answer_filter"):
         assert isinstance(plugins.answer_filter(family.model()), PassThrough)
         return
-    first, second = plugin.answer_filter(model=family.model()), plugin.answer_filter(model=family.model())
+    first, second = (
+        plugin.answer_filter(model=family.model(), prompt=PROMPT),
+        plugin.answer_filter(model=family.model(), prompt=PROMPT),
+    )
     assert callable(first.feed) and callable(first.finish) and first is not second  # a fresh one per request
     for label in others(family):
-        assert plugin.answer_filter(model=family.model(family=label)) is None, label
+        assert plugin.answer_filter(model=family.model(family=label), prompt=PROMPT) is None, label
 
 
 # --------------------------------------------------------------------------- detection

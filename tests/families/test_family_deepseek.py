@@ -29,7 +29,7 @@ from family_kit import (
 from ggufd.errors import InvalidRequest
 from ggufd.gguf_metadata import read_metadata
 from ggufd.testing import render_template
-from ggufd.types import ChatPrompt, ModelInfo, ModelSpec
+from ggufd.types import ChatPrompt, ModelInfo, ModelSpec, PassThrough, ReasoningSyntax
 
 # DeepSeek V3.1 (llama.cpp's models/templates/deepseek-ai-DeepSeek-V3.1.jinja), shortened to the
 # generation prompt that marks the format: another family, left to the GGUF's own template.
@@ -273,7 +273,7 @@ def test_through_the_plugin_manager(pm, architecture):
     # the R1 distills are llama and qwen2 models: the Llama 3 and ChatML plugins must leave them to us
     meta = metadata(DISTILL_TEMPLATE, architecture=architecture, name="DeepSeek R1 Distill")
     assert pm.hook.detect_family(metadata=meta, spec=model().spec) == "deepseek"
-    prompt = pm.hook.format_chat(model=model(meta=meta), messages=SYSTEM_AND_USER)
+    prompt = pm.hook.format_chat(model=model(meta=meta), messages=SYSTEM_AND_USER, tools=[], template_kwargs={})
     assert prompt.text == "You are terse.<｜User｜>Hi<｜Assistant｜><think>\n"
 
 
@@ -285,7 +285,9 @@ def test_tiny_gguf_with_a_distill_template(pm, tmp_path):
     spec = ModelSpec(id="r1-distill-llama", path=path)
     assert meta.architecture == "llama" and meta.chat_template == DISTILL_TEMPLATE
     assert pm.hook.detect_family(metadata=meta, spec=spec) == "deepseek"
-    prompt = pm.hook.format_chat(model=ModelInfo(spec=spec, metadata=meta, family="deepseek"), messages=MULTI_TURN)
+    prompt = pm.hook.format_chat(
+        model=ModelInfo(spec=spec, metadata=meta, family="deepseek"), messages=MULTI_TURN, tools=[], template_kwargs={}
+    )
     assert prompt.text == render_template(DISTILL_TEMPLATE, MULTI_TURN, meta).text
 
 
@@ -382,3 +384,23 @@ def test_parse_through_the_plugin_manager(pm):
     text = "<｜tool▁calls▁begin｜>" + call("f", '{"q": "ü"}') + "<｜tool▁calls▁end｜>"
     assert json.loads(pm.hook.parse_tool_calls(model=model(), text=text)[0]["function"]["arguments"]) == {"q": "ü"}
     assert pm.hook.parse_tool_calls(model=model(family="gguf-template"), text=text) is None
+
+
+def test_r1_reasons_in_think_and_its_reasoning_is_split_off(pm):
+    plugins = pm
+    r1 = model(meta=metadata(R1_TEMPLATE))
+    prompt = plugins.format_chat(r1, SYSTEM_AND_USER)
+    assert prompt.text.endswith("<｜Assistant｜><think>\n")
+    assert prompt.reasoning == ReasoningSyntax("<think>", "</think>", opened=True)
+    generated = "Okay, the user greets me.\n</think>\n\nHello! How can I help?"
+    for pieces in ([generated], list(generated)):
+        answer = plugins.answer_filter(r1, prompt)
+        parts = [answer.feed(piece) for piece in pieces] + [answer.finish()]
+        assert ("".join(c for c, _ in parts), "".join(r for _, r in parts)) == (
+            "Hello! How can I help?",
+            "Okay, the user greets me.",
+        )
+    v3 = model()  # no <think> in its template: no reasoning, no filter
+    v3_prompt = plugins.format_chat(v3, SYSTEM_AND_USER)
+    assert v3_prompt.reasoning is None
+    assert isinstance(plugins.answer_filter(v3, v3_prompt), PassThrough)

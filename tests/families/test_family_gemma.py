@@ -130,7 +130,7 @@ def test_detect_family(gemma, tiny_model):
 def test_hooks_through_the_plugin_manager(pm):
     messages = [{"role": "user", "content": "Hi"}]
     assert pm.hook.detect_family(metadata=metadata(), spec=model().spec) == "gemma"
-    prompt = pm.hook.format_chat(model=model(), messages=messages)
+    prompt = pm.hook.format_chat(model=model(), messages=messages, tools=[], template_kwargs={})
     assert prompt.text == GEMMA.reference(GEMMA3_TEMPLATE, messages).text
     assert prompt.stop == ("<end_of_turn>",)
 

@@ -311,6 +311,8 @@ def test_a_llama31_gguf_end_to_end(tmp_path):
     # the family plugin and ggufd's rendering of the GGUF's own template agree
     assert (
         prompt.text
-        == gguf_template.format_chat(model=info, messages=TEXT_CHATS["odd-content-spaces-after-system"]).text
+        == gguf_template.format_chat(
+            model=info, messages=TEXT_CHATS["odd-content-spaces-after-system"], template_kwargs={}
+        ).text
     )
     assert prompt.add_bos is True and prompt.stop == ("<|eot_id|>", "<|eom_id|>")

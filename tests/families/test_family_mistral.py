@@ -338,5 +338,8 @@ def test_a_mistral_gguf_end_to_end(tmp_path):
     for messages in [*TEXT_CHATS.values(), *TOOL_CROSS_CHECK]:
         prompt = pm.hook.format_chat(model=info, messages=messages, tools=[], template_kwargs={})
         # the family plugin and ggufd's rendering of the GGUF's own template agree
-        assert prompt.text == gguf_template.format_chat(model=info, messages=hf_messages(messages)).text
+        assert (
+            prompt.text
+            == gguf_template.format_chat(model=info, messages=hf_messages(messages), template_kwargs={}).text
+        )
         assert prompt.add_bos is True and prompt.stop == ("</s>",)

@@ -185,7 +185,7 @@ def test_through_the_plugin_manager(pm):
     spec = model().spec
     for template in (None, *TEMPLATES.values()):
         assert pm.hook.detect_family(metadata=metadata(template=template), spec=spec) == "phi"
-    prompt = pm.hook.format_chat(model=styled("phi4"), messages=SYSTEM_AND_USER)
+    prompt = pm.hook.format_chat(model=styled("phi4"), messages=SYSTEM_AND_USER, tools=[], template_kwargs={})
     assert prompt.text.startswith("<|im_start|>system<|im_sep|>")
 
 
