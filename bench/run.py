@@ -54,12 +54,10 @@ def chat_prompt(model: Path, messages: list[dict]):
         pm = make_plugin_manager(Config(models_dir=model.parent))  # as start_ggufd: the built-in families
         spec = ModelSpec(id=model.stem, path=model)
         metadata = read_metadata(model)
-        info = ModelInfo(
-            spec=spec, metadata=metadata, family=pm.hook.detect_family(metadata=metadata, spec=spec) or "generic"
-        )
+        info = ModelInfo(spec=spec, metadata=metadata, family=pm.detect_family(metadata, spec))
         _formatter[model] = (pm, info)
     pm, info = _formatter[model]
-    return pm.hook.format_chat(model=info, messages=messages)
+    return pm.format_chat(info, messages)  # the facade passes every hook argument (older trees: the same call)
 
 
 @dataclass

@@ -180,17 +180,24 @@ def plugin_manager(*plugins: object, builtins: bool = True) -> Plugins:
     return _finish(result)
 
 
-def render(plugins: Plugins, model: ModelInfo, messages: Sequence[Mapping[str, Any]]) -> ChatPrompt | None:
+def render(
+    plugins: Plugins,
+    model: ModelInfo,
+    messages: Sequence[Mapping[str, Any]],
+    tools: Sequence[Mapping[str, Any]] = (),
+    template_kwargs: Mapping[str, Any] | None = None,
+) -> ChatPrompt | None:
     """The prompt the daemon would render for a chat: ``messages`` are normalised as requests
     are (content parts joined, ``developer`` becomes ``system``, ``content: None`` becomes
-    ``""``), then ``format_chat`` is called. ``None`` only when no plugin answers, which needs
+    ``""``), then ``format_chat`` is called with ``tools`` and ``template_kwargs`` (the request's
+    ``chat_template_kwargs``, ``reasoning_effort`` included). ``None`` only when no plugin answers, which needs
     ``plugin_manager(..., builtins=False)``. A conversation the format refuses raises
     :class:`~ggufd.InvalidRequest`, as it would be a 400 for the client.
 
     >>> render(plugin_manager(), model_info(family="gemma"), [{"role": "user", "content": "Hi"}]).text
     '<start_of_turn>user\\nHi<end_of_turn>\\n<start_of_turn>model\\n'
     """
-    return plugins.format_chat(model, normalise_messages(list(messages)))
+    return plugins.format_chat(model, normalise_messages(list(messages)), tools, template_kwargs)
 
 
 def render_template(

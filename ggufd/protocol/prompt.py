@@ -55,10 +55,13 @@ def render(
     """Format the messages (``format_chat``, firstresult). Tools a family does not render in its own
     syntax (or any tool when a call is forced, since the grammar forces ggufd's JSON call) are
     described in a system message and the chat is rendered again without them."""
-    native = policy is not None and policy.choice == "auto"
-    tools = policy.tools if native and policy is not None else ()
-    prompt = plugins.format_chat(model, messages, tools, template_kwargs)
-    if policy is not None and prompt is not None and not (native and prompt.tools_rendered):
+    if policy is None:
+        prompt = plugins.format_chat(model, messages, (), template_kwargs)
+    elif policy.choice == "auto":
+        prompt = plugins.format_chat(model, messages, policy.tools, template_kwargs)
+        if prompt is not None and not prompt.tools_rendered:
+            prompt = plugins.format_chat(model, with_instruction(messages, policy), (), template_kwargs)
+    else:
         prompt = plugins.format_chat(model, with_instruction(messages, policy), (), template_kwargs)
     if prompt is None:  # only possible when the built-in formatter is disabled
         raise ServerError(f"No plugin can format chats for the model '{model.id}'.")
