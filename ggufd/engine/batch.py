@@ -7,6 +7,18 @@ chain (temperature, top-k/p, min-p, penalties, seed) and its own stop strings, U
 and token budget. A finished sequence keeps its KV cells so that a conversation that
 continues reuses its prefix.
 
+A reasoning budget (``GenerationRequest.max_reasoning_tokens`` with ``prompt.reasoning`` set)
+is tracked by a :class:`~ggufd.engine.reasoning_budget.ReasoningBudget`; once it is spent with
+the reasoning still open, the tokens of the syntax's ``closing_text`` take the place of sampled
+ones, one per step: decoded, emitted as text, counted in ``completion_tokens`` and accepted by
+the sampler chain (its penalties see them) like generated tokens, but never ending the
+generation (an end-of-generation token among them, a stop string: see
+:meth:`TextAssembler.force <ggufd.engine.text_stream.TextAssembler.force>`). ``max_tokens``
+bounds the whole answer, the close included. A request with a grammar gets no budget: a forced
+token could break the grammar (llama.cpp's grammar sampler would reject it); the protocol layer
+reports the budget as ignored. A request without a budget costs nothing more per token than an
+attribute test.
+
 Everything here except :meth:`BatchRunner.submit` and :meth:`BatchRunner.prepare` runs on
 the model's device thread (:mod:`ggufd.engine.devices`), never on the event loop. ``prepare``
 tokenizes a prompt in a worker thread before it is submitted: a long prompt's tokenization
@@ -27,6 +39,7 @@ import structlog
 
 from ggufd.engine.devices import heartbeat
 from ggufd.engine.events import Finished, Started, TextDelta, TokenLogprob, deliver_events
+from ggufd.engine.reasoning_budget import ReasoningBudget
 from ggufd.engine.sampling import GreedyPick, make_sampler
 from ggufd.engine.text_stream import TextAssembler
 from ggufd.errors import ApiError, ContextLengthExceeded
@@ -58,6 +71,8 @@ class _Sequence:
     text_sent: bool = False
     held: list = field(default_factory=list)  # events of a request that does not stream, kept for its end
     assembler: TextAssembler | None = None
+    reasoning: ReasoningBudget | None = None  # a reasoning budget still being tracked
+    forced: deque[int] | None = None  # the rest of the close of a spent reasoning budget, one per step
 
 
 class BatchRunner:
@@ -76,6 +91,7 @@ class BatchRunner:
             seq_id: [] for seq_id in range(model.parallel)
         }  # tokens in each KV stream
         self._outbox: list = []  # (generation, event) of this step, delivered together
+        self._closings: dict[str, list[int]] = {}  # closing texts of reasoning budgets, tokenized
 
     def prepare(self, request: GenerationRequest) -> list[int]:
         """The prompt's tokens, or :class:`ContextLengthExceeded` if it cannot fit with its
@@ -171,6 +187,11 @@ class BatchRunner:
             if GreedyPick.applies(request.sampling):
                 sequence.greedy = GreedyPick(request.sampling.logit_bias)
             sequence.assembler = TextAssembler(request.stop + request.prompt.stop)
+            syntax = request.prompt.reasoning
+            if request.max_reasoning_tokens is not None and syntax is not None and not request.sampling.grammar:
+                sequence.reasoning = ReasoningBudget(syntax, request.max_reasoning_tokens)
+                if sequence.reasoning.due:  # a budget of 0 in an opened reasoning: closed before the first token
+                    self._close_reasoning(sequence)
             self._active[sequence.seq_id] = sequence
             sequence.generation.emit(Started(len(tokens)))
 
@@ -261,6 +282,12 @@ class BatchRunner:
         for row, (index, sequence) in enumerate(wants_logits):
             top_n = sequence.request.logprobs
             logprobs = self._logprobs(index) if top_n is not None else None
+            if sequence.forced:  # writing the close of a spent reasoning budget: no sampling
+                token = sequence.forced.popleft()
+                if logprobs is not None and top_n is not None:
+                    self._emit(sequence, self._token_logprob(token, logprobs, top_n))
+                self._accept_forced(sequence, token)
+                continue
             if sequence.greedy is not None:
                 assert outputs is not None  # wants_logits is not empty here
                 token = sequence.greedy.pick(outputs[row])
@@ -323,7 +350,8 @@ class BatchRunner:
         sequence.n_generated += 1
         assembler = sequence.assembler
         assert assembler is not None  # set when the sequence was admitted
-        text = assembler.feed(self.model.token_bytes(token))
+        data = self.model.token_bytes(token)
+        text = assembler.feed(data)
         if text:
             self._emit(sequence, TextDelta(text))
         if assembler.stopped:
@@ -331,6 +359,60 @@ class BatchRunner:
         if sequence.n_generated >= sequence.max_tokens or n_prompt + sequence.n_generated >= self.model.n_ctx:
             return self._end(sequence, "length")
         sequence.pending_token = token
+        reasoning = sequence.reasoning
+        if reasoning is not None:
+            if reasoning.feed_bytes(data):
+                self._close_reasoning(sequence)
+            elif reasoning.done:
+                sequence.reasoning = None
+
+    def _close_reasoning(self, sequence: _Sequence) -> None:
+        """The reasoning budget is spent: the close is written from the next step on."""
+        assert sequence.reasoning is not None
+        sequence.forced = deque(self._closing_tokens(sequence.reasoning.syntax.closing_text))
+        sequence.reasoning.closed()
+        sequence.reasoning = None
+
+    def _accept_forced(self, sequence: _Sequence, token: int) -> None:
+        """A token of the close, in place of a sampled one: counted and shown like one, accepted by
+        the sampler chain (penalties; the numpy greedy pick has none), ending nothing but the length."""
+        sequence.n_generated += 1
+        assert sequence.assembler is not None
+        text = sequence.assembler.force(self.model.token_bytes(token))
+        if text:
+            self._emit(sequence, TextDelta(text))
+        if sequence.greedy is None:
+            llama_cpp.llama_sampler_accept(sequence.sampler, token)
+        if (
+            sequence.n_generated >= sequence.max_tokens
+            or len(sequence.prompt) + sequence.n_generated >= self.model.n_ctx
+        ):
+            return self._end(sequence, "length")
+        sequence.pending_token = token
+
+    def _closing_tokens(self, text: str) -> list[int]:
+        """``text`` tokenized as the model would write it (special tokens parsed, no BOS); remembered.
+
+        A SentencePiece vocabulary that adds a space prefix puts a lone space token at the start of
+        a text and after each special token in it; not written by the model in mid-answer, and
+        not in the text: dropped (while the tokens still spell the text out)."""
+        tokens = self._closings.get(text)
+        if tokens is None:
+            tokens, target, at = [], text.encode("utf-8"), 0
+            pieces = self.model.tokenize(text, False)
+            for i, token in enumerate(pieces):
+                piece = self.model.token_text(token)
+                if target.startswith(piece, at):
+                    at += len(piece)
+                elif piece == b" ":
+                    continue  # the space prefix
+                else:  # another tokenization than piece by piece: keep it as it is
+                    tokens.extend(pieces[i:])
+                    break
+                tokens.append(token)
+            if len(self._closings) < 64:  # a few per family
+                self._closings[text] = tokens
+        return tokens
 
     def _end(self, sequence: _Sequence, reason: str) -> None:
         assert sequence.assembler is not None

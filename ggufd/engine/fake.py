@@ -7,6 +7,15 @@ then ``Finished``), honouring ``max_tokens`` (one piece = one token), the reques
 (the text up to the first stop), cancellation, and an injected failure. It runs on the caller's
 event loop, so a test can drive ``make_app`` with the real clients and no model file.
 
+A reasoning budget (``max_reasoning_tokens`` with ``prompt.reasoning`` set, no grammar) is
+honoured as the real engine does, with :class:`~ggufd.engine.reasoning_budget.ReasoningBudget`
+counting the pieces: after ``max_reasoning_tokens`` pieces inside the reasoning (budget 0 with
+``opened``: before the first piece) the syntax's ``closing_text`` comes as one piece (one token,
+never cut by a stop string; matching starts afresh after it), then the script goes on after its
+own reasoning end: the rest of the scripted reasoning, up to and including its end marker, is
+skipped, and the text after the marker in that piece (if any) comes as a piece. With a grammar the
+budget is not applied. ``max_tokens`` counts every piece, the close included.
+
 Example::
 
     engine = FakeEngine(reply=lambda request: ["Hel", "lo", "!"])
@@ -16,13 +25,14 @@ Example::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ggufd.engine.devices import DeviceExecutors
 from ggufd.engine.events import Failed, Finished, Generation, Started, TextDelta, TokenLogprob
 from ggufd.engine.gpu import GpuReport
+from ggufd.engine.reasoning_budget import ReasoningBudget
 from ggufd.errors import ApiError, ContextLengthExceeded, Overloaded, ServerError
 from ggufd.types import GenerationRequest, ModelInfo
 
@@ -96,7 +106,7 @@ class FakeEngine:
             return
         generation.put(Started(prompt_tokens))
         text, produced, reason = "", 0, "stop"
-        for piece in self.reply(request):
+        for piece, forced in self._budgeted(request, self.reply(request)):
             if limit is not None and produced >= limit:
                 reason = "length"
                 break
@@ -109,13 +119,13 @@ class FakeEngine:
                 generation.put(Finished("cancelled", prompt_tokens, produced))
                 self.cancelled += 1
                 return
-            stop_at = self._stop_position(text + piece, request.stop)
+            stop_at = None if forced else self._stop_position(text + piece, request.stop)
             produced += 1
             if stop_at is not None:
                 if stop_at > len(text):
                     generation.put(TextDelta((text + piece)[len(text) : stop_at]))
                 break
-            text += piece
+            text = "" if forced else text + piece  # a stop string never spans the forced close
             generation.put(TextDelta(piece))
             if request.logprobs is not None:
                 generation.put(
@@ -125,6 +135,36 @@ class FakeEngine:
                 )
             await asyncio.sleep(0)
         generation.put(Finished(reason, prompt_tokens, produced))
+
+    @staticmethod
+    def _budgeted(request: GenerationRequest, pieces: Iterable[str]) -> Iterator[tuple[str, bool]]:
+        """The script's pieces with the reasoning budget applied: (piece, written by the engine)."""
+        syntax = request.prompt.reasoning
+        script = iter(pieces)
+        if request.max_reasoning_tokens is None or syntax is None or request.sampling.grammar:
+            yield from ((piece, False) for piece in script)
+            return
+        budget = ReasoningBudget(syntax, request.max_reasoning_tokens)
+        while not budget.due:
+            piece = next(script, None)
+            if piece is None:
+                return
+            yield piece, False
+            budget.feed(piece)
+            if budget.done:  # the script closed its reasoning or has none: no budget left to apply
+                yield from ((piece, False) for piece in script)
+                return
+        yield syntax.closing_text, True
+        end, tail = syntax.end, ""
+        for piece in script:  # the rest of the scripted reasoning is skipped, its end marker too
+            window = tail + piece
+            at = window.find(end)
+            if at >= 0:
+                if window[at + len(end) :]:
+                    yield window[at + len(end) :], False
+                break
+            tail = window[-(len(end) - 1) :] if len(end) > 1 else ""
+        yield from ((piece, False) for piece in script)
 
     @staticmethod
     def _stop_position(text: str, stops: tuple[str, ...]) -> int | None:

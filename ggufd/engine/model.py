@@ -189,11 +189,15 @@ class LoadedModel:
             eog = self._eog[token] = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
         return eog
 
-    def _piece(self, token: int) -> bytes:
+    def token_text(self, token: int) -> bytes:
+        """The bytes of one token with a special token rendered as its text (not remembered)."""
+        return self._piece(token, special=True)
+
+    def _piece(self, token: int, special: bool = False) -> bytes:
         size = 64
         while True:
             buffer = ctypes.create_string_buffer(size)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, size, 0, False)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, size, 0, special)
             if n >= 0:
                 return buffer.raw[:n]
             size = -n

@@ -8,7 +8,8 @@ Two rules for every piece of text leaving the engine:
   held back until it is clear whether the stop string follows.
 
 The same class serves streaming and non-streaming responses, so both see exactly the
-same text.
+same text. Text the engine writes in the model's place (a reasoning budget's close,
+:meth:`TextAssembler.force`) is released at once and is never part of a stop string.
 """
 
 from __future__ import annotations
@@ -36,6 +37,19 @@ class TextAssembler:
             return ""
         self._pending += self._decoder.decode(data)
         return self._release(final=False)
+
+    def force(self, data: bytes) -> str:
+        """Add the bytes of a token the engine wrote in the model's place (the close of a spent
+        reasoning budget); return them as text at once, with the text held back before them.
+
+        Stop strings match the model's own text only, never across forced text: the text held
+        back for a stop string that might follow is released, and matching starts afresh after
+        the forced text. So no stop string cuts the forced text or what came before it."""
+        if self.stopped:
+            return ""
+        text = self._pending + self._decoder.decode(data)
+        self._pending = ""
+        return text
 
     def finish(self) -> str:
         """The generation ended: flush what was held back (an incomplete character becomes U+FFFD)."""
