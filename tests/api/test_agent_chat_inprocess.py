@@ -237,3 +237,17 @@ def test_bad_reasoning_controls_are_400s(server):
         status, _, raw = chat(server.url, body(**bad))
         error = json.loads(raw)["error"]
         assert status == 400 and error["type"] == "invalid_request_error", bad
+
+
+def test_a_spent_reasoning_budget_closes_the_reasoning_and_the_answer_follows(server):
+    for stream in (False, True):
+        request = body(tools=None, max_reasoning_tokens=1)
+        if stream:
+            _, events = streamed(server, request)
+            parts = deltas(events)
+            reasoning = "".join(d.get("reasoning_content", "") for d in parts)
+            content = "".join(d.get("content") or "" for d in parts)
+        else:
+            message = json.loads(chat(server.url, request)[2])["choices"][0]["message"]
+            reasoning, content = message["reasoning_content"], message["content"]
+        assert (reasoning, content) == ("Think", "Just text.")  # cut after one token, then the answer
