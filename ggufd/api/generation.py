@@ -130,7 +130,9 @@ class GenerationHandler(BaseHandler):
                         self.log_request()
                         return
                     raise stopped_by_server()
-                self.write_json(plan.output.body(answer.outcome()))
+                outcome = answer.outcome()
+                self.log_fields["finish_reason"] = outcome.reason  # "tool_calls" where the engine said "stop"
+                self.write_json(plan.output.body(outcome))
                 return
             events = await self.generation.next_events()
 
@@ -157,7 +159,9 @@ class GenerationHandler(BaseHandler):
                             self.finish(output.error(stopped_by_server()))
                         self.log_request()
                         return
-                    self.finish(output.end(answer.outcome()))
+                    outcome = answer.outcome()
+                    self.log_fields["finish_reason"] = outcome.reason
+                    self.finish(output.end(outcome))
                     return
                 if answer.raw_text:
                     await self.flush()

@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,9 @@ class FakeEngine:
     :param fail_after: emit a ``Failed(fail_with)`` after this many pieces (None: never).
     :param queue_limit: ``generate`` raises Overloaded once this many generations are unfinished.
     :param delay: seconds between pieces (lets a test disconnect or cancel mid-stream).
+    :param gate: when set, each generation emits its first ``gate_after`` pieces and holds the
+        rest until the event is set (from any thread): a test that received those pieces while
+        the gate was closed has proof that they streamed before the end, without timing.
     :param embedding_models: ids of the models that are embedding models.
     """
 
@@ -64,6 +68,8 @@ class FakeEngine:
     fail_with: ApiError = field(default_factory=lambda: ServerError("The model failed."))
     queue_limit: int = 32
     delay: float = 0.0
+    gate: threading.Event | None = None
+    gate_after: int = 1
     n_ctx: int = 2048
     embedding_models: frozenset[str] = frozenset()
     requests: list[GenerationRequest] = field(default_factory=list)
@@ -115,6 +121,8 @@ class FakeEngine:
                 return
             if self.delay:
                 await asyncio.sleep(self.delay)
+            if self.gate is not None and produced >= self.gate_after:
+                await self._wait_for_gate(generation)
             if generation.cancelled:
                 generation.put(Finished("cancelled", prompt_tokens, produced))
                 self.cancelled += 1
@@ -135,6 +143,12 @@ class FakeEngine:
                 )
             await asyncio.sleep(0)
         generation.put(Finished(reason, prompt_tokens, produced))
+
+    async def _wait_for_gate(self, generation: Generation) -> None:
+        """Until :attr:`gate` is set or the generation is cancelled (polled: the event is a thread's)."""
+        assert self.gate is not None
+        while not self.gate.is_set() and not generation.cancelled:
+            await asyncio.sleep(0.002)
 
     @staticmethod
     def _budgeted(request: GenerationRequest, pieces: Iterable[str]) -> Iterator[tuple[str, bool]]:
