@@ -86,6 +86,7 @@ CALL_FORMAT = (
     "not tell the user about function calls\n</IMPORTANT>"
 )
 STRING_TYPES = {"string", "str", "text", "varchar", "char", "enum"}
+UNDECLARED = {"type": "string"}  # an argument the tool's schema does not declare stays text (as vLLM keeps it)
 
 
 @ggufd.hookimpl
@@ -170,15 +171,12 @@ def _call(call) -> tuple[str, str]:
     return _string(function.get("name", "")), lines
 
 
-def _tool_result(messages, index, content: str, opening: str, body: str) -> str:
-    """A tool result (``body`` with ``{}`` for the content); consecutive results share one user
-    turn, which is opened only after another message (the templates test ``loop.previtem``)."""
+def _tool_result(messages, index, opening: str, result: str) -> str:
+    """A tool result; consecutive results share one user turn, which is opened only after another
+    message (the templates test ``loop.previtem``)."""
     following = messages[index + 1] if index + 1 < len(messages) else None
     text = opening if index > 0 and messages[index - 1]["role"] != "tool" else ""
-    text += body.replace("{}", content, 1)
-    if following is None or following["role"] != "tool":
-        text += f"{IM_END}\n"
-    return text
+    return text + result + (f"{IM_END}\n" if following is None or following["role"] != "tool" else "")
 
 
 def render_coder(messages, tools) -> str:
@@ -206,7 +204,7 @@ def render_coder(messages, tools) -> str:
             parts.append(f"{IM_END}\n")
         elif role == "tool":
             parts.append(
-                _tool_result(turns, index, content, f"{IM_START}user\n", "<tool_response>\n{}\n</tool_response>\n")
+                _tool_result(turns, index, f"{IM_START}user\n", f"<tool_response>\n{content}\n</tool_response>\n")
             )
         else:
             parts.append(f"{IM_START}{role}\n{content}{IM_END}\n")
@@ -268,7 +266,7 @@ def render_qwen35(messages, tools) -> str:
             parts.append(f"{IM_END}\n")
         elif role == "tool":
             parts.append(
-                _tool_result(messages, index, content, f"{IM_START}user", "\n<tool_response>\n{}\n</tool_response>")
+                _tool_result(messages, index, f"{IM_START}user", f"\n<tool_response>\n{content}\n</tool_response>")
             )
         else:
             raise ggufd.InvalidRequest(f"Qwen3.5's format has no role '{role}'.", param=f"messages.{index}.role")
@@ -444,11 +442,12 @@ def read_call(body: str, complete: bool):
 
 def _arguments_json(arguments, schemas, complete: bool) -> str:
     """The arguments as JSON text, one fragment per argument: ``{"k": v`` then ``, "k2": v2``,
-    closed by ``}`` once the call is complete (``{}`` for none)."""
+    closed by ``}`` once the call is complete (``{}`` for none). ``schemas``: the tool's parameter
+    schemas by name, None when unknown (then values are guessed, see :func:`convert`)."""
     fragments = [
         json.dumps(key, ensure_ascii=False)
         + ": "
-        + json.dumps(convert(raw, schemas.get(key) if schemas is not None else None), ensure_ascii=False)
+        + json.dumps(convert(raw, None if schemas is None else schemas.get(key, UNDECLARED)), ensure_ascii=False)
         for key, raw in arguments
     ]
     if not fragments:
@@ -553,7 +552,8 @@ def call_bodies(text: str, bare: bool) -> list[str]:
     """The bodies of the calls in a whole answer, as the streaming parser sees them: after each
     ``<tool_call>`` up to its ``</tool_call>`` (or the end); with ``bare``, a ``<function=...>``
     outside one up to and with its ``</function>`` (or up to a ``</tool_call>``, or the end)."""
-    bodies, at = [], 0
+    bodies: list[str] = []
+    at = 0
     while True:
         begin = text.find(TOOL_CALL_BEGIN, at)
         function = text.find(FUNCTION_OPEN, at) if bare else -1
@@ -579,7 +579,7 @@ def call_bodies(text: str, bare: bool) -> list[str]:
 def parse_tool_calls(model, text):
     if model.family != FAMILY:
         return None
-    calls = []
+    calls: list[dict] = []
     for body in call_bodies(text, bare=not is_qwen35(model)):
         call = read_call(body, complete=True)
         if call is not None and call[0]:
