@@ -59,7 +59,7 @@ def chat_prompt(model: Path, messages: list[dict]):
         )
         _formatter[model] = (pm, info)
     pm, info = _formatter[model]
-    return pm.hook.format_chat(model=info, messages=messages)
+    return pm.format_chat(info, messages)
 
 
 @dataclass
