@@ -210,14 +210,14 @@ def test_broken_template_raises_template_error():
 
 def test_gguf_template_plugin_uses_the_models_template(pm, tiny_model):
     info = model_info(tiny_model, family="gguf-template")
-    prompt = pm.hook.format_chat(model=info, messages=CONVERSATION, tools=[], template_kwargs={})
+    prompt = pm.format_chat(model=info, messages=CONVERSATION)
     assert prompt.text == CHATML_EXPECTED
     assert prompt.add_bos is True
 
 
 def test_generic_transcript_when_the_model_has_no_template(pm, plain_model):
     info = model_info(plain_model, family="generic", model_id="plain")
-    prompt = pm.hook.format_chat(model=info, messages=CONVERSATION, tools=[], template_kwargs={})
+    prompt = pm.format_chat(model=info, messages=CONVERSATION)
     assert prompt.text == "System: You are terse.\nUser: Hi!\nAssistant: Hello.\nUser: Café? 日本\nAssistant:"
     assert set(prompt.stop) == {"\nUser:", "\nSystem:"}
     assert prompt.add_bos is True
@@ -227,7 +227,7 @@ def test_generic_transcript_when_the_model_has_no_template(pm, plain_model):
 def test_generic_transcript_for_a_broken_template(pm, tmp_path):
     path = gguf_factory.write_tiny_llama(tmp_path / "broken.gguf", chat_template="{% if %}")
     info = model_info(path, family="generic", model_id="broken")
-    prompt = pm.hook.format_chat(model=info, messages=[{"role": "user", "content": "Hi"}], tools=[], template_kwargs={})
+    prompt = pm.format_chat(model=info, messages=[{"role": "user", "content": "Hi"}])
     assert prompt.text == "User: Hi\nAssistant:"
 
 
@@ -251,18 +251,18 @@ def test_config_template_beats_the_family_plugin_and_the_gguf_template(pm, tiny_
     messages = [{"role": "user", "content": "Hi"}]
     for family in ("gemma", "gguf-template", "generic"):
         info = model_info(tiny_model, family=family, chat_template=override)
-        prompt = pm.hook.format_chat(model=info, messages=messages, tools=[], template_kwargs={})
+        prompt = pm.format_chat(model=info, messages=messages)
         assert prompt.text == "<<user:Hi>>GO", family
 
 
 def test_family_plugin_beats_the_gguf_template(pm, tiny_model):
     # the tiny model carries a ChatML template, but a model of the gemma family is formatted by the gemma plugin
     info = model_info(tiny_model, family="gemma")
-    prompt = pm.hook.format_chat(model=info, messages=[{"role": "user", "content": "Hi"}], tools=[], template_kwargs={})
+    prompt = pm.format_chat(model=info, messages=[{"role": "user", "content": "Hi"}])
     assert prompt.text == "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
 
 
 def test_config_template_raise_exception_is_a_400(pm, tiny_model):
     info = model_info(tiny_model, family="gguf-template", chat_template="{{ raise_exception('no') }}")
     with pytest.raises(InvalidRequest):
-        pm.hook.format_chat(model=info, messages=[{"role": "user", "content": "Hi"}], tools=[], template_kwargs={})
+        pm.format_chat(model=info, messages=[{"role": "user", "content": "Hi"}])

@@ -45,7 +45,7 @@ DEFAULT_NAMES = {
     "template_override",
     "gguf_template",
 }
-FAMILY_NAMES = {"gemma", "llama3", "chatml", "mistral", "phi", "deepseek", "gpt_oss"}
+FAMILY_NAMES = {"gemma", "llama3", "chatml", "mistral", "phi", "deepseek", "gpt_oss", "qwen3", "qwen3_coder"}
 BUILTIN_NAMES = DEFAULT_NAMES | FAMILY_NAMES
 MESSAGES = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"})
 
@@ -321,7 +321,8 @@ def test_call_order_local_files_then_families_then_entry_points_then_trylast(tmp
     called = [impl.plugin_name for impl in reversed(pm.hook.detect_family.get_hookimpls())]
     families = [name.rsplit(".", 1)[-1] for name in reversed(FAMILY_PLUGINS)]
     assert called == ["local_b", "local_a", *families, "installed_family", "gguf_template"]
-    assert families == ["phi", "mistral", "llama3", "gpt_oss", "gemma", "deepseek", "chatml"]  # as from plugins/
+    # as from plugins/, the newer ones in name order
+    assert families == ["qwen3_coder", "qwen3", "phi", "mistral", "llama3", "gpt_oss", "gemma", "deepseek", "chatml"]
     called = [impl.plugin_name for impl in reversed(pm.hook.format_chat.get_hookimpls())]
     assert called == ["template_override", "local_b", "local_a", *families, "installed_family", "gguf_template"]
     # so an installed plugin answers only for models no family claims (tryfirst changes that)
@@ -385,7 +386,7 @@ def family_manager(tmp_path, marker: str = "", family: str = "fam"):
 
 def test_gguf_template_renders_when_no_other_plugin_answers(tiny_info, tmp_path):
     pm = make_plugin_manager(Config(models_dir=tmp_path))
-    prompt = pm.hook.format_chat(model=tiny_info, messages=MESSAGES, tools=[], template_kwargs={})
+    prompt = pm.format_chat(model=tiny_info, messages=MESSAGES)
     assert isinstance(prompt, ChatPrompt)
     assert (
         prompt.text
@@ -398,12 +399,10 @@ def test_a_family_plugin_beats_gguf_template(tiny_info, tmp_path, marker):
     pm = family_manager(tmp_path, marker)
     assert pm.hook.detect_family(metadata=tiny_info.metadata, spec=tiny_info.spec) == "fam"
     info = replace(tiny_info, family="fam")
-    prompt = pm.hook.format_chat(model=info, messages=MESSAGES, tools=[], template_kwargs={})
+    prompt = pm.format_chat(model=info, messages=MESSAGES)
     assert prompt == ChatPrompt(text="fam:Be brief.|Hi", stop=("<fam>",))
     # a model of another family falls through to the GGUF's own template
-    assert pm.hook.format_chat(model=tiny_info, messages=MESSAGES, tools=[], template_kwargs={}).text.startswith(
-        "<|im_start|>system"
-    )
+    assert pm.format_chat(model=tiny_info, messages=MESSAGES).text.startswith("<|im_start|>system")
 
 
 def test_a_family_plugin_wins_detection_in_the_registry(tiny_model, tmp_path):
@@ -421,10 +420,7 @@ def test_a_configured_chat_template_beats_a_tryfirst_family_plugin(tiny_info, tm
         tiny_info.spec, options={"chat_template": "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}>"}
     )
     info = replace(tiny_info, spec=spec, family="fam")
-    assert (
-        pm.hook.format_chat(model=info, messages=MESSAGES, tools=[], template_kwargs={}).text
-        == "[system]Be brief.[user]Hi>"
-    )
+    assert pm.format_chat(model=info, messages=MESSAGES).text == "[system]Be brief.[user]Hi>"
 
 
 def test_disabling_template_override_lets_the_family_plugin_answer(tiny_info, tmp_path):
@@ -432,7 +428,7 @@ def test_disabling_template_override_lets_the_family_plugin_answer(tiny_info, tm
     pm = make_plugin_manager(Config(models_dir=tmp_path, plugins_dir=folder, disable_plugins=("template_override",)))
     spec = replace(tiny_info.spec, options={"chat_template": "ignored"})
     info = replace(tiny_info, spec=spec, family="fam")
-    assert pm.hook.format_chat(model=info, messages=MESSAGES, tools=[], template_kwargs={}).text == "fam:Be brief.|Hi"
+    assert pm.format_chat(model=info, messages=MESSAGES).text == "fam:Be brief.|Hi"
 
 
 def test_gemma_plugin_detects_by_file_name_and_formats_gemma_turns(tiny_info, tmp_path):
@@ -440,7 +436,7 @@ def test_gemma_plugin_detects_by_file_name_and_formats_gemma_turns(tiny_info, tm
     spec = replace(tiny_info.spec, id="my-gemma", path=tiny_info.path.with_name("My-Gemma-2b.gguf"))
     assert pm.hook.detect_family(metadata=tiny_info.metadata, spec=spec) == "gemma"
     info = ModelInfo(spec=spec, metadata=tiny_info.metadata, family="gemma")
-    prompt = pm.hook.format_chat(model=info, messages=MESSAGES, tools=[], template_kwargs={})
+    prompt = pm.format_chat(model=info, messages=MESSAGES)
     assert prompt.text == "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
     assert prompt.stop == ("<end_of_turn>",)
     assert pm.hook.stop_sequences(model=info) == [["<end_of_turn>", "<start_of_turn>"]]
@@ -450,7 +446,7 @@ def test_gemma_plugin_detects_by_file_name_and_formats_gemma_turns(tiny_info, tm
 def test_without_gguf_template_a_model_has_no_family_answer(tiny_info, tmp_path):
     pm = make_plugin_manager(Config(models_dir=tmp_path, disable_plugins=("gguf_template",)))
     assert pm.hook.detect_family(metadata=tiny_info.metadata, spec=tiny_info.spec) is None
-    assert pm.hook.format_chat(model=tiny_info, messages=MESSAGES, tools=[], template_kwargs={}) is None
+    assert pm.format_chat(model=tiny_info, messages=MESSAGES) is None
 
 
 def test_read_metadata_model_info_without_the_registry(tiny_model, tmp_path):
@@ -459,7 +455,7 @@ def test_read_metadata_model_info_without_the_registry(tiny_model, tmp_path):
     pm = make_plugin_manager(Config(models_dir=tmp_path))
     # gguf_template renders the GGUF's template whatever the family name says
     assert (
-        pm.hook.format_chat(model=info, messages=MESSAGES[1:], tools=[], template_kwargs={}).text
+        pm.format_chat(model=info, messages=MESSAGES[1:]).text
         == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     )
 

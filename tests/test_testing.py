@@ -114,7 +114,7 @@ def test_a_plugin_is_registered_where_a_plugins_dir_file_would_be(tmp_path, no_i
     daemon = make_plugin_manager(Config(models_dir=tmp_path, plugins_dir=folder))
     plugins = plugin_manager(module("my_family", MY_FAMILY))
     assert call_order(plugins) == call_order(daemon)
-    assert call_order(plugins)["format_chat"][:3] == ["template_override", "my_family", "phi"]
+    assert call_order(plugins)["format_chat"][:3] == ["template_override", "my_family", "qwen3_coder"]
 
 
 def test_rendering_through_the_helpers():

@@ -1,7 +1,7 @@
-"""The chatml family (Qwen 2, 2.5, 3 and ChatML fine-tunes with Hermes-style tool calls).
+"""The chatml family (Qwen 2, 2.5 and ChatML fine-tunes with Hermes-style tool calls).
 
 Written exactly like a third-party plugin. The format is Qwen's published template
-(Qwen/Qwen2.5-*-Instruct and Qwen/Qwen3-*, tokenizer_config.json):
+(Qwen/Qwen2.5-*-Instruct, tokenizer_config.json):
 
     <|im_start|>system
     {system}<|im_end|>
@@ -21,13 +21,15 @@ Written exactly like a third-party plugin. The format is Qwen's published templa
 Contents are not trimmed. Consecutive tool results share one user turn. Qwen 2 and 2.5
 templates open a chat without a system message with a default one ("You are Qwen,
 created by Alibaba Cloud. ..."); when the GGUF's template carries such a literal default
-system turn, this plugin uses it too. Qwen 3's thinking handling (dropping earlier
-``<think>`` blocks) is not reproduced: contents are rendered as sent.
+system turn, this plugin uses it too. Contents are rendered as sent (no ``<think>`` handling).
 
-ChatML is the most generic family, so detection is conservative: Qwen architectures
+ChatML is the most generic family, so detection is conservative: the Qwen 2 architectures
 (unless the GGUF's template is in another format, as DeepSeek's Qwen distills are), a
 Qwen name without a template, or a ChatML template that speaks the ``<tool_call>``
-dialect. Any other plain ChatML template is left to ggufd's own rendering of it.
+dialect. Any other plain ChatML template is left to ggufd's own rendering of it. Qwen3 and
+later are not ChatML's: the Qwen3 architectures and Qwen3's templates (``<think>`` and the
+last-query scan) are the qwen3 family's, templates with Qwen's XML tool calls (``<function=``:
+Qwen3-Coder, Qwen3.5) and the Qwen3.5 architectures the qwen3-coder family's.
 """
 
 from __future__ import annotations
@@ -39,13 +41,17 @@ import ggufd
 from ggufd import ChatPrompt
 
 FAMILY = "chatml"
-QWEN_ARCHITECTURES = {"qwen2", "qwen2moe", "qwen3", "qwen3moe"}
+QWEN_ARCHITECTURES = {"qwen2", "qwen2moe"}
+# Qwen3 and later: the qwen3 and qwen3-coder families
+NEWER_QWEN_ARCHITECTURES = {"qwen3", "qwen3moe", "qwen3next", "qwen35", "qwen35moe"}
 NAME_PATTERN = re.compile(r"qwen", re.IGNORECASE)
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 END_OF_TEXT = "<|endoftext|>"
 # markers of more specific families: a template with these is not plain ChatML
 OTHER_FORMATS = ("<|start_header_id|>", "[INST]", "<start_of_turn>", "<|im_sep|>")
+QWEN3_TEMPLATE = ("<think>", "multi_step_tool")  # Qwen3's templates: reasoning and the last-query scan
+XML_CALL = "<function="  # Qwen's XML tool calls (Qwen3-Coder, Qwen3.5)
 TOOL_CALL_BEGIN, TOOL_CALL_END = "<tool_call>", "</tool_call>"
 TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 DEFAULT_SYSTEM = re.compile(r"""(['"])<\|im_start\|>system\\n([^'"{}\\]+)<\|im_end\|>\\n\1""")
@@ -55,6 +61,10 @@ DEFAULT_SYSTEM = re.compile(r"""(['"])<\|im_start\|>system\\n([^'"{}\\]+)<\|im_e
 def detect_family(metadata, spec):
     template = metadata.chat_template or ""
     if template and (IM_START not in template or any(marker in template for marker in OTHER_FORMATS)):
+        return None
+    if metadata.architecture in NEWER_QWEN_ARCHITECTURES or XML_CALL in template:
+        return None
+    if all(marker in template for marker in QWEN3_TEMPLATE):
         return None
     if metadata.architecture in QWEN_ARCHITECTURES:
         return FAMILY
@@ -95,7 +105,7 @@ def format_chat(model, messages):
         else:
             parts.append(f"{IM_START}{role}\n{content}{IM_END}\n")
     parts.append(f"{IM_START}assistant\n")
-    default_bos = model.metadata.architecture not in QWEN_ARCHITECTURES
+    default_bos = model.metadata.architecture not in QWEN_ARCHITECTURES | NEWER_QWEN_ARCHITECTURES
     add_bos = bool(model.metadata.get("tokenizer.ggml.add_bos_token", default_bos))
     return ChatPrompt(text="".join(parts), stop=(IM_END,), add_bos=add_bos)
 

@@ -76,6 +76,8 @@ class Family:
     # ggufd's messages as the published template expects them (tool arguments as objects, ...)
     published_messages: Callable[[Sequence[Mapping[str, Any]]], list] = list
     frozen: Mapping[str, Any] = field(default_factory=dict)  # plugin attributes pinned in tests (the date)
+    # families that share one tool-call syntax name it alike ("hermes"): each reads the other's calls
+    tool_syntax: str | None = None
 
     def metadata(
         self,
@@ -140,6 +142,10 @@ R1_TEMPLATE = template("deepseek-r1")
 DISTILL_TEMPLATE = template("deepseek-r1-distill-qwen")
 DEEPSEEK_V2_TEMPLATE = template("deepseek-v2-chat")
 HARMONY_TEMPLATE = template("gpt-oss")
+QWEN3_TEMPLATE = template("qwen3")
+QWEN3_THINKING_TEMPLATE = template("qwen3-thinking-2507")
+QWEN3_CODER_TEMPLATE = template("qwen3-coder")
+QWEN35_TEMPLATE = template("qwen3.5")
 
 # --------------------------------------------------------------------------- the families
 
@@ -150,14 +156,15 @@ GPT_OSS_DATE = "2025-08-05"  # the date harmony prompts carry in the tests
 CHATML = Family(
     name="chatml",
     plugin="chatml",
-    architecture="qwen3",
-    model_name="Qwen3 8B",
+    architecture="qwen2",
+    model_name="Qwen2.5 7B Instruct",
     add_bos=False,
     bos_token="<|endoftext|>",
     eos_token="<|im_end|>",
     stops=("<|im_end|>", "<|im_start|>", "<|endoftext|>"),
     tool_call='<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>',
     published_messages=hf_messages,
+    tool_syntax="hermes",
 )
 DEEPSEEK = Family(
     name="deepseek",
@@ -234,8 +241,37 @@ PHI = Family(
     stops=("<|end|>", "<|user|>", "<|endoftext|>"),
 )
 
+QWEN3 = Family(
+    name="qwen3",
+    plugin="qwen3",
+    architecture="qwen3",
+    model_name="Qwen3 8B",
+    add_bos=False,
+    bos_token="<|endoftext|>",
+    eos_token="<|im_end|>",
+    stops=("<|im_end|>", "<|im_start|>", "<|endoftext|>"),
+    tool_call='<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+    published_messages=hf_messages,
+    tool_syntax="hermes",
+)
+QWEN3_CODER = Family(
+    name="qwen3-coder",
+    plugin="qwen3_coder",
+    architecture="qwen3moe",
+    model_name="Qwen3 Coder 30B A3B Instruct",
+    add_bos=False,
+    bos_token="<|endoftext|>",
+    eos_token="<|im_end|>",
+    stops=("<|im_end|>", "<|im_start|>", "<|endoftext|>"),
+    template=QWEN3_CODER_TEMPLATE,
+    tool_call="<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>",
+    published_messages=hf_messages,
+)
+
 #: by plugin name, in the order the plugin manager registers them
-FAMILIES = {family.plugin: family for family in (CHATML, DEEPSEEK, GEMMA, GPT_OSS, LLAMA3, MISTRAL, PHI)}
+FAMILIES = {
+    family.plugin: family for family in (CHATML, DEEPSEEK, GEMMA, GPT_OSS, LLAMA3, MISTRAL, PHI, QWEN3, QWEN3_CODER)
+}
 
 # --------------------------------------------------------------------------- published templates to match
 
@@ -348,6 +384,20 @@ PUBLISHED = (
     Published(PHI, "phi3", PHI35_TEMPLATE, PHI.metadata(PHI35_TEMPLATE, name=None)),
     Published(PHI, "phi4", PHI4_TEMPLATE, PHI.metadata(PHI4_TEMPLATE, name=None)),
     Published(PHI, "phi4-mini", PHI4_MINI_TEMPLATE, PHI.metadata(PHI4_MINI_TEMPLATE, name=None)),
+    Published(QWEN3, "qwen3", QWEN3_TEMPLATE, QWEN3.metadata(QWEN3_TEMPLATE)),
+    Published(
+        QWEN3,
+        "thinking-2507",
+        QWEN3_THINKING_TEMPLATE,
+        QWEN3.metadata(QWEN3_THINKING_TEMPLATE, name="Qwen3 4B Thinking 2507"),
+    ),
+    Published(QWEN3_CODER, "coder", QWEN3_CODER_TEMPLATE, QWEN3_CODER.metadata()),
+    Published(
+        QWEN3_CODER,
+        "qwen3.5",
+        QWEN35_TEMPLATE,
+        QWEN3_CODER.metadata(QWEN35_TEMPLATE, architecture="qwen35", name="Qwen3.5 4B"),
+    ),
 )
 
 

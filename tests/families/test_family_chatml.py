@@ -8,7 +8,16 @@ from __future__ import annotations
 import gguf
 import gguf_factory
 import pytest
-from family_kit import CHATML, QWEN25_TEMPLATE, TEXT_CHATS, hf_messages, published
+from family_kit import (
+    CHATML,
+    QWEN3_CODER_TEMPLATE,
+    QWEN3_TEMPLATE,
+    QWEN25_TEMPLATE,
+    QWEN35_TEMPLATE,
+    TEXT_CHATS,
+    hf_messages,
+    published,
+)
 
 from ggufd.config import load_config
 from ggufd.default_plugins import gguf_template
@@ -197,7 +206,7 @@ def test_plugin_matches_qwens_template(chatml, messages):
 
 
 def test_detect_family_positive(chatml):
-    for arch in ("qwen2", "qwen2moe", "qwen3", "qwen3moe"):
+    for arch in ("qwen2", "qwen2moe"):
         assert chatml.detect_family(metadata=metadata(name=None, architecture=arch), spec=model_spec()) == "chatml", (
             arch
         )
@@ -250,6 +259,18 @@ def test_detect_family_negative(chatml, tiny_model):
         is None
     )
     assert chatml.detect_family(metadata=read_metadata(tiny_model), spec=ModelSpec(id="tiny", path=tiny_model)) is None
+    # Qwen3 and later are the qwen3 and qwen3-coder families' (their architectures, Qwen3's template,
+    # Qwen's XML tool calls), whatever the name says
+    for arch in ("qwen3", "qwen3moe", "qwen3next", "qwen35", "qwen35moe"):
+        for template in (None, QWEN25_TEMPLATE, PLAIN_CHATML):
+            assert chatml.detect_family(metadata=metadata(template, architecture=arch), spec=model_spec()) is None
+    for template in (QWEN3_TEMPLATE, QWEN3_CODER_TEMPLATE, QWEN35_TEMPLATE):
+        assert (
+            chatml.detect_family(
+                metadata=metadata(template, name="Qwen3 finetune", architecture="llama"), spec=model_spec()
+            )
+            is None
+        )
     # other architectures and names
     for arch, name in (("llama", "Mistral 7B"), ("gemma3", "Gemma 3"), ("llama", None), (None, None)):
         assert chatml.detect_family(metadata=metadata(name=name, architecture=arch), spec=model_spec()) is None
@@ -356,7 +377,7 @@ def test_a_qwen_gguf_end_to_end(tmp_path):
     info = build_registry(config, pm).get("Qwen2.5-7B-Instruct-Q4_K_M")
     assert info.family == "chatml"
     for messages in [*TEXT_CHATS.values(), *TOOL_CROSS_CHECK]:
-        prompt = pm.hook.format_chat(model=info, messages=messages, tools=[], template_kwargs={})
+        prompt = pm.format_chat(model=info, messages=messages)
         # the family plugin and ggufd's rendering of the GGUF's own template agree
         assert (
             prompt.text
@@ -371,7 +392,7 @@ def test_turn_markers_are_single_tokens_of_a_real_vocabulary(tmp_path, pm):
     config = load_config(None, environ={"GGUF_MODELS_DIR": str(tmp_path)})
     info = build_registry(config, pm).get("tiny-qwen")
     assert info.family == "chatml"  # by its name; the plain ChatML template alone would not be enough
-    prompt = pm.hook.format_chat(model=info, messages=TOOL_CONVERSATION, tools=[], template_kwargs={})
+    prompt = pm.format_chat(model=info, messages=TOOL_CONVERSATION)
     llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
     try:
         tokens = llm.tokenize(prompt.text.encode("utf-8"), add_bos=prompt.add_bos, special=True)

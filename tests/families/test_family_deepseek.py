@@ -273,7 +273,7 @@ def test_through_the_plugin_manager(pm, architecture):
     # the R1 distills are llama and qwen2 models: the Llama 3 and ChatML plugins must leave them to us
     meta = metadata(DISTILL_TEMPLATE, architecture=architecture, name="DeepSeek R1 Distill")
     assert pm.hook.detect_family(metadata=meta, spec=model().spec) == "deepseek"
-    prompt = pm.hook.format_chat(model=model(meta=meta), messages=SYSTEM_AND_USER, tools=[], template_kwargs={})
+    prompt = pm.format_chat(model=model(meta=meta), messages=SYSTEM_AND_USER)
     assert prompt.text == "You are terse.<｜User｜>Hi<｜Assistant｜><think>\n"
 
 
@@ -285,9 +285,7 @@ def test_tiny_gguf_with_a_distill_template(pm, tmp_path):
     spec = ModelSpec(id="r1-distill-llama", path=path)
     assert meta.architecture == "llama" and meta.chat_template == DISTILL_TEMPLATE
     assert pm.hook.detect_family(metadata=meta, spec=spec) == "deepseek"
-    prompt = pm.hook.format_chat(
-        model=ModelInfo(spec=spec, metadata=meta, family="deepseek"), messages=MULTI_TURN, tools=[], template_kwargs={}
-    )
+    prompt = pm.format_chat(model=ModelInfo(spec=spec, metadata=meta, family="deepseek"), messages=MULTI_TURN)
     assert prompt.text == render_template(DISTILL_TEMPLATE, MULTI_TURN, meta).text
 
 

@@ -105,7 +105,7 @@ def test_googles_template_as_a_configured_chat_template(pm, tiny_model):
         metadata=read_metadata(tiny_model),
         family="gguf-template",
     )
-    prompt = pm.hook.format_chat(model=info, messages=TEXT_CHATS["pirate-system"], tools=[], template_kwargs={})
+    prompt = pm.format_chat(model=info, messages=TEXT_CHATS["pirate-system"])
     # the tiny model's BOS is "<s>", so the template's "<s>" is stripped as well
     assert prompt.text == "<start_of_turn>user\nYou are a pirate.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
 
@@ -130,7 +130,7 @@ def test_detect_family(gemma, tiny_model):
 def test_hooks_through_the_plugin_manager(pm):
     messages = [{"role": "user", "content": "Hi"}]
     assert pm.hook.detect_family(metadata=metadata(), spec=model().spec) == "gemma"
-    prompt = pm.hook.format_chat(model=model(), messages=messages, tools=[], template_kwargs={})
+    prompt = pm.format_chat(model=model(), messages=messages)
     assert prompt.text == GEMMA.reference(GEMMA3_TEMPLATE, messages).text
     assert prompt.stop == ("<end_of_turn>",)
 

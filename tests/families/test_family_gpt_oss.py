@@ -217,7 +217,7 @@ def test_through_the_plugin_manager(pm, monkeypatch):
     GPT_OSS.pin(pm.manager.get_plugin("gpt_oss"), monkeypatch)
     assert pm.hook.detect_family(metadata=metadata(), spec=model().spec) == "gpt-oss"
     assert (
-        pm.hook.format_chat(model=model(), messages=SYSTEM_AND_USER, tools=[], template_kwargs={}).text
+        pm.format_chat(model=model(), messages=SYSTEM_AND_USER).text
         == GPT_OSS.reference(HARMONY_TEMPLATE, SYSTEM_AND_USER).text
     )
 
@@ -514,11 +514,11 @@ def test_answer_filter_survives_odd_input(gpt_oss):
 
 
 def test_answer_filter_hook(pm):
-    first = pm.hook.answer_filter(model=model(), prompt=ChatPrompt(""))
-    second = pm.hook.answer_filter(model=model(), prompt=ChatPrompt(""))
+    first = pm.answer_filter(model=model())
+    second = pm.answer_filter(model=model())
     assert type(first).__name__ == "HarmonyFilter" and first is not second
     first.feed("<|channel|>analysis<|message|>Some ")  # the filters keep separate state
     assert run_filter(lambda: second, [GENERATED]) == ("Blue.", "The user wants a colour.")
     for family in ("gguf-template", "generic", "chatml", "gemma"):
         assert pm.manager.get_plugin("gpt_oss").answer_filter(model=model(family), prompt=ChatPrompt("")) is None
-        assert type(pm.hook.answer_filter(model=model(family), prompt=ChatPrompt(""))).__name__ != "HarmonyFilter"
+        assert type(pm.answer_filter(model=model(family))).__name__ != "HarmonyFilter"

@@ -305,9 +305,7 @@ def test_a_llama31_gguf_end_to_end(tmp_path):
     info = registry.get("Meta-Llama-3.1-8B-Instruct-Q4_K_M")
     assert info.family == "llama3"
     assert registry.get("llama-3-no-template").family == "llama3"
-    prompt = pm.hook.format_chat(
-        model=info, messages=TEXT_CHATS["odd-content-spaces-after-system"], tools=[], template_kwargs={}
-    )
+    prompt = pm.format_chat(model=info, messages=TEXT_CHATS["odd-content-spaces-after-system"])
     # the family plugin and ggufd's rendering of the GGUF's own template agree
     assert (
         prompt.text

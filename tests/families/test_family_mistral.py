@@ -336,7 +336,7 @@ def test_a_mistral_gguf_end_to_end(tmp_path):
     assert info.family == "mistral"
     assert registry.get("mixtral-no-template").family == "mistral"
     for messages in [*TEXT_CHATS.values(), *TOOL_CROSS_CHECK]:
-        prompt = pm.hook.format_chat(model=info, messages=messages, tools=[], template_kwargs={})
+        prompt = pm.format_chat(model=info, messages=messages)
         # the family plugin and ggufd's rendering of the GGUF's own template agree
         assert (
             prompt.text

@@ -185,7 +185,7 @@ def test_through_the_plugin_manager(pm):
     spec = model().spec
     for template in (None, *TEMPLATES.values()):
         assert pm.hook.detect_family(metadata=metadata(template=template), spec=spec) == "phi"
-    prompt = pm.hook.format_chat(model=styled("phi4"), messages=SYSTEM_AND_USER, tools=[], template_kwargs={})
+    prompt = pm.format_chat(model=styled("phi4"), messages=SYSTEM_AND_USER)
     assert prompt.text.startswith("<|im_start|>system<|im_sep|>")
 
 
@@ -196,7 +196,7 @@ def test_tiny_gguf_with_a_phi4_template(pm, tmp_path):
     assert meta.architecture == "llama" and meta.chat_template == PHI4_TEMPLATE
     assert pm.hook.detect_family(metadata=meta, spec=spec) == "phi"
     info = ModelInfo(spec=spec, metadata=meta, family="phi")
-    prompt = pm.hook.format_chat(model=info, messages=MULTI_TURN, tools=[], template_kwargs={})
+    prompt = pm.format_chat(model=info, messages=MULTI_TURN)
     assert prompt.text == render_template(PHI4_TEMPLATE, MULTI_TURN, meta).text
 
 
