@@ -45,7 +45,7 @@ DEFAULT_NAMES = {
     "template_override",
     "gguf_template",
 }
-FAMILY_NAMES = {"gemma", "llama3", "chatml", "mistral", "phi", "deepseek", "gpt_oss"}
+FAMILY_NAMES = {"gemma", "llama3", "chatml", "mistral", "phi", "deepseek", "gpt_oss", "glm", "kimi_k2"}
 BUILTIN_NAMES = DEFAULT_NAMES | FAMILY_NAMES
 MESSAGES = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"})
 
@@ -321,7 +321,8 @@ def test_call_order_local_files_then_families_then_entry_points_then_trylast(tmp
     called = [impl.plugin_name for impl in reversed(pm.hook.detect_family.get_hookimpls())]
     families = [name.rsplit(".", 1)[-1] for name in reversed(FAMILY_PLUGINS)]
     assert called == ["local_b", "local_a", *families, "installed_family", "gguf_template"]
-    assert families == ["phi", "mistral", "llama3", "gpt_oss", "gemma", "deepseek", "chatml"]  # as from plugins/
+    # as from plugins/
+    assert families == ["phi", "mistral", "llama3", "kimi_k2", "gpt_oss", "glm", "gemma", "deepseek", "chatml"]
     called = [impl.plugin_name for impl in reversed(pm.hook.format_chat.get_hookimpls())]
     assert called == ["template_override", "local_b", "local_a", *families, "installed_family", "gguf_template"]
     # so an installed plugin answers only for models no family claims (tryfirst changes that)

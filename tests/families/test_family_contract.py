@@ -13,7 +13,7 @@ import ast
 from pathlib import Path
 
 import pytest
-from family_kit import FAMILIES, PUBLISHED, TEXT_CHATS, Family
+from family_kit import FAMILIES, PUBLISHED, TEXT_CHATS, Family, call_hook
 
 import ggufd
 import ggufd.families
@@ -143,11 +143,16 @@ def test_it_imports_only_the_public_api(family):
 
 @family_params
 def test_format_chat_answers_only_for_its_family(family, plugin, plugins):
-    prompt = plugin.format_chat(model=family.model(), messages=MULTI_TURN)
+    prompt = call_hook(plugin.format_chat, model=family.model(), messages=MULTI_TURN, tools=[], template_kwargs={})
     assert isinstance(prompt, ChatPrompt) and prompt.text
     assert render(plugins, family.model(), MULTI_TURN) == prompt  # no other plugin answers first
     for label in others(family):
-        assert plugin.format_chat(model=family.model(family=label), messages=MULTI_TURN) is None, label
+        assert (
+            call_hook(
+                plugin.format_chat, model=family.model(family=label), messages=MULTI_TURN, tools=[], template_kwargs={}
+            )
+            is None
+        ), label
 
 
 @family_params
@@ -236,7 +241,7 @@ def _golden_cases():
 @pytest.mark.parametrize("published,messages", list(_golden_cases()))
 def test_prompts_equal_the_published_template_byte_for_byte(published, messages, plugins, monkeypatch):
     plugin = published.family.pin(plugins.manager.get_plugin(published.family.plugin), monkeypatch)
-    prompt = plugin.format_chat(model=published.model(), messages=messages)
+    prompt = call_hook(plugin.format_chat, model=published.model(), messages=messages, tools=[], template_kwargs={})
     reference = published.reference(messages)
     assert prompt.text == reference.text
     assert prompt.add_bos == reference.add_bos
