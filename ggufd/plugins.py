@@ -10,10 +10,11 @@ firstresult hook such as ``format_chat`` or ``detect_family``:
 1. ``tryfirst`` implementations (the built-in ``template_override``: a ``chat_template``
    in a model's config table beats every plugin);
 2. ``plugins_dir`` files, in reverse name order: a local file overrides a family;
-3. the families, in reverse name order (qwen3_coder, qwen3, phi, mistral, llama3, gpt_oss,
-   gemma, deepseek, chatml) -- the order they had when they were loaded from the checkout's
-   ``plugins/``; so qwen3_coder (Qwen's XML tool calls) is asked before qwen3, and both before
-   the generic chatml;
+3. the families, in reverse name order (qwen3_coder, qwen3, phi, mistral, llama3, kimi_k2,
+   gpt_oss, glm, gemma, deepseek, chatml) -- the order they had when they were loaded from the
+   checkout's ``plugins/``; so qwen3_coder (Qwen's XML tool calls) is asked before qwen3, and both
+   before the generic chatml; kimi_k2 is asked before deepseek (Kimi K2 is a ``deepseek2`` model,
+   told apart by its template);
 4. installed entry-point plugins (use ``tryfirst`` to beat a built-in family);
 5. ``trylast`` implementations (the built-in ``gguf_template``: the GGUF's own template,
    else a generic transcript).
@@ -66,7 +67,9 @@ FAMILY_PLUGINS = (
     "ggufd.families.chatml",
     "ggufd.families.deepseek",
     "ggufd.families.gemma",
+    "ggufd.families.glm",
     "ggufd.families.gpt_oss",
+    "ggufd.families.kimi_k2",
     "ggufd.families.llama3",
     "ggufd.families.mistral",
     "ggufd.families.phi",

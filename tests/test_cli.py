@@ -220,7 +220,7 @@ def test_plugins_json(good_config):
     plugins = {entry["name"]: entry for entry in listing["plugins"]}
     assert plugins["gemma"]["hooks"] == ["detect_family", "format_chat", "stop_sequences"]
     assert plugins["gguf_template"]["hooks"] == ["detect_family", "format_chat"]
-    for family in ("gemma", "llama3", "chatml", "mistral", "phi", "deepseek", "gpt_oss"):
+    for family in ("gemma", "llama3", "chatml", "mistral", "phi", "deepseek", "gpt_oss", "glm", "kimi_k2"):
         assert plugins[family]["origin"] == BUILTIN_ORIGIN, family
 
 

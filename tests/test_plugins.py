@@ -45,7 +45,19 @@ DEFAULT_NAMES = {
     "template_override",
     "gguf_template",
 }
-FAMILY_NAMES = {"gemma", "llama3", "chatml", "mistral", "phi", "deepseek", "gpt_oss", "qwen3", "qwen3_coder"}
+FAMILY_NAMES = {
+    "gemma",
+    "llama3",
+    "chatml",
+    "mistral",
+    "phi",
+    "deepseek",
+    "gpt_oss",
+    "glm",
+    "kimi_k2",
+    "qwen3",
+    "qwen3_coder",
+}
 BUILTIN_NAMES = DEFAULT_NAMES | FAMILY_NAMES
 MESSAGES = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"})
 
@@ -321,8 +333,20 @@ def test_call_order_local_files_then_families_then_entry_points_then_trylast(tmp
     called = [impl.plugin_name for impl in reversed(pm.hook.detect_family.get_hookimpls())]
     families = [name.rsplit(".", 1)[-1] for name in reversed(FAMILY_PLUGINS)]
     assert called == ["local_b", "local_a", *families, "installed_family", "gguf_template"]
-    # as from plugins/, the newer ones in name order
-    assert families == ["qwen3_coder", "qwen3", "phi", "mistral", "llama3", "gpt_oss", "gemma", "deepseek", "chatml"]
+    # as from plugins/, in name order
+    assert families == [
+        "qwen3_coder",
+        "qwen3",
+        "phi",
+        "mistral",
+        "llama3",
+        "kimi_k2",
+        "gpt_oss",
+        "glm",
+        "gemma",
+        "deepseek",
+        "chatml",
+    ]
     called = [impl.plugin_name for impl in reversed(pm.hook.format_chat.get_hookimpls())]
     assert called == ["template_override", "local_b", "local_a", *families, "installed_family", "gguf_template"]
     # so an installed plugin answers only for models no family claims (tryfirst changes that)

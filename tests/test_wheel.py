@@ -28,7 +28,7 @@ from ggufd.plugins import BUILTIN_ORIGIN
 
 pytestmark = [pytest.mark.e2e, pytest.mark.gemma]
 
-FAMILIES = ("chatml", "deepseek", "gemma", "gpt_oss", "llama3", "mistral", "phi")
+FAMILIES = ("chatml", "deepseek", "gemma", "glm", "gpt_oss", "kimi_k2", "llama3", "mistral", "phi")
 GEMMA_ID = "gemma-3-270m-q4_k_m"
 START_OF_TURN_ID, END_OF_TURN_ID = 105, 106
 #: what a build or an install never needs; the rest of the checkout is copied as it is

@@ -1,4 +1,5 @@
-"""The model families ggufd ships: gemma, llama3, chatml, mistral, phi, deepseek and gpt_oss.
+"""The model families ggufd ships: gemma, llama3, chatml, mistral, phi, deepseek, gpt_oss, glm
+and kimi_k2.
 
 Each module is a plugin written exactly like a third-party one: it imports nothing from
 ggufd but the public API (``ggufd.hookimpl``, ``ggufd.ChatPrompt``, ``ggufd.tool_call``, ...),

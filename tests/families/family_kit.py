@@ -8,6 +8,7 @@ Imported by the modules in this folder as ``family_kit`` (pytest puts the folder
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,13 @@ _KEEP: Any = object()  # "the family's default" for Family.metadata
 def template(name: str) -> str:
     """A published chat template from ``templates/<name>.jinja``, byte for byte."""
     return (TEMPLATES / f"{name}.jinja").read_text("utf-8")
+
+
+def call_hook(implementation: Callable[..., Any], **arguments: Any) -> Any:
+    """Call a plugin's hook implementation as pluggy does: with the arguments it names (families
+    written before ``tools`` and ``template_kwargs`` existed take only ``model`` and ``messages``)."""
+    names = inspect.signature(implementation).parameters
+    return implementation(**{key: value for key, value in arguments.items() if key in names})
 
 
 def hf_messages(messages: Sequence[Mapping[str, Any]], *, tool_results_as_json: bool = False) -> list[dict]:
@@ -146,6 +154,10 @@ QWEN3_TEMPLATE = template("qwen3")
 QWEN3_THINKING_TEMPLATE = template("qwen3-thinking-2507")
 QWEN3_CODER_TEMPLATE = template("qwen3-coder")
 QWEN35_TEMPLATE = template("qwen3.5")
+GLM46_TEMPLATE = template("glm-4.6")
+GLM45_AIR_TEMPLATE = template("glm-4.5-air")
+KIMI_K2_TEMPLATE = template("kimi-k2-instruct")
+KIMI_K2_THINKING_TEMPLATE = template("kimi-k2-thinking")
 
 # --------------------------------------------------------------------------- the families
 
@@ -191,6 +203,19 @@ GEMMA = Family(
     eos_token="<eos>",
     stops=("<end_of_turn>", "<start_of_turn>"),
 )
+GLM = Family(
+    name="glm",
+    plugin="glm",
+    architecture="glm4moe",
+    model_name="GLM 4.6",
+    add_bos=False,  # llama.cpp adds no BOS to GLM vocabularies: the prompt starts with [gMASK]
+    bos_token="[gMASK]",
+    eos_token="<|endoftext|>",
+    stops=("<|user|>", "<|observation|>", "<|endoftext|>"),
+    template=GLM46_TEMPLATE,
+    tool_call="<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n</tool_call>",
+    published_messages=hf_messages,
+)
 GPT_OSS = Family(
     name="gpt-oss",
     plugin="gpt_oss",
@@ -204,6 +229,21 @@ GPT_OSS = Family(
     tool_call='<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>',
     variables={"strftime_now": lambda fmt: GPT_OSS_DATE},
     frozen={"today": lambda: GPT_OSS_DATE},
+)
+KIMI_K2 = Family(
+    name="kimi-k2",
+    plugin="kimi_k2",
+    architecture="deepseek2",
+    model_name="Kimi K2 Thinking",
+    add_bos=False,
+    bos_token="[BOS]",
+    eos_token="[EOS]",
+    stops=("<|im_end|>", "[EOS]"),
+    template=KIMI_K2_THINKING_TEMPLATE,
+    tool_call=(
+        "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"
+        '{"city": "Paris"}<|tool_call_end|><|tool_calls_section_end|>'
+    ),
 )
 LLAMA3 = Family(
     name="llama3",
@@ -270,7 +310,8 @@ QWEN3_CODER = Family(
 
 #: by plugin name, in the order the plugin manager registers them
 FAMILIES = {
-    family.plugin: family for family in (CHATML, DEEPSEEK, GEMMA, GPT_OSS, LLAMA3, MISTRAL, PHI, QWEN3, QWEN3_CODER)
+    family.plugin: family
+    for family in (CHATML, DEEPSEEK, GEMMA, GLM, GPT_OSS, KIMI_K2, LLAMA3, MISTRAL, PHI, QWEN3, QWEN3_CODER)
 }
 
 # --------------------------------------------------------------------------- published templates to match
@@ -368,7 +409,11 @@ PUBLISHED = (
         reference_meta=DEEPSEEK.metadata(DISTILL_TEMPLATE),
     ),
     Published(GEMMA, "gemma3", GEMMA3_TEMPLATE, GEMMA.metadata()),
+    Published(GLM, "glm-4.6", GLM46_TEMPLATE, GLM.metadata()),
+    Published(GLM, "glm-4.5-air", GLM45_AIR_TEMPLATE, GLM.metadata(GLM45_AIR_TEMPLATE, name="GLM 4.5 Air")),
     Published(GPT_OSS, "harmony", HARMONY_TEMPLATE, GPT_OSS.metadata()),
+    Published(KIMI_K2, "instruct", KIMI_K2_TEMPLATE, KIMI_K2.metadata(KIMI_K2_TEMPLATE, name="Kimi K2 Instruct")),
+    Published(KIMI_K2, "thinking", KIMI_K2_THINKING_TEMPLATE, KIMI_K2.metadata()),
     Published(LLAMA3, "llama3", LLAMA3_TEMPLATE, LLAMA3.metadata(LLAMA3_TEMPLATE)),
     Published(LLAMA3, "llama3.1", LLAMA31_TEMPLATE, LLAMA3.metadata(LLAMA31_TEMPLATE)),
     Published(MISTRAL, "v0.3", MISTRAL_V3_TEMPLATE, MISTRAL.metadata(MISTRAL_V3_TEMPLATE)),

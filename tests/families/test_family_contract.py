@@ -10,11 +10,10 @@ cases, real GGUFs) is in the test_family_<name>.py modules beside this one."""
 from __future__ import annotations
 
 import ast
-import inspect
 from pathlib import Path
 
 import pytest
-from family_kit import FAMILIES, PUBLISHED, TEXT_CHATS, Family
+from family_kit import FAMILIES, PUBLISHED, TEXT_CHATS, Family, call_hook
 
 import ggufd
 import ggufd.families
@@ -94,9 +93,7 @@ def others(family: Family) -> list[str]:
 def call(hook, **arguments):
     """A plugin's hook implementation called as pluggy calls it, with the arguments it names
     (``tools`` and ``template_kwargs`` empty unless given)."""
-    names = inspect.signature(hook).parameters
-    given = {"tools": [], "template_kwargs": {}, **arguments}
-    return hook(**{key: value for key, value in given.items() if key in names})
+    return call_hook(hook, **{"tools": [], "template_kwargs": {}, **arguments})
 
 
 @pytest.fixture(scope="module")
