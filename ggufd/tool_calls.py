@@ -145,6 +145,8 @@ class MarkedCalls:
         self.names = set(names)
         self._pending = ""  # outside a call: whitespace and a partial begin marker
         self._block: str | None = None  # inside a call: its text so far
+        self._searched = 0  # the block was searched for the end marker up to here
+        self._parse_at = 0  # parse the unfinished block again once it is this long
         self._space = ""  # the whitespace before the current block: dropped if it is a call
         self._index = 0
         self._sent: str | None = None  # the current call's arguments delivered so far (None: no header yet)
@@ -169,11 +171,13 @@ class MarkedCalls:
                 if before:
                     out.append(before)
                 self._block, self._pending = self._pending[at + len(self.begin) :], ""
+                self._searched = self._parse_at = 0
                 continue
-            at = self._block.find(self.end)
+            at = self._block.find(self.end, self._searched)
             if at < 0:
-                keep = partial_suffix(self._block, (self.end,))
-                out.extend(self._progress(self._block[:keep], complete=False))
+                self._searched = max(0, len(self._block) - len(self.end) + 1)
+                if len(self._block) >= self._parse_at:
+                    out.extend(self._progress(self._block[: partial_suffix(self._block, (self.end,))], complete=False))
                 return out
             body, rest = self._block[:at], self._block[at + len(self.end) :]
             out.extend(self._close(body, self.end))
@@ -188,6 +192,9 @@ class MarkedCalls:
         return [pending] if pending else []
 
     def _progress(self, body: str, complete: bool) -> list[str | ToolCallDelta]:
+        # An unfinished block is parsed again once it grew by 1/32: a short call at every piece, a long
+        # call's arguments still in small steps, and the parsing stays O(n log n), not O(n²).
+        self._parse_at = len(body) + max(1, len(body) // 32)
         block = self.parse_block(body, complete)
         if block is None or block.name is None:
             return []
@@ -215,27 +222,27 @@ class MarkedCalls:
 JSON_CALL_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)+)"\s*,\s*"(?:arguments|parameters)"\s*:\s*')
 
 
+#: what matters for where a JSON value ends: a string (``close`` unset: unfinished) or a bracket
+JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?P<close>")?|[{}\[\]]')
+
+
 def _json_value_end(text: str) -> int | None:
-    """Where the JSON value at the start of ``text`` ends, by brackets and strings (None: not yet)."""
-    depth, in_string, escaped = 0, False, False
-    for at, char in enumerate(text):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-                if depth == 0:
-                    return at + 1
-        elif char == '"':
-            in_string = True
+    """Where the JSON value at the start of ``text`` ends, by brackets and strings (None: not yet).
+    The regex skips string contents in C: a long string argument costs one match."""
+    depth = 0
+    for token in JSON_TOKEN.finditer(text):
+        char = token[0][0]
+        if char == '"':
+            if token["close"] is None:
+                return None  # an unfinished string
+            if depth == 0:
+                return token.end()
         elif char in "{[":
             depth += 1
-        elif char in "}]":
+        else:
             depth -= 1
             if depth <= 0:
-                return at + 1
+                return token.end()
     return None
 
 

@@ -146,3 +146,21 @@ def test_json_call_block_other_orders_and_shapes():
     assert json_call_block('{"name": "f", "arguments": "{\\"a\\": 1}"}', complete=True) == Block("f", '{"a": 1}')
     assert json_call_block('{"name": "f", "arguments": [1]}', complete=True) is None
     assert json_call_block("[]", complete=True) is None
+
+
+def test_a_long_call_is_parsed_o_n_log_n_times_not_once_per_piece():
+    """A 40 kB argument in 4-character pieces (10,000 pieces): the block parser is called a few hundred
+    times, not 10,000 (each call reads the whole block), and the arguments still stream in many steps."""
+    calls = []
+
+    def counting(text: str, complete: bool):
+        calls.append(len(text))
+        return json_call_block(text, complete)
+
+    code = "print('<tool_call> and \\\\\" quotes')\n" * 1100
+    text = "<tool_call>" + json.dumps({"name": "get_time", "arguments": {"code": code}}) + "</tool_call>"
+    stream = MarkedCalls("<tool_call>", "</tool_call>", counting, NAMES)
+    contents, deltas = run(stream, [text[i : i + 4] for i in range(0, len(text), 4)])
+    assert len(text) > 40_000 and len(calls) < 600
+    assert len(deltas) > 100
+    assert json.loads("".join(d.arguments for d in deltas)) == {"code": code}

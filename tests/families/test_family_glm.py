@@ -573,7 +573,8 @@ def test_a_long_argument_with_markup_in_it(glm):
     text = f"<tool_call>write\n<arg_key>path</arg_key>\n<arg_value>a.py</arg_value>\n<arg_key>code</arg_key>\n<arg_value>{code}</arg_value>\n</tool_call>"
     whole = streamed(glm, text, [text], tools)
     assert whole[1] == [("write", json.dumps({"path": "a.py", "code": code}, ensure_ascii=False))]
-    assert streamed(glm, text, [text[i : i + 3] for i in range(0, len(text), 3)], tools) == (whole[0], whole[1], 4)
+    content, calls, deltas = streamed(glm, text, [text[i : i + 3] for i in range(0, len(text), 3)], tools)
+    assert (content, calls) == whole[:2] and deltas >= 3  # MarkedCalls re-parses a growing call every 1/32
 
 
 # --------------------------------------------------------------------------- through the application
