@@ -135,6 +135,12 @@ MISTRAL_TEKKEN_TEMPLATE = (
     .replace("'[TOOL_RESULTS] {\"content\": '", "'[TOOL_RESULTS]{\"content\": '")
 )
 MISTRAL_V1_TEMPLATE = template("mistral-7b-instruct-v0.1")
+MISTRAL_NEMO_TEMPLATE = template("mistral-nemo-instruct-2407")
+MISTRAL_SMALL31_TEMPLATE = template("mistral-small-3.1-24b-instruct-2503")
+MISTRAL_SMALL32_TEMPLATE = template("mistral-small-3.2-24b-instruct-2506")
+DEVSTRAL_2507_TEMPLATE = template("devstral-small-2507-unsloth")
+MAGISTRAL_2509_TEMPLATE = template("magistral-small-2509-unsloth")
+MINISTRAL3_TEMPLATE = template("ministral-3-14b-reasoning-2512")
 PHI35_TEMPLATE = template("phi-3.5-mini-instruct")
 PHI4_TEMPLATE = template("phi-4")
 PHI4_MINI_TEMPLATE = template("phi-4-mini-instruct")
@@ -152,6 +158,7 @@ QWEN35_TEMPLATE = template("qwen3.5")
 DEEPSEEK_BOS = "<｜begin▁of▁sentence｜>"
 DEEPSEEK_EOS = "<｜end▁of▁sentence｜>"
 GPT_OSS_DATE = "2025-08-05"  # the date harmony prompts carry in the tests
+MISTRAL_DATE = "2025-09-17"  # the date in the default system prompts of Mistral Small 3.x in the tests
 
 CHATML = Family(
     name="chatml",
@@ -228,7 +235,9 @@ MISTRAL = Family(
     stops=("</s>", "[INST]"),
     model_template=MISTRAL_V3_TEMPLATE,
     tool_call='[TOOL_CALLS][{"name": "f", "arguments": {}}]',
+    variables={"strftime_now": lambda fmt: MISTRAL_DATE},
     published_messages=hf_messages,
+    frozen={"today": lambda: MISTRAL_DATE},
 )
 PHI = Family(
     name="phi",
@@ -345,6 +354,22 @@ class Published:
 
 MISTRAL_TEKKEN_PRE = {"tokenizer.ggml.pre": "tekken"}
 
+
+def mistral_v7(source: str, name: str, architecture: str = "llama") -> Published:
+    """A Mistral model of 2025 (``[SYSTEM_PROMPT]`` templates, tekken vocabularies)."""
+    variant = name.lower().replace(" ", "-")
+    meta = MISTRAL.metadata(source, name=name, architecture=architecture, values=MISTRAL_TEKKEN_PRE)
+    return Published(MISTRAL, variant, source, meta)
+
+
+MISTRAL_V7 = (
+    mistral_v7(MISTRAL_SMALL31_TEMPLATE, "Mistral Small 3.1 24B Instruct 2503"),
+    mistral_v7(MISTRAL_SMALL32_TEMPLATE, "Mistral Small 3.2 24B Instruct 2506", "mistral3"),
+    mistral_v7(DEVSTRAL_2507_TEMPLATE, "Devstral Small 2507"),
+    mistral_v7(MAGISTRAL_2509_TEMPLATE, "Magistral Small 2509"),
+    mistral_v7(MINISTRAL3_TEMPLATE, "Ministral 3 14B Reasoning 2512", "mistral3"),
+)
+
 PUBLISHED = (
     Published(
         CHATML,
@@ -381,6 +406,13 @@ PUBLISHED = (
     Published(
         MISTRAL, "v0.1", MISTRAL_V1_TEMPLATE, MISTRAL.metadata(MISTRAL_V1_TEMPLATE, name="Mistral 7B Instruct v0.1")
     ),
+    Published(
+        MISTRAL,
+        "nemo-2407",
+        MISTRAL_NEMO_TEMPLATE,
+        MISTRAL.metadata(MISTRAL_NEMO_TEMPLATE, name="Mistral Nemo Instruct 2407", values=MISTRAL_TEKKEN_PRE),
+    ),
+    *MISTRAL_V7,
     Published(PHI, "phi3", PHI35_TEMPLATE, PHI.metadata(PHI35_TEMPLATE, name=None)),
     Published(PHI, "phi4", PHI4_TEMPLATE, PHI.metadata(PHI4_TEMPLATE, name=None)),
     Published(PHI, "phi4-mini", PHI4_MINI_TEMPLATE, PHI.metadata(PHI4_MINI_TEMPLATE, name=None)),
