@@ -148,6 +148,7 @@ R1_TEMPLATE = template("deepseek-r1")
 DISTILL_TEMPLATE = template("deepseek-r1-distill-qwen")
 DEEPSEEK_V2_TEMPLATE = template("deepseek-v2-chat")
 HARMONY_TEMPLATE = template("gpt-oss")
+HARMONY_FULL_TEMPLATE = template("gpt-oss-120b-full")
 QWEN3_TEMPLATE = template("qwen3")
 QWEN3_THINKING_TEMPLATE = template("qwen3-thinking-2507")
 QWEN3_CODER_TEMPLATE = template("qwen3-coder")
@@ -394,6 +395,7 @@ PUBLISHED = (
     ),
     Published(GEMMA, "gemma3", GEMMA3_TEMPLATE, GEMMA.metadata()),
     Published(GPT_OSS, "harmony", HARMONY_TEMPLATE, GPT_OSS.metadata()),
+    Published(GPT_OSS, "harmony-tools", HARMONY_FULL_TEMPLATE, GPT_OSS.metadata(HARMONY_FULL_TEMPLATE)),
     Published(LLAMA3, "llama3", LLAMA3_TEMPLATE, LLAMA3.metadata(LLAMA3_TEMPLATE)),
     Published(LLAMA3, "llama3.1", LLAMA31_TEMPLATE, LLAMA3.metadata(LLAMA31_TEMPLATE)),
     Published(MISTRAL, "v0.3", MISTRAL_V3_TEMPLATE, MISTRAL.metadata(MISTRAL_V3_TEMPLATE)),
