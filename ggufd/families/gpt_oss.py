@@ -1,24 +1,43 @@
 """The gpt-oss family (OpenAI gpt-oss-20b and gpt-oss-120b): the harmony format.
 
 Written exactly like a third-party plugin. The format is OpenAI's harmony format as the
-published chat template (openai/gpt-oss-*, chat_template.jinja) renders it for a chat
-without tool definitions; every message is ``<|start|>{role}<|message|>{text}<|end|>``:
+published chat template (openai/gpt-oss-*, chat_template.jinja) renders it; every message is
+``<|start|>{role}<|message|>{text}<|end|>``:
 
     <|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.
     Knowledge cutoff: 2024-06
     Current date: {YYYY-MM-DD}
 
-    Reasoning: medium
+    Reasoning: {low|medium|high}
 
-    # Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|><|start|>developer<|message|># Instructions
+    # Valid channels: analysis, commentary, final. Channel must be included for every message.
+    Calls to these tools must go to the commentary channel: 'functions'.<|end|><|start|>developer<|message|># Instructions
 
     {system}
 
-    <|end|><|start|>user<|message|>{user}<|end|><|start|>assistant<|channel|>final<|message|>{answer}<|end|><|start|>assistant
+    # Tools
 
-The system block is fixed (``today()`` gives the date; tests replace it); the caller's
-system messages become the developer instructions (left out when there are none).
-Earlier answers keep only their final channel (the template drops their reasoning too).
+    ## functions
+
+    namespace functions {
+
+    // Get the weather
+    type get_weather = (_: {
+    city: string,
+    }) => any;
+
+    } // namespace functions<|end|><|start|>user<|message|>{user}<|end|><|start|>assistant<|channel|>final<|message|>{answer}<|end|><|start|>assistant
+
+The system block is fixed (``today()`` gives the date; tests replace it) but for what the
+template takes as variables (``template_kwargs``): ``reasoning_effort`` ("low", "medium" (the
+default), "high"; "minimal" and "none", which gpt-oss does not know, are its lowest level,
+"low": the model cannot be kept from reasoning, so that is the closest ggufd can honour them)
+and ``model_identity`` (the first line). The line about tools and the ``# Tools`` section are
+there when tools are offered: each function as the template's TypeScript-like type, with its
+spacing (a function without a description gets no comment line, and a default that is not a
+string, where the template concatenates one, is written as JSON: there the template would fail).
+The caller's system messages become the developer instructions. Earlier answers keep only their
+final channel (the template drops their reasoning too).
 
 Tool calls and results use the harmony syntax the model writes itself (OpenAI's harmony
 guide), not the published template's variant (recipient in the role, ``json`` without
@@ -28,8 +47,7 @@ guide), not the published template's variant (recipient in the role, ``json`` wi
     <|start|>functions.{name} to=assistant<|channel|>commentary<|message|>{result}<|end|>
 
 The reasoning (``content``) of a tool-calling message is kept as an analysis message until
-a final answer follows, as the template does. Tool definitions are not rendered: ggufd does
-not pass ``tools`` to ``format_chat``.
+a final answer follows, as the template does.
 
 The model answers on several channels::
 
@@ -46,6 +64,15 @@ preambles) ``reasoning_content``, tool-call arguments neither (``parse_tool_call
 them from the raw text), and every marker is dropped. :func:`split_channels` and
 :func:`final_answer` do the same on a whole text (the latter for earlier answers sent back
 in the history, which older clients may still send with the markup).
+
+The prompt's ``reasoning`` (:data:`ANALYSIS`) is the analysis message as it shows in the generated
+text: opened by ``<|channel|>analysis<|message|>`` and ended by the ``<|start|>`` of the next
+message (the ``<|end|>`` token before it is not rendered, so a reasoning budget would never see it).
+When a budget is spent, ggufd makes the model write its ``close``,
+``<|end|><|start|>assistant<|channel|>final<|message|>``: the end of the analysis message and the
+header of the final one, as the model itself writes them (in the text only the header shows, which
+the answer filter reads as the start of the final channel), so that what the model writes next is
+the answer.
 """
 
 from __future__ import annotations
@@ -55,20 +82,28 @@ import json
 import re
 
 import ggufd
-from ggufd import ChatPrompt, InvalidRequest
+from ggufd import ChatPrompt, InvalidRequest, ReasoningSyntax
 
 FAMILY = "gpt-oss"
 ARCHITECTURE = "gpt-oss"
 START, MESSAGE, END, CHANNEL = "<|start|>", "<|message|>", "<|end|>", "<|channel|>"
 RETURN, CALL = "<|return|>", "<|call|>"
 STOPS = [RETURN, CALL]
+IDENTITY = "You are ChatGPT, a large language model trained by OpenAI."
 SYSTEM = (
-    "You are ChatGPT, a large language model trained by OpenAI.\n"
+    "{identity}\n"
     "Knowledge cutoff: 2024-06\n"
     "Current date: {date}\n\n"
-    "Reasoning: medium\n\n"
+    "Reasoning: {effort}\n\n"
     "# Valid channels: analysis, commentary, final. Channel must be included for every message."
 )
+TOOLS_CHANNEL = "\nCalls to these tools must go to the commentary channel: 'functions'."
+#: reasoning_effort -> the system block's "Reasoning:" level (gpt-oss has no lower one than "low")
+EFFORTS = {"low": "low", "medium": "medium", "high": "high", "minimal": "low", "none": "low"}
+DEFAULT_EFFORT = "medium"
+#: the analysis message, up to the next message's <|start|> (its <|end|> is not rendered); a spent
+#: reasoning budget ends it and opens the final one
+ANALYSIS = ReasoningSyntax(f"{CHANNEL}analysis{MESSAGE}", START, close=f"{END}{START}assistant{CHANNEL}final{MESSAGE}")
 # One message of generated text: an optional role header ("<|start|>assistant to=functions.x"),
 # the channel header ("commentary to=functions.x <|constrain|>json") and the body.
 HARMONY_MESSAGE = re.compile(
@@ -136,16 +171,128 @@ def _reasoning(content: str) -> str:
     return "".join(m["body"] for m in split_channels(content) if m["channel"] == "analysis")
 
 
+def _typescript_type(spec, required) -> str:
+    """A JSON Schema as the template's ``render_typescript_type`` macro writes it, spacing included."""
+    if not isinstance(spec, dict):
+        return "any"
+    kind = spec.get("type")
+    if kind == "array":
+        items = spec.get("items")
+        if items:
+            inner = items.get("type") if isinstance(items, dict) else None
+            if inner == "string":
+                text = "string[]"
+            elif inner in ("number", "integer"):
+                text = "number[]"
+            elif inner == "boolean":
+                text = "boolean[]"
+            else:
+                nested = _typescript_type(items, required)
+                text = "any[]" if nested == "object | object" or len(nested) > 50 else nested + "[]"
+        else:
+            text = "any[]"
+        return text + (" | null" if spec.get("nullable") else "")
+    if isinstance(kind, list) and kind:
+        return " | ".join(str(k) for k in kind)
+    if spec.get("oneOf"):
+        variants = spec["oneOf"]
+        parts = []
+        for index, variant in enumerate(variants):
+            part = _typescript_type(variant, required)
+            if isinstance(variant, dict) and variant.get("description"):
+                part += "// " + str(variant["description"])
+            if isinstance(variant, dict) and "default" in variant:
+                part += " " * 20 + "// default: " + json.dumps(variant["default"], ensure_ascii=False)
+            if index < len(variants) - 1:
+                part += " | \n"
+            parts.append(part)
+        return "".join(parts)
+    if kind == "string":
+        if spec.get("enum"):
+            return '"' + '" | "'.join(str(value) for value in spec["enum"]) + '"'
+        return "string" + (" | null" if spec.get("nullable") else "")
+    if kind in ("number", "integer"):
+        return "number"
+    if kind == "boolean":
+        return "boolean"
+    if kind == "object":
+        properties = spec.get("properties")
+        if not properties:
+            return "object"
+        needed = spec.get("required") or []
+        fields = [
+            name + ("" if name in needed else "?") + ": \n" + " " * 16 + _typescript_type(value, needed)
+            for name, value in properties.items()
+        ]
+        return "{\n" + ", ".join(fields) + "}"
+    return "any"
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def tool_namespace(tools) -> str:
+    """The developer message's ``# Tools`` section: the functions as the published template types them."""
+    parts = ["# Tools\n\n## functions\n\nnamespace functions {\n\n"]
+    for tool in tools:
+        function = tool.get("function") or {}
+        if function.get("description") is not None:
+            parts.append(f"// {function['description']}\n")
+        parts.append(f"type {function.get('name', '')} = ")
+        parameters = function.get("parameters") or {}
+        properties = parameters.get("properties") if isinstance(parameters, dict) else None
+        if not properties:
+            parts.append("() => any;\n\n")
+            continue
+        required = parameters.get("required") or []
+        parts.append("(_: {\n")
+        for name, spec in properties.items():
+            spec = spec if isinstance(spec, dict) else {}
+            if spec.get("description"):
+                parts.append(f"// {spec['description']}\n")
+            parts.append(name + ("" if name in required else "?") + ": " + _typescript_type(spec, required))
+            if "default" in spec:
+                if spec.get("enum"):
+                    parts.append(", // default: " + _text(spec["default"]))
+                elif spec.get("oneOf"):
+                    parts.append("// default: " + _text(spec["default"]))
+                else:
+                    parts.append(", // default: " + json.dumps(spec["default"], ensure_ascii=False))
+            parts.append(",\n")
+        parts.append("}) => any;\n\n")
+    parts.append("} // namespace functions")
+    return "".join(parts)
+
+
+def _settings(template_kwargs) -> tuple[str, str, frozenset[str]]:
+    """(identity, reasoning level, honoured keys) from the request's template variables."""
+    honoured = set()
+    identity, effort = IDENTITY, DEFAULT_EFFORT
+    given = template_kwargs.get("model_identity")
+    if isinstance(given, str):
+        identity = given
+        honoured.add("model_identity")
+    asked = template_kwargs.get("reasoning_effort")
+    if isinstance(asked, str) and asked.strip().lower() in EFFORTS:
+        effort = EFFORTS[asked.strip().lower()]
+        honoured.add("reasoning_effort")
+    return identity, effort, frozenset(honoured)
+
+
 @ggufd.hookimpl
-def format_chat(model, messages):
+def format_chat(model, messages, tools, template_kwargs):
     if model.family != FAMILY:
         return None
     if not any(m["role"] != "system" for m in messages):
         raise InvalidRequest("A gpt-oss chat needs at least one user message.", param="messages")
-    parts = [f"{START}system{MESSAGE}{SYSTEM.format(date=today())}{END}"]
+    identity, effort, honoured = _settings(template_kwargs)
+    system = SYSTEM.format(identity=identity, date=today(), effort=effort) + (TOOLS_CHANNEL if tools else "")
+    parts = [f"{START}system{MESSAGE}{system}{END}"]
     instructions = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-    if instructions:
-        parts.append(f"{START}developer{MESSAGE}# Instructions\n\n{instructions}\n\n{END}")
+    if instructions or tools:
+        developer = f"# Instructions\n\n{instructions}\n\n" if instructions else ""
+        parts.append(f"{START}developer{MESSAGE}{developer}{tool_namespace(tools) if tools else ''}{END}")
     names_by_id = {}
     last_name = None
     for index, message in enumerate(messages):
@@ -172,7 +319,14 @@ def format_chat(model, messages):
             parts.append(f"{START}functions.{name} to=assistant{CHANNEL}commentary{MESSAGE}{content}{END}")
     parts.append(f"{START}assistant")
     add_bos = bool(model.metadata.get("tokenizer.ggml.add_bos_token", True))
-    return ChatPrompt(text="".join(parts), stop=tuple(STOPS), add_bos=add_bos)
+    return ChatPrompt(
+        text="".join(parts),
+        stop=tuple(STOPS),
+        add_bos=add_bos,
+        tools_rendered=bool(tools),
+        honoured=honoured,
+        reasoning=ANALYSIS,
+    )
 
 
 @ggufd.hookimpl

@@ -143,6 +143,12 @@ MISTRAL_TEKKEN_TEMPLATE = (
     .replace("'[TOOL_RESULTS] {\"content\": '", "'[TOOL_RESULTS]{\"content\": '")
 )
 MISTRAL_V1_TEMPLATE = template("mistral-7b-instruct-v0.1")
+MISTRAL_NEMO_TEMPLATE = template("mistral-nemo-instruct-2407")
+MISTRAL_SMALL31_TEMPLATE = template("mistral-small-3.1-24b-instruct-2503")
+MISTRAL_SMALL32_TEMPLATE = template("mistral-small-3.2-24b-instruct-2506")
+DEVSTRAL_2507_TEMPLATE = template("devstral-small-2507-unsloth")
+MAGISTRAL_2509_TEMPLATE = template("magistral-small-2509-unsloth")
+MINISTRAL3_TEMPLATE = template("ministral-3-14b-reasoning-2512")
 PHI35_TEMPLATE = template("phi-3.5-mini-instruct")
 PHI4_TEMPLATE = template("phi-4")
 PHI4_MINI_TEMPLATE = template("phi-4-mini-instruct")
@@ -150,6 +156,7 @@ R1_TEMPLATE = template("deepseek-r1")
 DISTILL_TEMPLATE = template("deepseek-r1-distill-qwen")
 DEEPSEEK_V2_TEMPLATE = template("deepseek-v2-chat")
 HARMONY_TEMPLATE = template("gpt-oss")
+HARMONY_FULL_TEMPLATE = template("gpt-oss-120b-full")
 QWEN3_TEMPLATE = template("qwen3")
 QWEN3_THINKING_TEMPLATE = template("qwen3-thinking-2507")
 QWEN3_CODER_TEMPLATE = template("qwen3-coder")
@@ -164,6 +171,7 @@ KIMI_K2_THINKING_TEMPLATE = template("kimi-k2-thinking")
 DEEPSEEK_BOS = "<｜begin▁of▁sentence｜>"
 DEEPSEEK_EOS = "<｜end▁of▁sentence｜>"
 GPT_OSS_DATE = "2025-08-05"  # the date harmony prompts carry in the tests
+MISTRAL_DATE = "2025-09-17"  # the date in the default system prompts of Mistral Small 3.x in the tests
 
 CHATML = Family(
     name="chatml",
@@ -268,7 +276,9 @@ MISTRAL = Family(
     stops=("</s>", "[INST]"),
     model_template=MISTRAL_V3_TEMPLATE,
     tool_call='[TOOL_CALLS][{"name": "f", "arguments": {}}]',
+    variables={"strftime_now": lambda fmt: MISTRAL_DATE},
     published_messages=hf_messages,
+    frozen={"today": lambda: MISTRAL_DATE},
 )
 PHI = Family(
     name="phi",
@@ -386,6 +396,22 @@ class Published:
 
 MISTRAL_TEKKEN_PRE = {"tokenizer.ggml.pre": "tekken"}
 
+
+def mistral_v7(source: str, name: str, architecture: str = "llama") -> Published:
+    """A Mistral model of 2025 (``[SYSTEM_PROMPT]`` templates, tekken vocabularies)."""
+    variant = name.lower().replace(" ", "-")
+    meta = MISTRAL.metadata(source, name=name, architecture=architecture, values=MISTRAL_TEKKEN_PRE)
+    return Published(MISTRAL, variant, source, meta)
+
+
+MISTRAL_V7 = (
+    mistral_v7(MISTRAL_SMALL31_TEMPLATE, "Mistral Small 3.1 24B Instruct 2503"),
+    mistral_v7(MISTRAL_SMALL32_TEMPLATE, "Mistral Small 3.2 24B Instruct 2506", "mistral3"),
+    mistral_v7(DEVSTRAL_2507_TEMPLATE, "Devstral Small 2507"),
+    mistral_v7(MAGISTRAL_2509_TEMPLATE, "Magistral Small 2509"),
+    mistral_v7(MINISTRAL3_TEMPLATE, "Ministral 3 14B Reasoning 2512", "mistral3"),
+)
+
 PUBLISHED = (
     Published(
         CHATML,
@@ -412,6 +438,7 @@ PUBLISHED = (
     Published(GLM, "glm-4.6", GLM46_TEMPLATE, GLM.metadata()),
     Published(GLM, "glm-4.5-air", GLM45_AIR_TEMPLATE, GLM.metadata(GLM45_AIR_TEMPLATE, name="GLM 4.5 Air")),
     Published(GPT_OSS, "harmony", HARMONY_TEMPLATE, GPT_OSS.metadata()),
+    Published(GPT_OSS, "harmony-tools", HARMONY_FULL_TEMPLATE, GPT_OSS.metadata(HARMONY_FULL_TEMPLATE)),
     Published(KIMI_K2, "instruct", KIMI_K2_TEMPLATE, KIMI_K2.metadata(KIMI_K2_TEMPLATE, name="Kimi K2 Instruct")),
     Published(KIMI_K2, "thinking", KIMI_K2_THINKING_TEMPLATE, KIMI_K2.metadata()),
     Published(LLAMA3, "llama3", LLAMA3_TEMPLATE, LLAMA3.metadata(LLAMA3_TEMPLATE)),
@@ -426,6 +453,13 @@ PUBLISHED = (
     Published(
         MISTRAL, "v0.1", MISTRAL_V1_TEMPLATE, MISTRAL.metadata(MISTRAL_V1_TEMPLATE, name="Mistral 7B Instruct v0.1")
     ),
+    Published(
+        MISTRAL,
+        "nemo-2407",
+        MISTRAL_NEMO_TEMPLATE,
+        MISTRAL.metadata(MISTRAL_NEMO_TEMPLATE, name="Mistral Nemo Instruct 2407", values=MISTRAL_TEKKEN_PRE),
+    ),
+    *MISTRAL_V7,
     Published(PHI, "phi3", PHI35_TEMPLATE, PHI.metadata(PHI35_TEMPLATE, name=None)),
     Published(PHI, "phi4", PHI4_TEMPLATE, PHI.metadata(PHI4_TEMPLATE, name=None)),
     Published(PHI, "phi4-mini", PHI4_MINI_TEMPLATE, PHI.metadata(PHI4_MINI_TEMPLATE, name=None)),

@@ -9,13 +9,15 @@ import datetime
 import random
 
 import gguf_factory
+import jinja2
 import pytest
-from family_kit import GPT_OSS, HARMONY_TEMPLATE, TEXT_CHATS
+from family_kit import GPT_OSS, HARMONY_FULL_TEMPLATE, HARMONY_TEMPLATE, TEXT_CHATS
 from family_kit import GPT_OSS_DATE as DATE
 
+from ggufd.engine.reasoning_budget import ReasoningBudget
 from ggufd.errors import InvalidRequest
 from ggufd.gguf_metadata import read_metadata
-from ggufd.types import ChatPrompt, ModelSpec
+from ggufd.types import ChatPrompt, ModelSpec, ReasoningSyntax
 
 SYSTEM = (
     "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"
@@ -44,6 +46,12 @@ RENDERED_RESULT = (
 metadata, model = GPT_OSS.metadata, GPT_OSS.model
 
 
+def render(plugin, messages, tools=(), meta=None, **template_kwargs) -> ChatPrompt:
+    return plugin.format_chat(
+        model=model(meta=meta), messages=messages, tools=list(tools), template_kwargs=template_kwargs
+    )
+
+
 @pytest.fixture
 def gpt_oss(pm, monkeypatch):
     plugin = pm.manager.get_plugin("gpt_oss")
@@ -55,17 +63,22 @@ def gpt_oss(pm, monkeypatch):
 
 
 def test_system_and_user(gpt_oss):
-    prompt = gpt_oss.format_chat(model=model(), messages=SYSTEM_AND_USER)
+    prompt = render(gpt_oss, SYSTEM_AND_USER)
     assert prompt == ChatPrompt(
         text=SYSTEM
         + "<|start|>developer<|message|># Instructions\n\nYou are terse.\n\n<|end|><|start|>user<|message|>Hi<|end|><|start|>assistant",
         stop=("<|return|>", "<|call|>"),
         add_bos=False,
+        reasoning=ReasoningSyntax(
+            "<|channel|>analysis<|message|>",
+            "<|start|>",
+            close="<|end|><|start|>assistant<|channel|>final<|message|>",
+        ),
     )
 
 
 def test_multi_turn(gpt_oss):
-    prompt = gpt_oss.format_chat(model=model(), messages=MULTI_TURN)
+    prompt = render(gpt_oss, MULTI_TURN)
     assert prompt.text == (
         SYSTEM
         + "<|start|>user<|message|>Hi<|end|>"
@@ -76,7 +89,7 @@ def test_multi_turn(gpt_oss):
 
 
 def test_tool_call_result_and_follow_up(gpt_oss):
-    prompt = gpt_oss.format_chat(model=model(), messages=TOOLS_THEN_USER)
+    prompt = render(gpt_oss, TOOLS_THEN_USER)
     assert prompt.text == (
         SYSTEM
         + "<|start|>user<|message|>Weather in Paris?<|end|>"
@@ -91,11 +104,9 @@ def test_reasoning_of_a_tool_call_is_kept_until_an_answer_follows(gpt_oss):
     thinking = {**TOOLS_THEN_USER[1], "content": "I need the weather."}
     messages = [TOOLS_THEN_USER[0], thinking, TOOLS_THEN_USER[2]]
     analysis = "<|start|>assistant<|channel|>analysis<|message|>I need the weather.<|end|>"
-    assert gpt_oss.format_chat(model=model(), messages=messages).text.endswith(
-        analysis + RENDERED_CALL + RENDERED_RESULT + "<|start|>assistant"
-    )
+    assert render(gpt_oss, messages).text.endswith(analysis + RENDERED_CALL + RENDERED_RESULT + "<|start|>assistant")
     answered = [*messages, {"role": "assistant", "content": "21 °C."}, {"role": "user", "content": "Thanks"}]
-    text = gpt_oss.format_chat(model=model(), messages=answered).text
+    text = render(gpt_oss, answered).text
     assert analysis not in text
     assert RENDERED_CALL + RENDERED_RESULT + "<|start|>assistant<|channel|>final<|message|>21 °C.<|end|>" in text
 
@@ -108,7 +119,7 @@ def test_two_calls_and_results_find_their_names(gpt_oss):
         {"role": "tool", "content": "21", "tool_call_id": "call_1"},
         {"role": "tool", "content": "10:00", "tool_call_id": "call_2"},
     ]
-    text = gpt_oss.format_chat(model=model(), messages=messages).text
+    text = render(gpt_oss, messages).text
     assert text.endswith(
         RENDERED_CALL
         + '<|start|>assistant<|channel|>commentary to=functions.get_time <|constrain|>json<|message|>{"tz": "CET"}<|call|>'
@@ -120,23 +131,17 @@ def test_two_calls_and_results_find_their_names(gpt_oss):
 
 def test_a_tool_result_without_a_call_is_refused(gpt_oss):
     with pytest.raises(InvalidRequest) as info:
-        gpt_oss.format_chat(
-            model=model(),
-            messages=[{"role": "user", "content": "x"}, {"role": "tool", "content": "1", "tool_call_id": "c"}],
-        )
+        render(gpt_oss, [{"role": "user", "content": "x"}, {"role": "tool", "content": "1", "tool_call_id": "c"}])
     assert info.value.status == 400 and info.value.param == "messages.1"
     named = [{"role": "user", "content": "x"}, {"role": "tool", "content": "1", "name": "lookup"}]
-    assert "<|start|>functions.lookup to=assistant" in gpt_oss.format_chat(model=model(), messages=named).text
+    assert "<|start|>functions.lookup to=assistant" in render(gpt_oss, named).text
 
 
 def test_earlier_answers_keep_only_their_final_channel(gpt_oss):
     # what ggufd returns to clients today (see the plugin's limitation), sent back as history
     raw = "<|channel|>analysis<|message|>The user greets me.<|start|>assistant<|channel|>final<|message|>Hello!"
     messages = [MULTI_TURN[0], {"role": "assistant", "content": raw}, MULTI_TURN[2]]
-    assert (
-        gpt_oss.format_chat(model=model(), messages=messages).text
-        == gpt_oss.format_chat(model=model(), messages=MULTI_TURN).text
-    )
+    assert render(gpt_oss, messages).text == render(gpt_oss, MULTI_TURN).text
 
 
 def test_several_system_messages_become_the_instructions(gpt_oss):
@@ -147,7 +152,7 @@ def test_several_system_messages_become_the_instructions(gpt_oss):
     ]
     assert (
         "<|start|>developer<|message|># Instructions\n\nA\n\nB\n\n<|end|><|start|>user"
-        in gpt_oss.format_chat(model=model(), messages=messages).text
+        in render(gpt_oss, messages).text
     )
 
 
@@ -156,18 +161,18 @@ def test_the_date_is_today_unless_replaced(pm):
     assert plugin.today() == datetime.date.today().isoformat()
     assert (
         f"Current date: {datetime.date.today().isoformat()}\n"
-        in plugin.format_chat(model=model(), messages=MULTI_TURN).text
+        in plugin.format_chat(model=model(), messages=MULTI_TURN, tools=[], template_kwargs={}).text
     )
 
 
 def test_add_bos_follows_the_vocabulary(gpt_oss):
-    assert gpt_oss.format_chat(model=model(meta=metadata(add_bos=True)), messages=MULTI_TURN).add_bos is True
-    assert gpt_oss.format_chat(model=model(), messages=MULTI_TURN).add_bos is False
+    assert render(gpt_oss, MULTI_TURN, meta=metadata(add_bos=True)).add_bos is True
+    assert render(gpt_oss, MULTI_TURN).add_bos is False
 
 
 def test_only_a_system_message_is_rejected(gpt_oss):
     with pytest.raises(InvalidRequest) as info:
-        gpt_oss.format_chat(model=model(), messages=[{"role": "system", "content": "x"}])
+        render(gpt_oss, [{"role": "system", "content": "x"}])
     assert info.value.param == "messages"
 
 
@@ -522,3 +527,223 @@ def test_answer_filter_hook(pm):
     for family in ("gguf-template", "generic", "chatml", "gemma"):
         assert pm.manager.get_plugin("gpt_oss").answer_filter(model=model(family), prompt=ChatPrompt("")) is None
         assert type(pm.answer_filter(model=model(family))).__name__ != "HarmonyFilter"
+
+
+# --------------------------------------------------------------------------- reasoning effort and identity
+
+
+@pytest.mark.parametrize("effort", ["low", "medium", "high"])
+def test_reasoning_effort_levels(gpt_oss, effort):
+    prompt = render(gpt_oss, SYSTEM_AND_USER, reasoning_effort=effort)
+    assert f"\n\nReasoning: {effort}\n\n# Valid channels" in prompt.text
+    assert prompt.honoured == frozenset({"reasoning_effort"})
+    assert prompt.text == GPT_OSS.reference(HARMONY_FULL_TEMPLATE, SYSTEM_AND_USER, reasoning_effort=effort).text
+
+
+def test_efforts_gpt_oss_does_not_have(gpt_oss):
+    low = render(gpt_oss, SYSTEM_AND_USER, reasoning_effort="low").text
+    for effort in ("minimal", "none", "NONE", " Low "):  # its lowest level: gpt-oss always reasons
+        prompt = render(gpt_oss, SYSTEM_AND_USER, reasoning_effort=effort)
+        assert prompt.text == low and prompt.honoured == frozenset({"reasoning_effort"}), effort
+    assert render(gpt_oss, SYSTEM_AND_USER, reasoning_effort="HIGH").text == (
+        render(gpt_oss, SYSTEM_AND_USER, reasoning_effort="high").text
+    )
+    default = render(gpt_oss, SYSTEM_AND_USER)
+    assert "Reasoning: medium" in default.text and default.honoured == frozenset()
+    for unknown in ("extreme", "", 3, None, ["high"]):  # left as it is, and reported as ignored
+        prompt = render(gpt_oss, SYSTEM_AND_USER, reasoning_effort=unknown)
+        assert prompt.text == default.text and prompt.honoured == frozenset(), unknown
+    other = render(gpt_oss, SYSTEM_AND_USER, enable_thinking=False)
+    assert other.text == default.text and other.honoured == frozenset()
+
+
+def test_model_identity(gpt_oss):
+    prompt = render(gpt_oss, SYSTEM_AND_USER, model_identity="You are Ada.", reasoning_effort="high")
+    assert prompt.text.startswith("<|start|>system<|message|>You are Ada.\nKnowledge cutoff: 2024-06\n")
+    assert prompt.honoured == frozenset({"model_identity", "reasoning_effort"})
+    expected = GPT_OSS.reference(
+        HARMONY_FULL_TEMPLATE, SYSTEM_AND_USER, model_identity="You are Ada.", reasoning_effort="high"
+    )
+    assert prompt.text == expected.text
+
+
+def test_the_reasoning_syntax(gpt_oss):
+    reasoning = render(gpt_oss, MULTI_TURN).reasoning
+    assert reasoning == ReasoningSyntax("<|channel|>analysis<|message|>", "<|start|>", close=CLOSE)
+    assert not reasoning.opened and reasoning.closing_text == CLOSE
+
+
+# the rendered text, token by token, of an answer that reasons, then answers (<|end|> renders as nothing)
+ANSWER_TOKENS = ["<|channel|>", "analysis", "<|message|>", "Colour", "s.", "", "<|start|>", "assistant"]
+ANSWER_TOKENS += ["<|channel|>", "final", "<|message|>", "Blue", ".", " It", " is", " a", " colour", "."]
+
+
+def test_a_budget_sees_where_the_analysis_ends(gpt_oss):
+    reasoning = render(gpt_oss, MULTI_TURN).reasoning
+    ample = ReasoningBudget(reasoning, 5)
+    assert not any(ample.feed(text) for text in ANSWER_TOKENS)  # never a close in the answer
+    assert ample.done and ample.used == 4  # "Colour", "s.", the <|end|>, the <|start|>
+    tight = ReasoningBudget(reasoning, 1)
+    assert [tight.feed(text) for text in ANSWER_TOKENS[:5]] == [False, False, False, True, True]
+
+
+@pytest.mark.parametrize("rendered_end", [True, False], ids=["end-rendered", "end-not-rendered"])
+def test_a_spent_budget_leads_to_the_final_answer(gpt_oss, rendered_end):
+    # the engine makes the model "write" the close; <|end|> is a control token llama.cpp does not render
+    close = CLOSE if rendered_end else CLOSE.removeprefix("<|end|>")
+    text = "<|channel|>analysis<|message|>The user wants a colour. Maybe" + close + "Blue."
+    whole = run_filter(gpt_oss.HarmonyFilter, [text])
+    assert whole == ("Blue.", "The user wants a colour. Maybe")
+    assert run_filter(gpt_oss.HarmonyFilter, list(text)) == whole
+
+
+# --------------------------------------------------------------------------- tools
+
+CLOSE = "<|end|><|start|>assistant<|channel|>final<|message|>"
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the weather",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "description": "The city"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"], "default": "celsius"},
+            },
+            "required": ["city"],
+        },
+    },
+}
+NO_PARAMETERS = {"type": "function", "function": {"name": "now", "description": "The time", "parameters": {}}}
+KITCHEN_SINK = {
+    "type": "function",
+    "function": {
+        "name": "kitchen",
+        "description": "Every type é",
+        "parameters": {
+            "type": "object",
+            "required": ["a", "d"],
+            "properties": {
+                "a": {"type": "array", "items": {"type": "string"}},
+                "b": {"type": "array", "items": {"type": "integer"}, "nullable": True},
+                "c": {"type": "array"},
+                "d": {
+                    "type": "array",
+                    "items": {"type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]},
+                },
+                "e": {"type": ["string", "null"]},
+                "f": {"oneOf": [{"type": "string", "description": "s"}, {"type": "number", "default": 3}]},
+                "g": {"type": "string", "nullable": True, "default": "hi"},
+                "h": {"type": "integer", "default": 5},
+                "i": {"type": "boolean"},
+                "j": {
+                    "type": "object",
+                    "properties": {"k": {"type": "string"}, "l": {"type": "array", "items": {"type": "boolean"}}},
+                    "required": ["k"],
+                },
+                "k": {"type": "object"},
+                "m": {},
+                "n": {"type": "array", "items": {"type": "array", "items": {"type": "string"}}},
+                "o": {"oneOf": [{"type": "object"}, {"type": "string"}], "default": "z"},
+                "p": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"a" * 30: {"type": "string"}, "b" * 30: {"type": "string"}},
+                    },
+                },
+                "q": {"type": ["array"]},
+                "r": {"type": "number", "description": "A number", "default": 1.5},
+            },
+        },
+    },
+}
+TOOL_SETS = {"weather": [WEATHER_TOOL], "three": [WEATHER_TOOL, NO_PARAMETERS, KITCHEN_SINK]}
+
+
+def test_tools_golden(gpt_oss):
+    prompt = render(gpt_oss, SYSTEM_AND_USER, [WEATHER_TOOL, NO_PARAMETERS])
+    assert prompt.text == (
+        SYSTEM.removesuffix("<|end|>") + "\nCalls to these tools must go to the commentary channel: 'functions'.<|end|>"
+        "<|start|>developer<|message|># Instructions\n\nYou are terse.\n\n"
+        "# Tools\n\n## functions\n\nnamespace functions {\n\n"
+        "// Get the weather\ntype get_weather = (_: {\n// The city\ncity: string,\n"
+        'unit?: "celsius" | "fahrenheit", // default: celsius,\n}) => any;\n\n'
+        "// The time\ntype now = () => any;\n\n"
+        "} // namespace functions<|end|>"
+        "<|start|>user<|message|>Hi<|end|><|start|>assistant"
+    )
+    assert prompt.tools_rendered is True
+    assert render(gpt_oss, SYSTEM_AND_USER).tools_rendered is False
+    # tools and no system message: a developer message with the tools alone
+    assert "<|start|>developer<|message|># Tools\n\n## functions" in render(gpt_oss, MULTI_TURN, [NO_PARAMETERS]).text
+
+
+@pytest.mark.parametrize("tools", TOOL_SETS, ids=str)
+@pytest.mark.parametrize("chat", TEXT_CHATS, ids=str)
+def test_tools_equal_the_published_template(gpt_oss, chat, tools):
+    messages = TEXT_CHATS[chat]
+    expected = GPT_OSS.reference(HARMONY_FULL_TEMPLATE, messages, tools=TOOL_SETS[tools])
+    assert render(gpt_oss, messages, TOOL_SETS[tools]).text == expected.text
+
+
+def test_the_typescript_types(gpt_oss):
+    section = gpt_oss.tool_namespace([KITCHEN_SINK])
+    # the template's own spacing: nested objects break their lines, oneOf variants are joined by " | \n"
+    assert "d: {\nx: \n                number}[],\n" in section
+    assert "f?: string// s | \nnumber                    // default: 3,\n" in section
+    assert "o?: object | \nstring// default: z,\n" in section
+    assert "e?: string | null,\n" in section and "p?: any[],\n" in section and "n?: string[][],\n" in section
+    assert section == gpt_oss.tool_namespace([KITCHEN_SINK])  # it is a pure function
+
+
+def test_a_tool_without_a_description(gpt_oss):
+    # the published template fails on it ("// " + undefined); the plugin leaves the comment out
+    bare = {"type": "function", "function": {"name": "ping"}}
+    assert (
+        "namespace functions {\n\ntype ping = () => any;\n\n} // namespace functions"
+        in render(gpt_oss, MULTI_TURN, [bare]).text
+    )
+    with pytest.raises(jinja2.UndefinedError):
+        GPT_OSS.reference(HARMONY_FULL_TEMPLATE, MULTI_TURN, tools=[bare])
+
+
+def test_tool_history_with_tools_offered(gpt_oss):
+    # the history keeps the harmony syntax the model writes; what comes before it is the template's
+    prompt = render(gpt_oss, TOOLS_THEN_USER, [WEATHER_TOOL])
+    expected = GPT_OSS.reference(HARMONY_FULL_TEMPLATE, TOOLS_THEN_USER[:1], tools=[WEATHER_TOOL]).text
+    assert prompt.text.startswith(expected.removesuffix("<|start|>assistant"))
+    assert RENDERED_CALL + RENDERED_RESULT in prompt.text
+
+
+# --------------------------------------------------------------------------- more of what gpt-oss writes
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<|channel|>commentary to=functions.get_weather<|constrain|>json<|message|>{"city": "Paris"}',
+        '<|channel|>commentary to=functions.get_weather <|constrain|> json<|message|>{"city": "Paris"}',
+        '<|channel|>analysis to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}',
+        '<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>\n{"city": "Paris"}\n',
+        "<|channel|>analysis<|message|>Weather needed.<|end|><|start|>assistant<|channel|>commentary<|message|>Let me look."
+        '<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}',
+        "<|channel|>analysis<|message|>x"
+        + CLOSE.removeprefix("<|end|>")
+        + "Hmm.<|start|>assistant<|channel|>commentary "
+        'to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>',
+    ],
+    ids=["no-space", "spaced-constrain", "analysis-channel", "newlines", "preamble", "after-final"],
+)
+def test_parse_what_gpt_oss_writes(gpt_oss, text):
+    assert functions(gpt_oss.parse_tool_calls(model=model(), text=text)) == [
+        ("function", "get_weather", '{"city": "Paris"}')
+    ]
+
+
+def test_an_empty_description_is_a_comment_still(gpt_oss):
+    tool = {"type": "function", "function": {"name": "ping", "description": ""}}
+    expected = GPT_OSS.reference(HARMONY_FULL_TEMPLATE, MULTI_TURN, tools=[tool]).text
+    assert "// \ntype ping = () => any;" in expected
+    assert render(gpt_oss, MULTI_TURN, [tool]).text == expected
