@@ -141,6 +141,25 @@ def tool_call_openers(model: ModelInfo) -> list[str] | None:
     """
 
 
+@hookspec
+def markup_tokens(model: ModelInfo) -> list[str] | None:
+    """The strings of the family's answer syntax that its vocabulary may hold as special (control)
+    tokens: tool-call and reasoning markers such as ``[TOOL_CALLS]``, ``[ARGS]``, ``[THINK]``,
+    ``<|tool_call_begin|>``.
+
+    Every plugin's answer is used. llama.cpp renders a control token as nothing; a generated token
+    that is one of these strings is rendered as its text instead, so that the answer filter, the
+    tool-call parsers and the reasoning budget see it (llama-server's "preserved tokens"). The
+    reasoning markers of ``ChatPrompt.reasoning`` and the ``tool_call_openers`` are included
+    without being named here. Strings that are no single token of the vocabulary are ignored.
+
+    :param model: the model, with ``family`` and GGUF ``metadata``.
+    :returns: a list of strings, or ``None``.
+
+    Default: none.
+    """
+
+
 @hookspec(firstresult=True)
 def tool_call_stream(model: ModelInfo, tools: Sequence[Mapping[str, Any]], parallel: bool) -> ToolCallStream | None:
     """Return a fresh :class:`~ggufd.types.ToolCallStream` that finds the calls in one answer's

@@ -137,6 +137,9 @@ class Plugins:
             dict.fromkeys(o for answer in self.manager.hook.tool_call_openers(model=model) for o in answer or ())
         )
 
+    def markup_tokens(self, model: ModelInfo) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(t for answer in self.manager.hook.markup_tokens(model=model) for t in answer or ()))
+
     def tool_call_stream(
         self, model: ModelInfo, tools: Sequence[Mapping[str, Any]], parallel: bool = True
     ) -> ToolCallStream | None:

@@ -124,6 +124,9 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # None: off; N: each token's logprob and its N most likely alternatives
     stream: bool = True  # False: the text is read only at the end (the engine may hand it over in one piece)
+    #: the family's markup (``markup_tokens``: ``[TOOL_CALLS]``, ``[THINK]``, ...): where the vocabulary has
+    #: them as control tokens, which llama.cpp renders as nothing, they are rendered as their text
+    markup: tuple[str, ...] = ()
     #: the most tokens the model may reason (``prompt.reasoning`` must be set); then it is made to close
     #: its reasoning and answer. None: no limit
     max_reasoning_tokens: int | None = None

@@ -535,6 +535,7 @@ def test_hookspecs_are_the_documented_set():
         "parse_tool_calls",
         "tool_call_openers",
         "tool_call_stream",
+        "markup_tokens",
         "answer_filter",
         "startup",
         "shutdown",

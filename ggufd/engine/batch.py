@@ -72,6 +72,7 @@ class _Sequence:
     held: list = field(default_factory=list)  # events of a request that does not stream, kept for its end
     assembler: TextAssembler | None = None
     reasoning: ReasoningBudget | None = None  # a reasoning budget still being tracked
+    markup: frozenset[int] = frozenset()  # control tokens rendered as their text (the family's markup)
     forced: deque[int] | None = None  # the rest of the close of a spent reasoning budget, one per step
 
 
@@ -187,6 +188,8 @@ class BatchRunner:
             if GreedyPick.applies(request.sampling):
                 sequence.greedy = GreedyPick(request.sampling.logit_bias)
             sequence.assembler = TextAssembler(request.stop + request.prompt.stop)
+            if request.markup:
+                sequence.markup = self.model.control_tokens(request.markup)
             syntax = request.prompt.reasoning
             if request.max_reasoning_tokens is not None and syntax is not None and not request.sampling.grammar:
                 sequence.reasoning = ReasoningBudget(syntax, request.max_reasoning_tokens)
@@ -350,7 +353,7 @@ class BatchRunner:
         sequence.n_generated += 1
         assembler = sequence.assembler
         assert assembler is not None  # set when the sequence was admitted
-        data = self.model.token_bytes(token)
+        data = self.model.token_text(token) if token in sequence.markup else self.model.token_bytes(token)
         text = assembler.feed(data)
         if text:
             self._emit(sequence, TextDelta(text))
@@ -378,7 +381,7 @@ class BatchRunner:
         the sampler chain (penalties; the numpy greedy pick has none), ending nothing but the length."""
         sequence.n_generated += 1
         assert sequence.assembler is not None
-        text = sequence.assembler.force(self.model.token_bytes(token))
+        text = sequence.assembler.force(self.model.token_text(token))  # the close is written out, markup too
         if text:
             self._emit(sequence, TextDelta(text))
         if sequence.greedy is None:

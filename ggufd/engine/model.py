@@ -120,6 +120,7 @@ class LoadedModel:
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self._pieces: dict[int, bytes] = {}
+        self._control_tokens: dict[tuple[str, ...], frozenset[int]] = {}  # family markups: a handful
         self._eog: dict[int, bool] = {}
         self._max_token_text: int | None = None
         self.memory = llama_cpp.llama_get_memory(self.ctx)
@@ -188,6 +189,23 @@ class LoadedModel:
         if eog is None:
             eog = self._eog[token] = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
         return eog
+
+    def control_tokens(self, markup: tuple[str, ...]) -> frozenset[int]:
+        """The tokens among ``markup`` strings that are single control tokens of this vocabulary
+        (rendered as nothing by :meth:`token_bytes`); remembered per set of strings."""
+        found = self._control_tokens.get(markup)
+        if found is None:
+            ids: set[int] = set()
+            for text in markup:
+                data = text.encode("utf-8")
+                # a SentencePiece vocabulary may put a space token before it: look for the token itself
+                ids.update(
+                    t for t in self.tokenize(text, False) if self.token_text(t) == data and not self.token_bytes(t)
+                )
+            if len(self._control_tokens) >= 64:
+                self._control_tokens.clear()
+            found = self._control_tokens[markup] = frozenset(ids)
+        return found
 
     def token_text(self, token: int) -> bytes:
         """The bytes of one token with a special token rendered as its text (not remembered)."""

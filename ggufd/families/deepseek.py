@@ -197,3 +197,11 @@ def answer_filter(model, prompt):
     if model.family != FAMILY or prompt.reasoning is None:
         return None
     return ggufd.ReasoningFilter(prompt.reasoning)
+
+
+@ggufd.hookimpl
+def markup_tokens(model):
+    """DeepSeek's tool-call markers (special tokens in its vocabulary): rendered as text."""
+    if model.family == FAMILY:
+        return [CALLS_BEGIN, CALLS_END, CALL_BEGIN, CALL_END, SEP, THINK_START, THINK_END]
+    return None

@@ -382,3 +382,11 @@ def tool_call_stream(model, tools):
         return None
     parse = BlockParser(string_arguments(tools))
     return ggufd.MarkedCalls(CALL_BEGIN, CALL_END, parse, [tool["function"]["name"] for tool in tools])
+
+
+@ggufd.hookimpl
+def markup_tokens(model):
+    """GLM's call and reasoning markers are special tokens of its vocabulary: rendered as text."""
+    if model.family == FAMILY:
+        return [CALL_BEGIN, CALL_END, KEY_BEGIN, KEY_END, VALUE_BEGIN, VALUE_END, THINK, END_THINK]
+    return None

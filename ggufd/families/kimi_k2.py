@@ -355,3 +355,11 @@ def tool_call_stream(model, tools):
     if model.family != FAMILY:
         return None
     return KimiCalls([tool["function"]["name"] for tool in tools])
+
+
+@ggufd.hookimpl
+def markup_tokens(model):
+    """Kimi's call markers are special tokens: rendered as text so that the calls are seen."""
+    if model.family == FAMILY:
+        return [SECTION_BEGIN, SECTION_END, CALL_BEGIN, CALL_END, ARGUMENT_BEGIN, THINK, END_THINK]
+    return None

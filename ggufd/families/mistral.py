@@ -692,3 +692,11 @@ class MistralCalls:
             out.append(ToolCallDelta(self._index, "".join(ready)))
         self._index += 1
         self._pending, self._state = rest, "content"
+
+
+@ggufd.hookimpl
+def markup_tokens(model):
+    """Control tokens of the tekken vocabularies: rendered as text so that calls and reasoning are seen."""
+    if model.family == FAMILY:
+        return [TOOL_CALLS, ARGS, CALL_ID, THINK.start, THINK.end]
+    return None

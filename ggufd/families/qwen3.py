@@ -243,3 +243,11 @@ def tool_call_stream(model, tools):
         return None
     names = [tool["function"]["name"] for tool in tools]
     return ggufd.MarkedCalls(TOOL_CALL_BEGIN, TOOL_CALL_END, ggufd.json_call_block, names)
+
+
+@ggufd.hookimpl
+def markup_tokens(model):
+    """Qwen's call markers (added tokens; special in some conversions): rendered as text."""
+    if model.family == FAMILY:
+        return [TOOL_CALL_BEGIN, TOOL_CALL_END]
+    return None

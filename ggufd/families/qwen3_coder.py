@@ -606,3 +606,11 @@ def tool_call_stream(model, tools):
     names = [tool["function"]["name"] for tool in tools]
     calls = ggufd.MarkedCalls(TOOL_CALL_BEGIN, TOOL_CALL_END, call_block(tools), names)
     return calls if is_qwen35(model) else BareFunctionCalls(calls)
+
+
+@ggufd.hookimpl
+def markup_tokens(model):
+    """Qwen's call and reasoning markers (added tokens; special in some conversions): rendered as text."""
+    if model.family == FAMILY:
+        return [TOOL_CALL_BEGIN, TOOL_CALL_END, "<think>", "</think>"]
+    return None

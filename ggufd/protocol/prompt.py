@@ -90,6 +90,11 @@ def build_generation(
     budget = controls.max_reasoning_tokens
     if prompt.reasoning is None or options.sampling.grammar is not None:
         budget = None
+    markup = list(plugins.markup_tokens(model))
+    if prompt.reasoning is not None:
+        markup += [prompt.reasoning.start, prompt.reasoning.end]
+    if policy is not None:
+        markup += plugins.tool_call_openers(model)
     return GenerationRequest(
         prompt=prompt,
         sampling=options.sampling,
@@ -98,4 +103,5 @@ def build_generation(
         logprobs=options.logprobs,
         stream=options.stream,
         max_reasoning_tokens=budget,
+        markup=tuple(dict.fromkeys(markup)),
     )

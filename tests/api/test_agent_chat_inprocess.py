@@ -251,3 +251,11 @@ def test_a_spent_reasoning_budget_closes_the_reasoning_and_the_answer_follows(se
             message = json.loads(chat(server.url, request)[2])["choices"][0]["message"]
             reasoning, content = message["reasoning_content"], message["content"]
         assert (reasoning, content) == ("Think", "Just text.")  # cut after one token, then the answer
+
+
+def test_the_familys_markup_reaches_the_engine(server):
+    chat(server.url, body())
+    markup = server.engine.requests[-1].markup
+    assert {"<think>", "</think>", "<tool_call>"} <= set(markup)  # reasoning markers and openers
+    chat(server.url, body(tools=None, chat_template_kwargs={"enable_thinking": False}))
+    assert server.engine.requests[-1].markup == ()  # no reasoning, no tools: nothing to preserve

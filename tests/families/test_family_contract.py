@@ -252,3 +252,14 @@ def test_prompts_equal_the_published_template_byte_for_byte(published, messages,
     if reference.add_bos:  # a BOS the template writes itself is left to the tokenizer
         assert not reference.text.startswith(published.meta.bos_token)
     assert render(plugins, published.model(), messages) == prompt  # the same through the plugin manager
+
+
+@family_params
+def test_markup_tokens_only_for_its_family(family, plugin, plugins):
+    if not hasattr(plugin, "markup_tokens"):
+        return
+    markup = plugin.markup_tokens(model=family.model())
+    assert markup and all(isinstance(m, str) and m for m in markup)
+    assert set(markup) <= set(plugins.markup_tokens(family.model()))
+    for label in others(family):
+        assert plugin.markup_tokens(model=family.model(family=label)) is None, label
