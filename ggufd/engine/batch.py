@@ -353,7 +353,7 @@ class BatchRunner:
         sequence.n_generated += 1
         assembler = sequence.assembler
         assert assembler is not None  # set when the sequence was admitted
-        data = self.model.token_text(token) if token in sequence.markup else self.model.token_bytes(token)
+        data = self._token_data(sequence, token)
         text = assembler.feed(data)
         if text:
             self._emit(sequence, TextDelta(text))
@@ -369,6 +369,13 @@ class BatchRunner:
             elif reasoning.done:
                 sequence.reasoning = None
 
+    def _token_data(self, sequence: _Sequence, token: int) -> bytes:
+        """A generated (or forced) token's bytes: a control token of the family's markup as its text,
+        any other control token as nothing (as llama.cpp renders them)."""
+        if token in sequence.markup:
+            return self.model.token_text(token)
+        return self.model.token_bytes(token)
+
     def _close_reasoning(self, sequence: _Sequence) -> None:
         """The reasoning budget is spent: the close is written from the next step on."""
         assert sequence.reasoning is not None
@@ -381,7 +388,7 @@ class BatchRunner:
         the sampler chain (penalties; the numpy greedy pick has none), ending nothing but the length."""
         sequence.n_generated += 1
         assert sequence.assembler is not None
-        text = sequence.assembler.force(self.model.token_text(token))  # the close is written out, markup too
+        text = sequence.assembler.force(self._token_data(sequence, token))
         if text:
             self._emit(sequence, TextDelta(text))
         if sequence.greedy is None:
