@@ -188,12 +188,36 @@ class UnsupportedMediaType(ApiError):
         super().__init__(415, f"Unsupported Content-Type '{content_type}'; send application/json.")
 
 
+#: APIs clients ask for that ggufd does not serve (yet), by path prefix: what to say about them
+UNSERVED_APIS = (
+    ("/v1/responses", "OpenAI's Responses API"),
+    ("/v1/messages", "Anthropic's Messages API"),
+    ("/api/", "Ollama's native API"),
+    ("/v1/audio/", "OpenAI's audio API"),
+    ("/v1/images/", "OpenAI's images API"),
+    ("/v1/rerank", "the rerank API"),
+    ("/rerank", "the rerank API"),
+    ("/v1/assistants", "OpenAI's Assistants API"),
+    ("/v1/threads", "OpenAI's Assistants API"),
+    ("/v1/files", "OpenAI's files API"),
+    ("/v1/batches", "OpenAI's batch API"),
+    ("/v1/fine_tuning", "OpenAI's fine-tuning API"),
+    ("/v1/moderations", "OpenAI's moderations API"),
+)
+SERVED = "/v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models (also without /v1), /health, /metrics"
+
+
 class PathNotFound(ApiError):
-    """404: no route has this path."""
+    """404: no route has this path. Names the API a known path belongs to, and what ggufd serves."""
 
     def __init__(self, path: str) -> None:
         shown = path if len(path) <= 200 and path.isprintable() else "(this path)"
-        super().__init__(404, f"Unknown path '{shown}'. The API is under /v1.", code="not_found")
+        api = next((name for prefix, name in UNSERVED_APIS if path.startswith(prefix)), None)
+        if api is not None:
+            message = f"'{shown}' is {api}, which this server does not serve. It serves {SERVED}."
+        else:
+            message = f"Unknown path '{shown}'. This server serves {SERVED}."
+        super().__init__(404, message, code="not_found")
 
 
 def from_http_status(status: int, reason: str) -> ApiError:

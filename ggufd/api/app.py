@@ -62,11 +62,13 @@ def make_app(state: AppState) -> tornado.web.Application:
     return tornado.web.Application(
         [
             (r"/health", HealthHandler, kwargs),
-            (r"/v1/models", ModelsHandler, kwargs),
-            (r"/v1/models/(.+)", ModelsHandler, kwargs),
-            (r"/v1/chat/completions", ChatCompletionsHandler, kwargs),
-            (r"/v1/completions", CompletionsHandler, kwargs),
-            (r"/v1/embeddings", EmbeddingsHandler, kwargs),
+            # the OpenAI routes, also without /v1 (as llama.cpp's server serves them: a client whose
+            # base_url lacks /v1 works)
+            (r"(?:/v1)?/models", ModelsHandler, kwargs),
+            (r"(?:/v1)?/models/(.+)", ModelsHandler, kwargs),
+            (r"(?:/v1)?/chat/completions", ChatCompletionsHandler, kwargs),
+            (r"(?:/v1)?/completions", CompletionsHandler, kwargs),
+            (r"(?:/v1)?/embeddings", EmbeddingsHandler, kwargs),
             (r"/admin/models/(.+)/(load|unload)", AdminModelHandler, kwargs),
             (r"/metrics", MetricsHandler, kwargs),
             (r"/extras/(tokenize|tokenize/count|detokenize)", TokenizeHandler, kwargs),

@@ -125,6 +125,19 @@ def normalise_messages(messages: Sequence[Mapping[str, Any]]) -> tuple[dict, ...
     return tuple(result)
 
 
+def check_tool_types(body: Any) -> None:
+    """A tool of a type ggufd cannot serve (``custom``, ``namespace``, hosted tools such as
+    ``web_search``) is refused by its type, before the schema would only say "'function' is required"."""
+    tools = body.get("tools") if isinstance(body, Mapping) else None
+    for i, tool in enumerate(tools if isinstance(tools, list) else ()):
+        kind = tool.get("type") if isinstance(tool, Mapping) else None
+        if isinstance(kind, str) and kind != "function":
+            shown = kind[:64] if kind.isprintable() else "(this type)"
+            raise InvalidRequest(
+                f"Tools of type '{shown}' are not supported; only 'function' tools are.", param=f"tools.{i}.type"
+            )
+
+
 def parse_chat_request(
     body: dict, defaults: Mapping[str, Any] | None = None, limits: ServerLimits = DEFAULT_LIMITS
 ) -> ChatRequest:
@@ -135,6 +148,7 @@ def parse_chat_request(
     :param limits: the operator's array limits, checked before the schema walks the body.
     """
     check_array_limits(body, limits)
+    check_tool_types(body)
     validate(body, "chat_completions")
     check_stream_options(body)
     for key in UNSUPPORTED:

@@ -131,3 +131,23 @@ def test_an_unexpected_exception_is_a_500_without_details():
         assert status == 500
         assert "/secret" not in raw.decode() and "Traceback" not in raw.decode()
         assert error_of(response)["type"] == "server_error"
+
+
+def test_a_path_of_an_api_ggufd_does_not_serve_is_named(server):
+    for path, api in (("/v1/responses", "Responses API"), ("/v1/messages", "Messages API"), ("/api/chat", "Ollama")):
+        status, _, raw = request(server.url, "POST", path, {"model": "fake"})
+        message = json.loads(raw)["error"]["message"]
+        assert status == 404 and api in message and "/v1/chat/completions" in message, message
+    status, _, raw = request(server.url, "GET", "/nope")
+    assert status == 404 and json.loads(raw)["error"]["message"].startswith("Unknown path '/nope'. This server serves")
+
+
+def test_a_tool_of_another_type_is_named_by_its_type(server):
+    body = {
+        "model": "fake",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "tools": [{"type": "function", "function": {"name": "f"}}, {"type": "web_search"}],
+    }
+    status, _, raw = request(server.url, "POST", "/v1/chat/completions", body)
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["param"] == "tools.1.type" and "'web_search'" in error["message"]

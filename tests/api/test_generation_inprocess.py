@@ -233,3 +233,16 @@ def test_a_client_that_disconnects_cancels_its_generation():
                 break
             time.sleep(0.01)
         assert engine.cancelled == 1 and engine.pending() == 0
+
+
+def test_the_official_client_without_v1_in_its_base_url(server):
+    """llama.cpp's server serves the OpenAI routes without /v1 too; clients configured that way work."""
+    client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+    assert client.chat.completions.create(model="fake", messages=HELLO["messages"]).choices[0].message.content == (
+        "Hello, world!"
+    )
+    stream = client.chat.completions.create(model="fake", messages=HELLO["messages"], stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Hello, world!"
+    assert client.completions.create(model="fake", prompt="x").choices[0].text == "Hello, world!"
+    assert [m.id for m in client.models.list().data] == ["fake", "embedder"]
+    assert client.models.retrieve("fake").id == "fake"
