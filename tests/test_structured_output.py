@@ -127,3 +127,58 @@ def test_logit_bias_forces_and_bans_tokens(client, tiny_model):
 def test_logit_bias_with_a_token_outside_the_vocabulary_is_400(tiny_daemon):
     status, _, _ = response = chat(tiny_daemon.url, {"messages": MESSAGES, "logit_bias": {"999999": 5}})
     assert status == 400 and error_of(response)["param"] == "logit_bias"
+
+
+@pytest.mark.parametrize(
+    "extension",
+    [
+        {"json_schema": SCHEMA},  # llama.cpp: a schema at the top level
+        {"response_format": {"type": "json_object", "schema": SCHEMA}},  # llama.cpp: json_object with a schema
+    ],
+)
+def test_llama_cpp_schema_extensions_constrain_the_output(client, extension):
+    for seed in range(3):
+        response = client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=100, temperature=1.0, seed=seed, extra_body=extension
+        )
+        assert response.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(response.choices[0].message.content), SCHEMA)
+
+
+def test_a_raw_gbnf_grammar_constrains_the_output(client):
+    grammar = 'root ::= ("yes" | "no") " " [0-9] [0-9]'
+    for seed in range(3):
+        response = client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=20, temperature=1.0, seed=seed, extra_body={"grammar": grammar}
+        )
+        text = response.choices[0].message.content
+        assert text.split(" ")[0] in ("yes", "no") and len(text.split(" ")[1]) == 2 and text[-2:].isdigit()
+
+
+def test_bad_grammars_are_400s(tiny_daemon):
+    cases = [
+        ({"grammar": "root ::= ("}, "grammar"),  # llama.cpp cannot parse it
+        ({"grammar": 'root ::= "\\x00"'}, "grammar"),  # would need U+0000: llama.cpp aborts on it
+        ({"grammar": "root ::= [\\u0000-\\u0020]"}, "grammar"),
+        ({"grammar": "x" * 300_000}, "grammar"),
+        ({"grammar": "root ::= [a-z]", "json_schema": SCHEMA}, "grammar"),
+        ({"json_schema": "not a schema"}, "json_schema"),
+        ({"response_format": {"type": "json_object", "schema": {"type": "object", "maxItems": 10**9}}}, None),
+    ]
+    for extra, param in cases:
+        answer = chat(tiny_daemon.url, {"model": "tiny", "messages": MESSAGES, "max_tokens": 4, **extra})
+        status, error = answer[0], error_of(answer)
+        assert status == 400 and error["type"] == "invalid_request_error", extra
+        if param is not None:
+            assert error["param"] == param, (extra, error)
+
+
+def test_text_completions_take_the_grammar_extensions_too(client):
+    response = client.completions.create(
+        model="tiny", prompt="Answer:", max_tokens=20, temperature=1.0, seed=1, extra_body={"grammar": 'root ::= "ok"'}
+    )
+    assert response.choices[0].text == "ok"
+    response = client.completions.create(
+        model="tiny", prompt="Answer:", max_tokens=100, temperature=1.0, seed=1, extra_body={"json_schema": SCHEMA}
+    )
+    jsonschema.validate(json.loads(response.choices[0].text), SCHEMA)

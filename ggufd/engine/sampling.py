@@ -44,7 +44,10 @@ def make_sampler(s: SamplingParams, n_vocab: int, vocab=None):
         grammar = llama_cpp.llama_sampler_init_grammar(vocab, s.grammar.encode("utf-8"), b"root")
         if not grammar:
             llama_cpp.llama_sampler_free(chain)
-            raise InvalidRequest("The grammar for response_format could not be compiled.", param="response_format")
+            raise InvalidRequest(
+                "The request's grammar (response_format, json_schema or grammar) could not be compiled.",
+                param="grammar",
+            )
         add(grammar)
     temperature = s.temperature if s.temperature is not None else 0.8
     if temperature == 0:

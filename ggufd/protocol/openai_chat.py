@@ -29,7 +29,7 @@ from ggufd.protocol.options import (
 )
 from ggufd.protocol.prompt import CONTROL_KEYS, build_generation, chat_controls
 from ggufd.protocol.sse import DONE, MEDIA_TYPE, sse
-from ggufd.protocol.structured_output import grammar_for
+from ggufd.protocol.structured_output import request_grammar
 from ggufd.protocol.tools import ToolPolicy, call_stream, raw_calls, tool_policy
 from ggufd.protocol.tools import grammar as tools_grammar
 from ggufd.types import GenerationRequest, ToolCallDelta
@@ -59,6 +59,8 @@ EFFECTIVE = frozenset(
         "n",
         "logit_bias",
         "response_format",
+        "grammar",  # llama.cpp's extensions
+        "json_schema",
         "tools",
         "tool_choice",
         "logprobs",
@@ -162,12 +164,13 @@ def parse_chat_request(
     stream_options = body.get("stream_options") or {}
     policy = tool_policy(body)
     messages = normalise_messages(body["messages"])
-    grammar = grammar_for(body.get("response_format"))
+    grammar = request_grammar(body)
     if policy is not None:
         forced = tools_grammar(policy)
         if forced and grammar:
             raise InvalidRequest(
-                "response_format cannot be combined with a forced tool_choice.", param="response_format"
+                "response_format (or grammar, json_schema) cannot be combined with a forced tool_choice.",
+                param="response_format",
             )
         grammar = forced or grammar
     if body.get("top_logprobs") is not None and not body.get("logprobs"):

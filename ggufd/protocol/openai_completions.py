@@ -24,6 +24,7 @@ from ggufd.protocol.options import (
     with_model_defaults,
 )
 from ggufd.protocol.sse import DONE, MEDIA_TYPE, sse
+from ggufd.protocol.structured_output import request_grammar
 from ggufd.types import ChatPrompt, GenerationRequest
 from ggufd.validation import validate
 
@@ -63,7 +64,7 @@ def parse_completion_request(body: dict, limits: ServerLimits = DEFAULT_LIMITS) 
     return CompletionRequest(
         model=body.get("model"),
         prompt=prompt,
-        sampling=sampling_from(body),
+        sampling=sampling_from(body, grammar=request_grammar(body)),
         max_tokens=None if max_tokens == -1 else max_tokens,
         stop=stop_list(stop),
         stream=bool(body.get("stream")),

@@ -123,14 +123,102 @@ def _check(node: Any, depth: int, path: str) -> None:
             _check(value, depth + 1, f"{path}/{index}")
 
 
+#: a NUL (U+0000) in a grammar, literal or escaped: llama.cpp aborts the process on one it must match
+NUL = re.compile(r"\x00|\\x00|\\u0000|\\U00000000", re.IGNORECASE)
+
+
+def _nul_outside_negated_classes(grammar: str) -> bool:
+    """Whether the grammar names U+0000 anywhere but in a negated class (``[^...\x00-\x1f]``, as
+    JSON string rules do, is harmless: it excludes it)."""
+    at, negated_class = 0, None
+    while at < len(grammar):
+        char = grammar[at]
+        if negated_class is None and char == '"':  # a string literal: up to its unescaped end quote
+            end = at + 1
+            while end < len(grammar) and grammar[end] != '"':
+                end += 2 if grammar[end] == "\\" else 1
+            if NUL.search(grammar, at, end):
+                return True
+            at = end + 1
+            continue
+        if negated_class is None and char == "[":
+            negated_class = grammar.startswith("[^", at)
+            start, end = at, at + 1
+            while end < len(grammar) and grammar[end] != "]":
+                end += 2 if grammar[end] == "\\" else 1
+            if not negated_class and NUL.search(grammar, start, end):
+                return True
+            negated_class, at = None, end + 1
+            continue
+        if grammar.startswith("#", at):  # a comment, to the end of its line
+            newline = grammar.find("\n", at)
+            at = len(grammar) if newline < 0 else newline + 1
+            continue
+        if NUL.match(grammar, at):
+            return True
+        at += 1
+    return False
+
+
+def raw_grammar(grammar: Any, param: str = "grammar") -> str:
+    """A GBNF grammar the client wrote (llama.cpp's ``grammar`` field): bounded in size; one that
+    requires U+0000 is refused (llama.cpp aborts on it). llama.cpp compiles it when the request starts."""
+    if not isinstance(grammar, str) or not grammar.strip():
+        raise InvalidRequest("grammar must be a non-empty GBNF grammar.", param=param)
+    if len(grammar.encode("utf-8")) > MAX_GRAMMAR_BYTES:
+        raise InvalidRequest(f"The grammar is larger than {MAX_GRAMMAR_BYTES} bytes.", param=param)
+    if _nul_outside_negated_classes(grammar):
+        raise InvalidRequest("The grammar requires U+0000, which constrained output cannot produce.", param=param)
+    return grammar
+
+
+def request_grammar(body: dict) -> str | None:
+    """The grammar a request constrains its output with: ``response_format`` (OpenAI), else llama.cpp's
+    extensions ``json_schema`` (a schema at the top level) or ``grammar`` (raw GBNF). Two at once are a 400."""
+    given = [key for key in ("response_format", "json_schema", "grammar") if _constrains(key, body.get(key))]
+    if len(given) > 1:
+        raise InvalidRequest(f"Give one of {' and '.join(given)}, not both.", param=given[1])
+    if not given:
+        return None
+    key = given[0]
+    if key == "grammar":
+        return raw_grammar(body["grammar"])
+    if key == "json_schema":
+        schema = body["json_schema"]
+        return schema_grammar(schema, "json_schema")
+    return grammar_for(body["response_format"])
+
+
+def _constrains(key: str, value: Any) -> bool:
+    if value is None:
+        return False
+    if key == "response_format":
+        return isinstance(value, dict) and value.get("type") not in (None, "text")
+    return True
+
+
 def grammar_for(response_format: dict | None) -> str | None:
-    """The GBNF grammar for a request's ``response_format``, or None for plain text."""
+    """The GBNF grammar for a request's ``response_format``, or None for plain text. ``json_object`` may
+    carry a ``schema`` (llama.cpp's extension): then the object must match it."""
     if not response_format or response_format.get("type") in (None, "text"):
         return None
     if response_format["type"] == "json_object":
+        if response_format.get("schema") is not None:
+            return schema_grammar(response_format["schema"], "response_format.schema")
         return JSON_OBJECT_GRAMMAR
     spec = response_format.get("json_schema") or {}
-    schema = spec.get("schema")
+    return schema_grammar(spec.get("schema"), "response_format.json_schema.schema")
+
+
+def schema_grammar(schema: Any, param: str) -> str:
+    """The grammar for a JSON schema sent by a client, bounded (see the module)."""
+    try:
+        return _schema_grammar(schema)
+    except InvalidRequest as exc:
+        raise InvalidRequest(exc.message, param=param) from None
+
+
+def _schema_grammar(schema: Any) -> str:
     if not isinstance(schema, dict):
         raise InvalidRequest(
             "response_format.json_schema.schema must be a JSON schema object.",
