@@ -110,6 +110,19 @@ class SamplingParams:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     seed: int | None = None
+    # llama.cpp's extra samplers (its server's names; None: llama.cpp's default, which is "off")
+    typical_p: float | None = None  # 1.0: off
+    dry_multiplier: float | None = None  # 0: off
+    dry_base: float | None = None  # 1.75
+    dry_allowed_length: int | None = None  # 2
+    dry_penalty_last_n: int | None = None  # -1: the context
+    dry_sequence_breakers: tuple[str, ...] | None = None  # ("\n", ":", '"', "*")
+    xtc_probability: float | None = None  # 0: off
+    xtc_threshold: float | None = None  # 0.1
+    top_n_sigma: float | None = None  # -1: off
+    mirostat: int | None = None  # 0: off, 1: Mirostat, 2: Mirostat 2.0
+    mirostat_tau: float | None = None  # 5.0
+    mirostat_eta: float | None = None  # 0.1
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias)
     grammar: str | None = None  # GBNF that constrains the output (response_format)
 

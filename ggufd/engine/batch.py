@@ -175,7 +175,7 @@ class BatchRunner:
             request = sequence.request
             try:
                 tokens = sequence.tokens if sequence.tokens is not None else self.prepare(request)
-                sampler = make_sampler(request.sampling, self.model.n_vocab, self.model.vocab)
+                sampler = make_sampler(request.sampling, self.model.n_vocab, self.model.vocab, self.model.n_ctx)
             except ApiError as exc:
                 sequence.future.set_exception(exc)
                 continue

@@ -18,6 +18,7 @@ from ggufd.protocol.answer import AnswerAssembler, Outcome, Piece
 from ggufd.protocol.generation import Plan, Served
 from ggufd.protocol.options import (
     DEFAULT_LIMITS,
+    SAMPLING_FIELDS,
     GenerationOptions,
     ServerLimits,
     apply_server_limits,
@@ -67,7 +68,7 @@ EFFECTIVE = frozenset(
         "top_logprobs",
         "stream_options",  # only accepted with stream: true
     }
-)
+) | frozenset(SAMPLING_FIELDS)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,6 +23,18 @@ SAMPLING_FIELDS = (
     "presence_penalty",
     "frequency_penalty",
     "seed",
+    "typical_p",
+    "dry_multiplier",
+    "dry_base",
+    "dry_allowed_length",
+    "dry_penalty_last_n",
+    "dry_sequence_breakers",
+    "xtc_probability",
+    "xtc_threshold",
+    "top_n_sigma",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
 )
 
 
@@ -109,10 +121,15 @@ def check_embedding_inputs(body: Mapping[str, Any], limits: ServerLimits) -> Non
     raise LimitExceeded("embedding inputs", limits.max_embedding_inputs, "max_embedding_inputs", "input")
 
 
+def _frozen(value: Any) -> Any:
+    """A list (``dry_sequence_breakers``) as a tuple: :class:`SamplingParams` is hashable."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 def sampling_from(body: Mapping[str, Any], grammar: str | None = None) -> SamplingParams:
     """The request's sampling fields (``None`` = unset), its ``logit_bias`` and grammar."""
     bias = tuple((int(token), float(value)) for token, value in (body.get("logit_bias") or {}).items())
-    return SamplingParams(**{k: body.get(k) for k in SAMPLING_FIELDS}, logit_bias=bias, grammar=grammar)
+    return SamplingParams(**{k: _frozen(body.get(k)) for k in SAMPLING_FIELDS}, logit_bias=bias, grammar=grammar)
 
 
 def with_model_defaults(options: Options, defaults: Mapping[str, Any]) -> Options:
@@ -123,7 +140,7 @@ def with_model_defaults(options: Options, defaults: Mapping[str, Any]) -> Option
     """
     current = options.sampling
     filled: dict[str, Any] = {
-        k: v if (v := getattr(current, k)) is not None else defaults.get(k) for k in SAMPLING_FIELDS
+        k: v if (v := getattr(current, k)) is not None else _frozen(defaults.get(k)) for k in SAMPLING_FIELDS
     }
     sampling = replace(current, **filled)
     return replace(

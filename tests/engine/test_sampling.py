@@ -3,6 +3,8 @@ and agrees with llama.cpp's own logit-bias -> greedy sampler chain, token for to
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import llama_cpp
 import numpy as np
 import pytest
@@ -86,3 +88,66 @@ def test_the_numpy_pick_chooses_what_llama_cpps_greedy_chain_chooses(loaded, bia
         assert len(set(chosen)) > 3  # a real walk through the vocabulary, not one token repeated
     else:
         assert set(chosen) == {17}
+
+
+EXTRA_SAMPLERS = [
+    SamplingParams(typical_p=0.9),
+    SamplingParams(dry_multiplier=0.8),
+    SamplingParams(dry_multiplier=0.8, dry_base=2.0, dry_allowed_length=1, dry_penalty_last_n=16),
+    SamplingParams(dry_multiplier=0.8, dry_sequence_breakers=("\n", "x")),
+    SamplingParams(dry_multiplier=0.8, dry_sequence_breakers=()),
+    SamplingParams(xtc_probability=0.5, xtc_threshold=0.1),
+    SamplingParams(top_n_sigma=1.0),
+    SamplingParams(mirostat=1),
+    SamplingParams(mirostat=2, mirostat_tau=3.0, mirostat_eta=0.2),
+]
+
+
+@pytest.mark.parametrize("extra", EXTRA_SAMPLERS)
+def test_an_extra_sampler_turns_the_numpy_pick_off(extra):
+    assert not GreedyPick.applies(replace(extra, temperature=0))
+
+
+def generate(model, sampling: SamplingParams, n: int = 12) -> list[int]:
+    llama_cpp.llama_memory_clear(model.memory, True)
+    prompt = model.tokenize("<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n", True)
+    decode(model, prompt, 0)
+    chain = make_sampler(sampling, model.n_vocab, model.vocab, model.n_ctx)
+    position, chosen = len(prompt), []
+    try:
+        for _ in range(n):
+            token = llama_cpp.llama_sampler_sample(chain, model.ctx, -1)
+            assert 0 <= token < model.n_vocab
+            chosen.append(token)
+            decode(model, [token], position)
+            position += 1
+    finally:
+        llama_cpp.llama_sampler_free(chain)
+    return chosen
+
+
+@pytest.mark.parametrize("extra", EXTRA_SAMPLERS)
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_each_extra_sampler_generates_the_same_tokens_for_the_same_seed(loaded, extra, temperature):
+    sampling = replace(extra, temperature=temperature, seed=11)
+    assert generate(loaded, sampling) == generate(loaded, sampling)
+
+
+OFF = SamplingParams(
+    typical_p=1.0,
+    dry_multiplier=0.0,
+    dry_base=3.0,
+    dry_sequence_breakers=("a",),
+    xtc_probability=0.0,
+    xtc_threshold=0.3,
+    top_n_sigma=-1.0,
+    mirostat=0,
+    mirostat_tau=2.0,
+)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_off_values_generate_what_unset_fields_generate(loaded, temperature):
+    plain = SamplingParams(temperature=temperature, seed=5)
+    assert generate(loaded, replace(OFF, temperature=temperature, seed=5)) == generate(loaded, plain)
+    assert GreedyPick.applies(replace(OFF, temperature=0))
