@@ -79,3 +79,30 @@ def test_models_report_the_context_a_request_may_use(tiny_daemon):
     assert model["context_length"] == model["max_model_len"] == 512
     assert listed["context_length"] == listed["max_model_len"] == 512
     assert model["capabilities"]["training_context_length"] == 2048
+
+
+def test_llama_server_tokenize_and_detokenize(tiny_daemon, tiny_model):
+    """llama.cpp's shapes: no BOS by default; pieces are each token's own text (the real engine's
+    ``token_pieces``), and their bytes put together are the text's."""
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(str(tiny_model), vocab_only=True, verbose=False)
+    text = "hello world, héllo 日本"
+    plain = json.loads(post(tiny_daemon.url, "/tokenize", {"content": text})[2])["tokens"]
+    assert plain == vocab.tokenize(text.encode(), add_bos=False, special=True)
+    with_bos = json.loads(post(tiny_daemon.url, "/tokenize", {"content": text, "add_special": True})[2])["tokens"]
+    assert with_bos[1:] == plain and len(with_bos) == len(plain) + 1
+    pieces = json.loads(post(tiny_daemon.url, "/tokenize", {"content": text, "with_pieces": True})[2])["tokens"]
+    assert [p["id"] for p in pieces] == plain
+    joined = b"".join(p["piece"].encode() if isinstance(p["piece"], str) else bytes(p["piece"]) for p in pieces)
+    assert joined.decode().strip() == text
+    assert json.loads(post(tiny_daemon.url, "/detokenize", {"tokens": plain, "model": "tiny"})[2]) == {"content": text}
+
+
+def test_llama_server_apply_template_matches_the_chat_usage(tiny_daemon):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Count me."}]
+    prompt = json.loads(post(tiny_daemon.url, "/apply-template", {"messages": messages})[2])["prompt"]
+    assert "Count me." in prompt
+    count = json.loads(post(tiny_daemon.url, "/extras/tokenize/count", {"input": prompt})[2])["count"]
+    usage = json.loads(chat(tiny_daemon.url, {"messages": messages, "max_tokens": 1})[2])["usage"]
+    assert count == usage["prompt_tokens"]

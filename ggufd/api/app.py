@@ -21,6 +21,7 @@ from ggufd import __version__
 from ggufd.api.base import NotFoundHandler
 from ggufd.api.embeddings import EmbeddingsHandler
 from ggufd.api.generation import ChatCompletionsHandler, CompletionsHandler
+from ggufd.api.llama_server import ApplyTemplateHandler, LlamaDetokenizeHandler, LlamaTokenizeHandler
 from ggufd.api.metrics import Metrics
 from ggufd.api.models import AdminModelHandler, ModelsHandler
 from ggufd.api.operations import HealthHandler, MetricsHandler, OpenAPIHandler, PluginsHandler
@@ -72,6 +73,10 @@ def make_app(state: AppState) -> tornado.web.Application:
             (r"/admin/models/(.+)/(load|unload)", AdminModelHandler, kwargs),
             (r"/metrics", MetricsHandler, kwargs),
             (r"/extras/(tokenize|tokenize/count|detokenize)", TokenizeHandler, kwargs),
+            # llama.cpp server's utility routes
+            (r"/tokenize", LlamaTokenizeHandler, kwargs),
+            (r"/detokenize", LlamaDetokenizeHandler, kwargs),
+            (r"/apply-template", ApplyTemplateHandler, kwargs),
             (r"/-/plugins", PluginsHandler, kwargs),
             (r"/openapi.json", OpenAPIHandler, kwargs),
         ],

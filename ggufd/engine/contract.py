@@ -57,6 +57,11 @@ class EngineClient(Protocol):
 
     async def detokenize(self, info: ModelInfo, tokens: list[int]) -> str: ...
 
+    async def token_pieces(self, info: ModelInfo, tokens: list[int]) -> list[bytes]:
+        """Each token's bytes on its own (special tokens as their text), as llama.cpp's
+        ``/tokenize`` ``with_pieces`` gives them."""
+        ...
+
     async def embed(self, info: ModelInfo, inputs: list) -> tuple[list[list[float]], int]:
         """-> (one vector per input, prompt tokens used)."""
         ...

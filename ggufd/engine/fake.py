@@ -197,6 +197,10 @@ class FakeEngine:
     async def detokenize(self, info: ModelInfo, tokens: list[int]) -> str:
         return " ".join("x" * t for t in tokens)
 
+    async def token_pieces(self, info: ModelInfo, tokens: list[int]) -> list[bytes]:
+        """``x`` repeated per token id; an id of 255 or more is the lone byte 0xff (not UTF-8)."""
+        return [b"\xff" if t >= 255 else b"x" * t for t in tokens]
+
     async def embed(self, info: ModelInfo, inputs: list) -> tuple[list[list[float]], int]:
         vectors = [[1.0, float(len(item)), 0.0] for item in inputs]
         return vectors, sum(len(self._tokens(i)) if isinstance(i, str) else len(i) for i in inputs)

@@ -206,6 +206,10 @@ class Engine:
         """Token ids back to text, loading the model if needed."""
         return await self.with_model(info, lambda loaded: loaded.detokenize(tokens))
 
+    async def token_pieces(self, info: ModelInfo, tokens: list[int]) -> list[bytes]:
+        """Each token's bytes (special tokens as their text), loading the model if needed."""
+        return await self.with_model(info, lambda loaded: [loaded.token_text(token) for token in tokens])
+
     def start(self, info: ModelInfo, request: GenerationRequest, generation: Generation | None = None) -> Generation:
         """Queue a generation; raises :class:`Overloaded` when the model's queue is full."""
         slot = self._slot(info)
