@@ -204,7 +204,10 @@ UNSERVED_APIS = (
     ("/v1/fine_tuning", "OpenAI's fine-tuning API"),
     ("/v1/moderations", "OpenAI's moderations API"),
 )
-SERVED = "/v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models (also without /v1), /health, /metrics"
+SERVED = (
+    "/v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models (also without /v1), /health, /metrics, "
+    "/tokenize, /detokenize, /apply-template and /extras/tokenize"
+)
 
 
 class PathNotFound(ApiError):
