@@ -9,7 +9,7 @@ import pluggy
 from ggufd.errors import ApiError, InvalidRequest
 from ggufd.gguf_metadata import GGUFMetadata
 from ggufd.protocol.tools import tool_arguments, tool_call
-from ggufd.reasoning import ReasoningFilter
+from ggufd.reasoning import ReasoningFilter, thinking_switch
 from ggufd.tool_calls import Block, MarkedCalls, OpenerGate, json_call_block
 from ggufd.types import ChatPrompt, ModelInfo, ModelSpec, ReasoningSyntax, ToolCallDelta
 
@@ -33,6 +33,7 @@ __all__ = [
     "__version__",
     "hookimpl",
     "json_call_block",
+    "thinking_switch",
     "tool_arguments",
     "tool_call",
 ]

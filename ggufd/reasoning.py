@@ -10,7 +10,29 @@ The result depends only on the text, never on how it was split.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from ggufd.types import ReasoningSyntax
+
+#: OpenAI's ``reasoning_effort`` levels, by whether a hybrid model thinks at them
+EFFORTS_WITHOUT_THINKING = frozenset({"none", "minimal"})
+EFFORTS_WITH_THINKING = frozenset({"low", "medium", "high", "xhigh"})
+
+
+def thinking_switch(template_kwargs: Mapping[str, Any], switch: str = "enable_thinking") -> tuple[bool, frozenset[str]]:
+    """Whether a hybrid model (one with a template switch such as Qwen3's ``enable_thinking``) thinks
+    for these template kwargs, and the keys that decided it (for ``ChatPrompt.honoured``).
+
+    Only the switch set to ``False`` turns thinking off (templates test ``enable_thinking is false``);
+    a ``reasoning_effort`` wins over the switch: ``none``/``minimal`` off, ``low`` … ``xhigh`` on."""
+    honoured = frozenset({switch} & set(template_kwargs))
+    on = template_kwargs.get(switch) is not False
+    effort = template_kwargs.get("reasoning_effort")
+    if isinstance(effort, str) and effort.lower() in EFFORTS_WITHOUT_THINKING | EFFORTS_WITH_THINKING:
+        on = effort.lower() in EFFORTS_WITH_THINKING
+        honoured |= {"reasoning_effort"}
+    return on, honoured
 
 
 def partial_suffix(text: str, markers: tuple[str, ...]) -> int:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ggufd.reasoning import ReasoningFilter, partial_suffix
+from ggufd.reasoning import ReasoningFilter, partial_suffix, thinking_switch
 from ggufd.types import ReasoningSyntax
 
 THINK = ReasoningSyntax("<think>", "</think>")
@@ -70,3 +70,22 @@ def test_partial_suffix():
     assert partial_suffix("abc</th", ("</think>",)) == 3
     assert partial_suffix("abc", ("</think>",)) == 3
     assert partial_suffix("abc<", ("</think>", "<x>")) == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({}, (True, frozenset())),
+        ({"enable_thinking": False}, (False, frozenset({"enable_thinking"}))),
+        ({"enable_thinking": 0}, (True, frozenset({"enable_thinking"}))),  # templates test `is false`
+        ({"reasoning_effort": "minimal"}, (False, frozenset({"reasoning_effort"}))),
+        ({"reasoning_effort": "XHIGH"}, (True, frozenset({"reasoning_effort"}))),
+        (
+            {"enable_thinking": False, "reasoning_effort": "high"},
+            (True, frozenset({"enable_thinking", "reasoning_effort"})),
+        ),
+        ({"reasoning_effort": "extreme"}, (True, frozenset())),  # not a level: not honoured
+    ],
+)
+def test_thinking_switch(kwargs, expected):
+    assert thinking_switch(kwargs) == expected

@@ -65,7 +65,6 @@ CODER_NAME = re.compile(r"qwen3(?:\.\d+)?[-_ ]?coder", re.IGNORECASE)
 OPENS_THINKING = "<|im_start|>assistant\\n<think>"  # as the template source writes it (2507-Thinking)
 SWITCH = "enable_thinking"
 EMPTY_THINK = "<think>\n\n</think>\n\n"
-EFFORT_OFF, EFFORT_ON = frozenset({"none", "minimal"}), frozenset({"low", "medium", "high"})
 TOOLS_INTRO = (
     "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
     "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
@@ -95,19 +94,6 @@ def variant(model) -> tuple[bool, bool]:
     Qwen3 hybrid), and its generation prompt opens the reasoning."""
     template = model.metadata.chat_template or ""
     return (not template or SWITCH in template), OPENS_THINKING in template
-
-
-def thinking(template_kwargs) -> tuple[bool, frozenset[str]]:
-    """Whether a hybrid model thinks for these template kwargs, and the keys that decided it.
-    ``reasoning_effort`` (sent by the request) wins over ``enable_thinking``; as in the template,
-    only ``enable_thinking`` false turns thinking off."""
-    honoured = frozenset(key for key in (SWITCH,) if key in template_kwargs)
-    on = template_kwargs.get(SWITCH) is not False
-    effort = template_kwargs.get("reasoning_effort")
-    if isinstance(effort, str) and effort.lower() in EFFORT_OFF | EFFORT_ON:
-        on = effort.lower() in EFFORT_ON
-        honoured |= {"reasoning_effort"}
-    return on, honoured
 
 
 def _arguments(value) -> str:
@@ -184,7 +170,7 @@ def format_chat(model, messages, tools, template_kwargs):
     if model.family != FAMILY:
         return None
     switch, opens = variant(model)
-    on, honoured = thinking(template_kwargs or {}) if switch else (True, frozenset())
+    on, honoured = ggufd.thinking_switch(template_kwargs or {}) if switch else (True, frozenset())
     generation = f"{IM_START}assistant\n"
     if not on:
         generation += EMPTY_THINK

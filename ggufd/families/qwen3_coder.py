@@ -70,7 +70,6 @@ OTHER_FORMATS = ("<|start_header_id|>", "[INST]", "<start_of_turn>", "<|im_sep|>
 CODER_NAME = re.compile(r"qwen3(?:\.\d+)?[-_ ]?coder", re.IGNORECASE)
 SWITCH = "enable_thinking"
 EMPTY_THINK = "<think>\n\n</think>\n\n"
-EFFORT_OFF, EFFORT_ON = frozenset({"none", "minimal"}), frozenset({"low", "medium", "high"})
 CODER_SYSTEM = "You are Qwen, a helpful AI assistant that can interact with a computer to solve tasks."
 CALL_FORMAT = (
     "\n\nIf you choose to call a function ONLY reply in the following format with NO suffix:\n\n"
@@ -273,19 +272,6 @@ def render_qwen35(messages, tools) -> str:
     return "".join(parts)
 
 
-def thinking(template_kwargs) -> tuple[bool, frozenset[str]]:
-    """Whether Qwen3.5 thinks for these template kwargs, and the keys that decided it.
-    ``reasoning_effort`` (sent by the request) wins over ``enable_thinking``; as in the template,
-    only ``enable_thinking`` false turns thinking off."""
-    honoured = frozenset(key for key in (SWITCH,) if key in template_kwargs)
-    on = template_kwargs.get(SWITCH) is not False
-    effort = template_kwargs.get("reasoning_effort")
-    if isinstance(effort, str) and effort.lower() in EFFORT_OFF | EFFORT_ON:
-        on = effort.lower() in EFFORT_ON
-        honoured |= {"reasoning_effort"}
-    return on, honoured
-
-
 @ggufd.hookimpl
 def format_chat(model, messages, tools, template_kwargs):
     if model.family != FAMILY:
@@ -297,7 +283,7 @@ def format_chat(model, messages, tools, template_kwargs):
         return ChatPrompt(text=text, stop=(IM_END,), add_bos=add_bos, tools_rendered=bool(tools))
     template = model.metadata.chat_template or ""
     switch = not template or SWITCH in template
-    on, honoured = thinking(template_kwargs or {}) if switch else (True, frozenset())
+    on, honoured = ggufd.thinking_switch(template_kwargs or {}) if switch else (True, frozenset())
     generation = f"{IM_START}assistant\n" + (f"{THINK}\n" if on else EMPTY_THINK)
     return ChatPrompt(
         text=render_qwen35(messages, tools) + generation,
